@@ -1,0 +1,1 @@
+"""Translation between platforms (Discord, Telegram, the terminal) and the core's types."""

@@ -1,0 +1,1 @@
+"""The processes people run: the `herald` command line and its wiring."""

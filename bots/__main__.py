@@ -1,0 +1,5 @@
+"""`python -m bots` is the same as the `herald` command."""
+
+from bots.cli import main
+
+main()

@@ -1,0 +1,170 @@
+"""Wiring: settings → Redis → model client → engine, started and stopped as one.
+
+Every `herald` command (and the end-to-end tests) builds its engine here, so
+there is one way to assemble Herald.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import platformdirs
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.access import AccessPolicy
+from core.admission import Admitter, Limits
+from core.builtin_commands import register_builtin_commands
+from core.cancel import CancelBus
+from core.commands import CommandRegistry
+from core.config import Settings
+from core.context import ContextBuilder
+from core.engine import Engine, EnginePolicy
+from core.keys import Keys
+from core.llm import create_llm_client
+from core.llm.base import GenerationParams, LLMClient
+from core.llm.errors import LLMError
+from core.locks import ConversationLocks
+from core.memory import ConversationStore
+from core.redis_client import connect_redis
+from core.redis_server import RedisServerError, RedisServerProcess
+
+
+class StartupError(Exception):
+    """A dependency is missing at start; the message says which and how to fix it."""
+
+
+@dataclass(slots=True)
+class Runtime:
+    settings: Settings
+    redis: Redis
+    llm: LLMClient
+    engine: Engine
+    redis_server: RedisServerProcess | None
+
+
+def default_data_dir(settings: Settings) -> Path:
+    return settings.data_dir or Path(platformdirs.user_data_dir("herald", appauthor=False))
+
+
+def generation_params(settings: Settings) -> GenerationParams:
+    return GenerationParams(
+        max_new_tokens=settings.max_new_tokens,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
+        repetition_penalty=settings.repetition_penalty,
+    )
+
+
+def build_llm(settings: Settings) -> LLMClient:
+    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
+    common: dict[str, object] = {
+        "api_key": api_key,
+        "connect_timeout": settings.llm_connect_timeout,
+        "idle_timeout": settings.llm_idle_timeout,
+        "queue_timeout": settings.llm_queue_timeout,
+    }
+    if settings.llm_api == "openai":
+        common["model"] = settings.llm_model
+        common["max_input_tokens"] = settings.llm_max_input_tokens
+        common["max_concurrency"] = settings.llm_max_concurrency or 16
+    else:
+        common["max_concurrency"] = settings.llm_max_concurrency
+    return create_llm_client(settings.llm_api, settings.tgi_url, **common)
+
+
+def build_engine(
+    settings: Settings, redis: Redis, llm: LLMClient, *, logger: logging.Logger | None = None
+) -> Engine:
+    keys = Keys(settings.redis_prefix)
+    log = logger or logging.getLogger("herald.engine")
+    return Engine(
+        memory=ConversationStore(
+            redis,
+            keys,
+            max_messages=settings.history_max_messages,
+            ttl_seconds=settings.history_ttl_seconds,
+        ),
+        admitter=Admitter(
+            redis,
+            keys,
+            Limits(
+                rate_per_minute=settings.rate_limit_per_minute,
+                burst=settings.rate_limit_burst,
+                daily_tokens=settings.daily_token_quota,
+            ),
+        ),
+        locks=ConversationLocks(redis, keys, logger=log),
+        cancels=CancelBus(redis, keys, logger=log),
+        llm=llm,
+        context=ContextBuilder(
+            llm,
+            max_new_tokens=settings.max_new_tokens,
+            margin=settings.context_margin,
+            block_messages=settings.context_block_messages,
+        ),
+        access=AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins),
+        commands=register_builtin_commands(CommandRegistry()),
+        policy=EnginePolicy(
+            system_prompt=settings.system_prompt,
+            generation=generation_params(settings),
+            conversation_wait=settings.conversation_wait_timeout,
+        ),
+        logger=log,
+    )
+
+
+async def start_redis(settings: Settings) -> tuple[Redis, RedisServerProcess | None]:
+    """Connect to HERALD_REDIS_URL, or start the private embedded server."""
+    server: RedisServerProcess | None = None
+    url = settings.redis_url
+    if url is None:
+        data_dir = default_data_dir(settings) / "redis"
+        try:
+            server = await asyncio.to_thread(RedisServerProcess(data_dir=data_dir).start)
+        except RedisServerError as exc:
+            raise StartupError(f"Could not start the embedded Redis server: {exc}") from None
+        url = server.url
+    redis = connect_redis(url)
+    try:
+        await redis.ping()
+    except (RedisError, OSError) as exc:
+        await redis.aclose()
+        if server is not None:
+            server.stop()
+        raise StartupError(
+            f"Cannot reach Redis at {settings.redis_url} ({exc}). "
+            "Check HERALD_REDIS_URL, or unset it to use the embedded server."
+        ) from None
+    return redis, server
+
+
+@contextlib.asynccontextmanager
+async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
+    redis, server = await start_redis(settings)
+    llm = build_llm(settings)
+    engine: Engine | None = None
+    try:
+        try:
+            await llm.start()
+        except LLMError as exc:
+            raise StartupError(
+                f"Cannot use the model server at {settings.tgi_url} ({exc}). "
+                "Check HERALD_TGI_URL and HERALD_LLM_API, and that the server is up "
+                "(`herald doctor` shows details)."
+            ) from None
+        engine = build_engine(settings, redis, llm)
+        await engine.cancels.start()
+        yield Runtime(settings, redis, llm, engine, server)
+    finally:
+        if engine is not None:
+            await engine.cancels.stop()
+        await llm.close()
+        await redis.aclose()
+        if server is not None:
+            await asyncio.to_thread(server.stop)

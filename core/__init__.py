@@ -1,0 +1,1 @@
+"""Herald's platform-neutral core: engine, memory, limits, model clients, rendering."""

@@ -1,0 +1,100 @@
+"""Herald's conversation commands: ask, reset, persona, cancel, help.
+
+Later features (drafts, campaigns, schedules) add their specs to the same
+registry, so every adapter offers them without knowing what they do.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from core import messages, personas
+from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
+from core.engine import CommandContext
+
+
+async def _ask(ctx: CommandContext, args: dict[str, Any]) -> None:
+    await ctx.engine.answer(ctx.event, ctx.surface, str(args["question"]))
+
+
+async def _reset(ctx: CommandContext, args: dict[str, Any]) -> None:
+    forgot = await ctx.engine.memory.reset(ctx.event.conversation)
+    await ctx.reply(messages.RESET_DONE if forgot else messages.RESET_EMPTY)
+
+
+async def _persona(ctx: CommandContext, args: dict[str, Any]) -> None:
+    event, memory = ctx.event, ctx.engine.memory
+    action = args.get("action", "show")
+    value = args.get("text")
+    if action == "list":
+        names = ", ".join(sorted(personas.PRESETS))
+        await ctx.reply(
+            f"Presets: {names}. Use /persona set NAME, or /persona set followed by your own text."
+        )
+        return
+    if action == "show":
+        current = await memory.persona(event.platform, event.chat_id)
+        await ctx.reply(f"Current persona: {current}" if current else "I'm using my default persona.")
+        return
+    if not ctx.engine.access.may_manage_chat(event):
+        await ctx.reply(messages.ADMINS_ONLY)
+        return
+    if action == "clear":
+        await memory.set_persona(event.platform, event.chat_id, None)
+        await ctx.reply("Persona cleared — back to my default.")
+        return
+    if not value:
+        await ctx.reply("Tell me which persona: /persona set NAME or /persona set <your own text>.")
+        return
+    prompt = personas.resolve(str(value))
+    await memory.set_persona(event.platform, event.chat_id, prompt)
+    await ctx.reply("Persona set for this chat.")
+
+
+async def _cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
+    conv = ctx.event.conversation
+    busy = await ctx.engine.locks.is_held(conv)
+    await ctx.engine.cancels.request(conv)
+    await ctx.reply(messages.CANCELLING if busy else messages.NOTHING_TO_CANCEL)
+
+
+async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:
+    lines = ["Mention me, reply to me or message me directly to chat. Commands:"]
+    lines += [f"{spec.usage} — {spec.description}" for spec in ctx.engine.commands]
+    await ctx.reply("\n".join(lines))
+
+
+def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
+    registry.add(
+        CommandSpec(
+            "ask",
+            "Ask Herald something in this conversation",
+            _ask,
+            args=(ArgSpec("question", "What you want to ask", required=True),),
+            generates=True,
+        )
+    )
+    registry.add(CommandSpec("reset", "Forget this conversation", _reset, needs_turn=True))
+    registry.add(
+        CommandSpec(
+            "persona",
+            "Show, set or clear this chat's persona",
+            _persona,
+            args=(
+                ArgSpec(
+                    "action",
+                    "What to do",
+                    type=ArgType.CHOICE,
+                    choices=("show", "set", "clear", "list"),
+                ),
+                ArgSpec(
+                    "text",
+                    "A preset name or your own instructions",
+                    max_length=personas.MAX_PERSONA_CHARS,
+                ),
+            ),
+        )
+    )
+    registry.add(CommandSpec("cancel", "Stop the answer in progress", _cancel))
+    registry.add(CommandSpec("help", "What Herald can do", _help))
+    return registry

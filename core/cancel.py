@@ -1,0 +1,95 @@
+"""Stopping a conversation's in-flight generation, in whichever process runs it.
+
+`/cancel` publishes the conversation key on a Redis channel; every process
+listens and cancels its local generation task for that key, if it has one.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.keys import Keys
+from core.types import ConversationKey
+
+
+@dataclass(slots=True)
+class Generation:
+    """A running generation; `cancelled` tells a requested stop from other cancellation."""
+
+    task: asyncio.Task[object]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        if not self.task.done():
+            self.cancelled = True
+            self.task.cancel()
+
+
+class CancelBus:
+    def __init__(self, redis: Redis, keys: Keys, *, logger: logging.Logger | None = None) -> None:
+        self._redis = redis
+        self._channel = keys.cancel_channel()
+        self._log = logger or logging.getLogger(__name__)
+        self._running: dict[str, Generation] = {}
+        self._listener: asyncio.Task[None] | None = None
+        self._subscribed = asyncio.Event()
+
+    async def start(self) -> None:
+        self._listener = asyncio.create_task(self._listen(), name="herald-cancel-listener")
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(5):
+                await self._subscribed.wait()
+
+    async def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listener
+            self._listener = None
+
+    @contextlib.contextmanager
+    def track(self, conv: ConversationKey, task: asyncio.Task[object]) -> Iterator[Generation]:
+        generation = Generation(task)
+        self._running[str(conv)] = generation
+        try:
+            yield generation
+        finally:
+            if self._running.get(str(conv)) is generation:
+                del self._running[str(conv)]
+
+    async def request(self, conv: ConversationKey) -> None:
+        """Ask every process (this one included) to stop the conversation's generation."""
+        self._cancel_local(str(conv))
+        await self._redis.publish(self._channel, str(conv))
+
+    def _cancel_local(self, key: str) -> None:
+        generation = self._running.get(key)
+        if generation is not None:
+            generation.cancel()
+
+    async def _listen(self) -> None:
+        delay = 0.1
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._channel)
+                self._subscribed.set()
+                delay = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and message.get("type") == "message":
+                        self._cancel_local(str(message["data"]))
+            except (RedisError, OSError) as exc:
+                self._log.warning("cancel listener lost Redis (%s); reconnecting", exc)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

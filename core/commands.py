@@ -1,0 +1,166 @@
+"""Commands as platform-neutral specs with typed, validated arguments.
+
+An adapter offers each `CommandSpec` natively (Telegram's command menu, Discord
+application commands with typed options, `/name args` in the terminal) and
+hands the raw call back; `CommandRegistry.parse` validates it in one place.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from core.types import CommandCall
+
+if TYPE_CHECKING:
+    from core.engine import CommandContext
+
+_NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_COMMAND_TEXT = re.compile(r"^/([A-Za-z][A-Za-z0-9_-]{0,31})(?:@([A-Za-z0-9_]+))?(?:\s+(.*))?$", re.S)
+
+
+class ArgType(enum.Enum):
+    TEXT = "text"
+    INTEGER = "integer"
+    CHOICE = "choice"
+
+
+@dataclass(frozen=True, slots=True)
+class ArgSpec:
+    name: str
+    description: str
+    type: ArgType = ArgType.TEXT
+    required: bool = False
+    choices: tuple[str, ...] = ()
+    min_value: int | None = None
+    max_value: int | None = None
+    max_length: int = 4000
+
+
+Handler = Callable[["CommandContext", dict[str, Any]], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class CommandSpec:
+    name: str
+    description: str
+    handler: Handler
+    args: tuple[ArgSpec, ...] = ()
+    #: counts against the user's rate limit and quota (it asks the model)
+    generates: bool = False
+    #: takes the conversation's turn (waits for an answer in progress)
+    needs_turn: bool = False
+    help: str = ""
+
+    def __post_init__(self) -> None:
+        if not _NAME.match(self.name):
+            raise ValueError(f"bad command name {self.name!r}")
+
+    @property
+    def usage(self) -> str:
+        parts = [f"/{self.name}"]
+        for arg in self.args:
+            label = "|".join(arg.choices) if arg.choices else arg.name
+            parts.append(f"<{label}>" if arg.required else f"[{label}]")
+        return " ".join(parts)
+
+
+class CommandError(Exception):
+    """The call is wrong; the message is for the user."""
+
+
+@dataclass(frozen=True, slots=True)
+class ParsedCommand:
+    spec: CommandSpec
+    args: dict[str, Any] = field(default_factory=dict)
+
+
+def parse_command_text(text: str, bot_username: str | None = None) -> CommandCall | None:
+    """`/name@bot args` → CommandCall; None when the text is not a command for us."""
+    match = _COMMAND_TEXT.match(text.strip())
+    if match is None:
+        return None
+    name, target, rest = match.groups()
+    if target and bot_username and target.lower() != bot_username.lower():
+        return None
+    return CommandCall(name=name.lower(), raw_args=(rest or "").strip() or None)
+
+
+class CommandRegistry:
+    def __init__(self) -> None:
+        self._specs: dict[str, CommandSpec] = {}
+
+    def add(self, spec: CommandSpec) -> None:
+        if spec.name in self._specs:
+            raise ValueError(f"command {spec.name!r} registered twice")
+        self._specs[spec.name] = spec
+
+    def __iter__(self) -> Iterator[CommandSpec]:
+        return iter(self._specs.values())
+
+    def get(self, name: str) -> CommandSpec | None:
+        return self._specs.get(name)
+
+    def parse(self, call: CommandCall) -> ParsedCommand:
+        spec = self._specs.get(call.name)
+        if spec is None:
+            raise CommandError(f"I don't know /{call.name}. Try /help.")
+        if call.options is not None:
+            raw = dict(call.options)
+        else:
+            raw = _split_positional(spec, call.raw_args or "")
+        args: dict[str, Any] = {}
+        for arg in spec.args:
+            value = raw.pop(arg.name, None)
+            if value is None or value == "":
+                if arg.required:
+                    raise CommandError(f"/{spec.name} needs {arg.name}. Usage: {spec.usage}")
+                continue
+            args[arg.name] = _convert(spec, arg, value)
+        if raw:
+            raise CommandError(f"/{spec.name} got unexpected {', '.join(raw)}. Usage: {spec.usage}")
+        return ParsedCommand(spec, args)
+
+
+def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
+    """Words fill the arguments in order; the last argument takes the rest of the text."""
+    values: dict[str, object] = {}
+    rest = text.strip()
+    for i, arg in enumerate(spec.args):
+        if not rest:
+            break
+        if i == len(spec.args) - 1:
+            values[arg.name] = rest
+            rest = ""
+        else:
+            word, _, rest = rest.partition(" ")
+            values[arg.name] = word
+            rest = rest.strip()
+    if rest:
+        values["extra words"] = rest
+    return values
+
+
+def _convert(spec: CommandSpec, arg: ArgSpec, value: object) -> object:
+    if arg.type is ArgType.INTEGER:
+        try:
+            number = int(str(value))
+        except ValueError:
+            raise CommandError(f"{arg.name} must be a whole number. Usage: {spec.usage}") from None
+        if (arg.min_value is not None and number < arg.min_value) or (
+            arg.max_value is not None and number > arg.max_value
+        ):
+            raise CommandError(f"{arg.name} must be between {arg.min_value} and {arg.max_value}.")
+        return number
+    text = str(value).strip()
+    if arg.type is ArgType.CHOICE:
+        choice = text.lower()
+        if choice not in arg.choices:
+            raise CommandError(f"{arg.name} must be one of: {', '.join(arg.choices)}.")
+        return choice
+    if len(text) > arg.max_length:
+        raise CommandError(f"{arg.name} is too long ({len(text)} characters, at most {arg.max_length}).")
+    return text

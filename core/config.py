@@ -1,0 +1,178 @@
+"""Herald's settings: read once from the environment and `.env`, validated up front.
+
+Every name is `HERALD_` + the field name in capitals. A wrong value ends start-up
+with one message naming each problem and how to fix it (`ConfigError`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+DEFAULT_SYSTEM_PROMPT = (
+    "You are Herald, a helpful assistant for online communities and social-media teams. "
+    "Answer clearly and concisely. Use Markdown sparingly (bold, lists, code blocks). "
+    "Never mention @everyone, @here or any user or role unless asked to."
+)
+
+ENV_PREFIX = "HERALD_"
+
+CsvList = Annotated[list[str], NoDecode]
+
+
+class ConfigError(Exception):
+    """Configuration is wrong; `problems` holds one readable line per problem."""
+
+    def __init__(self, problems: list[str]) -> None:
+        super().__init__("; ".join(problems))
+        self.problems = problems
+
+    def render(self) -> str:
+        lines = ["Herald cannot start: the configuration has problems."]
+        lines += [f"  - {p}" for p in self.problems]
+        lines.append("Set these in the environment or in a .env file (see .env.example).")
+        return "\n".join(lines)
+
+
+def _split_csv(value: Any) -> Any:
+    if isinstance(value, str):
+        return [item.strip() for item in value.split(",") if item.strip()]
+    return value
+
+
+def _check_http_url(value: str, what: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"{what} must be an http(s) URL such as http://localhost:8080")
+    return value.rstrip("/")
+
+
+class Settings(BaseSettings):
+    """All of Herald's configuration. See README's table for what each one does."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX,
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        validate_default=True,
+    )
+
+    # The model server
+    tgi_url: str = "http://localhost:8080"
+    llm_api: Literal["tgi", "openai"] = "tgi"
+    llm_api_key: SecretStr | None = None
+    llm_model: str = "tgi"
+    llm_max_concurrency: int | None = Field(default=None, ge=1)
+    llm_max_input_tokens: int = Field(default=8192, ge=256)
+    llm_connect_timeout: float = Field(default=5.0, gt=0)
+    llm_idle_timeout: float = Field(default=60.0, gt=0)
+    llm_queue_timeout: float = Field(default=30.0, gt=0)
+
+    # Generation
+    system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, min_length=1)
+    max_new_tokens: int = Field(default=512, ge=1, le=32768)
+    temperature: float = Field(default=0.7, gt=0, le=5)
+    top_p: float = Field(default=0.95, gt=0, lt=1)
+    repetition_penalty: float | None = Field(default=None, gt=0)
+    context_margin: int = Field(default=32, ge=0)
+    context_block_messages: int = Field(default=8, ge=2, le=200)
+
+    # Redis
+    redis_url: str | None = None
+    redis_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]+$")
+    data_dir: Path | None = None
+
+    # Memory
+    history_ttl_days: float = Field(default=7.0, gt=0)
+    history_max_messages: int = Field(default=200, ge=2)
+
+    # Limits and quotas
+    rate_limit_per_minute: float = Field(default=6.0, gt=0)
+    rate_limit_burst: int = Field(default=5, ge=1)
+    daily_token_quota: int = Field(default=200_000, ge=0)
+    conversation_wait_timeout: float = Field(default=300.0, gt=0)
+
+    # Access
+    allowed_chats: CsvList = Field(default_factory=list)
+    allowed_users: CsvList = Field(default_factory=list)
+    admins: CsvList = Field(default_factory=list)
+
+    # Platforms
+    discord_token: SecretStr | None = None
+    telegram_token: SecretStr | None = None
+    telegram_api_url: str | None = None
+
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+
+    @field_validator("allowed_chats", "allowed_users", "admins", mode="before")
+    @classmethod
+    def _csv(cls, value: Any) -> Any:
+        return _split_csv(value)
+
+    @field_validator("allowed_chats", "allowed_users", "admins")
+    @classmethod
+    def _platform_ids(cls, value: list[str]) -> list[str]:
+        for item in value:
+            platform, sep, ident = item.partition(":")
+            if not sep or not platform or not ident:
+                raise ValueError(f"'{item}' must be written platform:id, e.g. telegram:12345 or discord:*")
+        return value
+
+    @field_validator("tgi_url")
+    @classmethod
+    def _tgi_url(cls, value: str) -> str:
+        return _check_http_url(value, "the model server URL")
+
+    @field_validator("telegram_api_url")
+    @classmethod
+    def _telegram_url(cls, value: str | None) -> str | None:
+        return None if not value else _check_http_url(value, "the Telegram Bot API URL")
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if not value:
+            return None
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _upper(cls, value: Any) -> Any:
+        return value.upper() if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _fits_together(self) -> Settings:
+        if self.llm_api == "openai" and self.max_new_tokens >= self.llm_max_input_tokens:
+            raise ValueError("HERALD_MAX_NEW_TOKENS must be smaller than HERALD_LLM_MAX_INPUT_TOKENS")
+        return self
+
+    @property
+    def history_ttl_seconds(self) -> int:
+        return int(self.history_ttl_days * 86400)
+
+
+def _describe(error: dict[str, Any]) -> str:
+    loc = [str(part) for part in error.get("loc", ()) if not str(part).isdigit()]
+    name = ENV_PREFIX + loc[0].upper() if loc else "configuration"
+    message = str(error.get("msg", "is invalid"))
+    message = message.removeprefix("Value error, ")
+    given = error.get("input")
+    shown = "" if not loc or isinstance(given, dict) else f" (got {given!r})"
+    if loc and loc[0].endswith(("token", "api_key")):
+        shown = ""  # never echo secrets
+    return f"{name}: {message}{shown}"
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """Read settings, turning every validation failure into one `ConfigError`."""
+    try:
+        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+    except ValidationError as exc:
+        raise ConfigError([_describe(dict(e)) for e in exc.errors()]) from None

@@ -1,0 +1,139 @@
+"""Building the prompt: system prompt plus as many recent turns as fit the budget.
+
+The budget is the model's input limit less the answer's `max_new_tokens` and a
+margin. Sizes come from the model's own tokenizer where the server offers one
+(cached per turn in memory, and the final prompt is counted exactly by the
+server), so a long conversation never reaches the server's context-overflow
+error.
+
+Old turns are dropped in blocks aligned to turn sequence numbers, not one at a
+time: consecutive prompts then share a long, stable prefix (system prompt and
+the same oldest turns), which TGI's prefix cache reuses.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from core.llm.base import ChatMessage, LLMClient, PreparedPrompt
+from core.memory import Turn
+
+
+class MessageTooLong(Exception):
+    """The new message alone does not fit; both numbers are for the user."""
+
+    def __init__(self, tokens: int, limit: int) -> None:
+        super().__init__(f"message has {tokens} tokens, at most {limit} fit")
+        self.tokens = tokens
+        self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class BuiltContext:
+    prompt: PreparedPrompt
+    user_tokens: int
+    history_used: int  # how many stored turns made it into the prompt
+    history_start: int  # index of the first stored turn used (len(history) when none)
+
+
+class ContextBuilder:
+    def __init__(
+        self,
+        llm: LLMClient,
+        *,
+        max_new_tokens: int,
+        margin: int,
+        block_messages: int,
+        overhead_guess: int = 8,
+        cache_size: int = 64,
+    ) -> None:
+        self._llm = llm
+        self._max_new = max_new_tokens
+        self._margin = margin
+        self._block = block_messages
+        self._overhead = overhead_guess  # template tokens per message, learned from exact counts
+        self._system_counts: OrderedDict[str, int] = OrderedDict()
+        self._cache_size = cache_size
+
+    @property
+    def budget(self) -> int:
+        info = self._llm.info
+        return min(info.max_input_tokens, info.max_total_tokens - self._max_new) - self._margin
+
+    async def build(
+        self, system: str, history: Sequence[Turn], user_text: str, *, skip_blocks: int = 0
+    ) -> BuiltContext:
+        """Choose the turns, then let the server template and count the result.
+
+        `skip_blocks` drops that many more blocks than the estimate asks for; the
+        engine uses it when a server without exact counting still overflowed.
+        """
+        budget = self.budget
+        system_tokens = await self._system_tokens(system)
+        user_tokens = await self._llm.count_tokens(user_text)
+        fixed = system_tokens + user_tokens + 2 * self._overhead
+        if fixed > budget:
+            raise MessageTooLong(user_tokens, max(0, budget - system_tokens - 2 * self._overhead))
+
+        starts = self._block_starts(history)
+        index = self._first_fitting(starts, history, fixed, budget)
+        index = min(index + skip_blocks, len(starts) - 1)
+        while True:
+            start = starts[index]
+            messages = self._messages(system, history[start:], user_text)
+            prompt = await self._llm.prepare(messages)
+            if prompt.input_tokens <= budget:
+                self._learn(prompt, system_tokens + user_tokens, history[start:])
+                return BuiltContext(prompt, user_tokens, len(history) - start, start)
+            if index == len(starts) - 1:
+                over = prompt.input_tokens - user_tokens
+                raise MessageTooLong(user_tokens, max(0, budget - over))
+            index += 1
+
+    def _block_starts(self, history: Sequence[Turn]) -> list[int]:
+        """Indexes where a prompt may begin: a user turn opening a block, then 'none'."""
+        starts = [
+            i
+            for i, turn in enumerate(history)
+            if turn.role == "user" and (i == 0 or (turn.seq - 1) % self._block == 0)
+        ]
+        starts.append(len(history))
+        return starts
+
+    def _first_fitting(self, starts: list[int], history: Sequence[Turn], fixed: int, budget: int) -> int:
+        """The earliest block start whose estimated prompt fits."""
+        suffix = [0] * (len(history) + 1)
+        for i in range(len(history) - 1, -1, -1):
+            suffix[i] = suffix[i + 1] + history[i].tokens + self._overhead
+        for index, start in enumerate(starts):
+            if fixed + suffix[start] <= budget:
+                return index
+        return len(starts) - 1
+
+    @staticmethod
+    def _messages(system: str, turns: Sequence[Turn], user_text: str) -> list[ChatMessage]:
+        messages = [ChatMessage("system", system)]
+        messages += [ChatMessage(t.role, t.content) for t in turns]
+        messages.append(ChatMessage("user", user_text))
+        return messages
+
+    async def _system_tokens(self, system: str) -> int:
+        cached = self._system_counts.get(system)
+        if cached is None:
+            cached = await self._llm.count_tokens(system)
+            self._system_counts[system] = cached
+            if len(self._system_counts) > self._cache_size:
+                self._system_counts.popitem(last=False)
+        else:
+            self._system_counts.move_to_end(system)
+        return cached
+
+    def _learn(self, prompt: PreparedPrompt, fixed_content: int, turns: Sequence[Turn]) -> None:
+        """Keep the per-message template overhead in line with the server's exact count."""
+        if not prompt.exact:
+            return
+        content = fixed_content + sum(t.tokens for t in turns)
+        per_message = -(-(prompt.input_tokens - content) // len(prompt.messages))
+        self._overhead = max(0, per_message)

@@ -1,0 +1,301 @@
+"""The engine: one path that every incoming event takes, whatever the platform.
+
+duplicate? → allowed? → addressed? → within rate limit and quota? → command,
+or: the conversation's turn → prompt within budget → streamed answer → saved.
+Adapters only translate; every decision is made here, once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from redis.exceptions import RedisError
+
+from core import messages
+from core.access import AccessPolicy
+from core.admission import Admitter, Verdict
+from core.cancel import CancelBus
+from core.commands import CommandError, CommandRegistry, ParsedCommand
+from core.context import BuiltContext, ContextBuilder, MessageTooLong
+from core.llm.base import Finished, GenerationParams, LLMClient, TextDelta
+from core.llm.errors import ContextTooLong, LLMError
+from core.locks import ConversationLocks, LockTimeout
+from core.memory import ConversationStore, Turn
+from core.render import StreamRenderer
+from core.types import ConversationKey, Inbound, PlatformError, Surface
+
+
+class Outcome(enum.Enum):
+    """What became of an event; logged, and counted by later metrics."""
+
+    ANSWERED = "answered"
+    COMMAND = "command"
+    STOPPED = "stopped"
+    NOT_ADDRESSED = "not_addressed"
+    DUPLICATE = "duplicate"
+    NOT_ALLOWED = "not_allowed"
+    RATE_LIMITED = "rate_limited"
+    OVER_QUOTA = "over_quota"
+    INVALID = "invalid"
+    BUSY = "busy"
+    FAILED = "failed"
+
+
+@dataclass(frozen=True, slots=True)
+class EnginePolicy:
+    system_prompt: str
+    generation: GenerationParams
+    conversation_wait: float = 300.0
+    #: extra tries, dropping one more block each, when a server without exact
+    #: token counts still reports a context overflow before the first token
+    overflow_retries: int = 2
+
+
+@dataclass(slots=True)
+class CommandContext:
+    """What a command handler may use: the event, where to answer, and the engine."""
+
+    engine: Engine
+    event: Inbound
+    surface: Surface
+
+    async def reply(self, text: str) -> None:
+        await self.engine.say(self.surface, text)
+
+
+@dataclass(slots=True)
+class _Stream:
+    text: str = ""
+    tokens: int = 0
+    finished: Finished | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Generated:
+    text: str
+    tokens: int
+    outcome: Outcome
+
+    @property
+    def partial(self) -> bool:
+        return self.outcome is not Outcome.ANSWERED
+
+
+class _RetryWithLessHistory(Exception):
+    pass
+
+
+RendererFactory = Callable[[Surface], StreamRenderer]
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        memory: ConversationStore,
+        admitter: Admitter,
+        locks: ConversationLocks,
+        cancels: CancelBus,
+        llm: LLMClient,
+        context: ContextBuilder,
+        access: AccessPolicy,
+        commands: CommandRegistry,
+        policy: EnginePolicy,
+        renderer: RendererFactory = StreamRenderer,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.memory = memory
+        self.admitter = admitter
+        self.locks = locks
+        self.cancels = cancels
+        self.llm = llm
+        self.context = context
+        self.access = access
+        self.commands = commands
+        self.policy = policy
+        self._renderer = renderer
+        self._log = logger or logging.getLogger("herald.engine")
+
+    async def handle(self, event: Inbound, surface: Surface) -> Outcome:
+        """Process one event to the end; never raises for bad input or failing services."""
+        try:
+            outcome = await self._handle(event, surface)
+        except RedisError as exc:
+            self._log.error("redis failed for %s: %s", event.event_id, exc)
+            await self.say(surface, messages.STORE_DOWN)
+            outcome = Outcome.FAILED
+        except Exception:
+            self._log.exception("unexpected error handling %s", event.event_id)
+            await self.say(surface, messages.UNEXPECTED)
+            outcome = Outcome.FAILED
+        self._log.info(
+            "event platform=%s conv=%s event=%s outcome=%s",
+            event.platform,
+            event.conversation,
+            event.event_id,
+            outcome.value,
+        )
+        return outcome
+
+    async def _handle(self, event: Inbound, surface: Surface) -> Outcome:
+        if not self.access.allows(event):
+            if event.is_private and (event.addressed or event.command):
+                await self.say(surface, messages.NOT_ALLOWED)
+            return Outcome.NOT_ALLOWED
+        parsed: ParsedCommand | None = None
+        problem: str | None = None
+        if event.command is not None:
+            try:
+                parsed = self.commands.parse(event.command)
+            except CommandError as exc:
+                problem = str(exc)
+        elif not event.addressed:
+            return Outcome.NOT_ADDRESSED
+
+        generates = parsed.spec.generates if parsed is not None else event.command is None
+        limited = generates and not self.access.is_admin(event.platform, event.author)
+        admission = await self.admitter.admit(
+            event.platform, event.event_id, event.author.user_id, limited=limited
+        )
+        if admission.verdict is Verdict.DUPLICATE:
+            return Outcome.DUPLICATE
+        if admission.verdict is Verdict.RATE_LIMITED:
+            await self.say(surface, messages.rate_limited(admission.retry_after))
+            return Outcome.RATE_LIMITED
+        if admission.verdict is Verdict.OVER_QUOTA:
+            await self.say(surface, messages.over_quota(admission.retry_after))
+            return Outcome.OVER_QUOTA
+        if problem is not None:
+            await self.say(surface, problem)
+            return Outcome.INVALID
+        if parsed is not None:
+            return await self._run_command(parsed, event, surface)
+        return await self.answer(event, surface, event.text)
+
+    async def _run_command(self, parsed: ParsedCommand, event: Inbound, surface: Surface) -> Outcome:
+        context = CommandContext(self, event, surface)
+        if not parsed.spec.needs_turn:
+            await parsed.spec.handler(context, parsed.args)
+            return Outcome.COMMAND
+        try:
+            async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
+                await parsed.spec.handler(context, parsed.args)
+        except LockTimeout:
+            await self.say(surface, messages.BUSY_CONVERSATION)
+            return Outcome.BUSY
+        return Outcome.COMMAND
+
+    async def answer(self, event: Inbound, surface: Surface, text: str) -> Outcome:
+        """Answer `text` in the event's conversation, waiting for its turn."""
+        text = text.strip()
+        if not text:
+            await self.say(surface, messages.EMPTY_MESSAGE)
+            return Outcome.INVALID
+        try:
+            async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
+                return await self._answer_in_turn(event, surface, text)
+        except LockTimeout:
+            await self.say(surface, messages.BUSY_CONVERSATION)
+            return Outcome.BUSY
+
+    async def _answer_in_turn(self, event: Inbound, surface: Surface, text: str) -> Outcome:
+        conv = event.conversation
+        persona, history = await self.memory.load(conv)
+        system = persona or self.policy.system_prompt
+        renderer = self._renderer(surface)
+        await renderer.start()
+        for skip in range(self.policy.overflow_retries + 1):
+            try:
+                built = await self.context.build(system, history, text, skip_blocks=skip)
+                result = await self._generate(
+                    conv, built, renderer, may_retry=skip < self.policy.overflow_retries
+                )
+                break
+            except MessageTooLong as exc:
+                await renderer.fail(messages.message_too_long(exc.tokens, exc.limit))
+                return Outcome.INVALID
+            except _RetryWithLessHistory:
+                self._log.warning("context overflow on %s; dropping another block", conv)
+            except LLMError as exc:
+                self._log.warning("model error before answering %s: %r", conv, exc)
+                await renderer.fail(exc.user_message)
+                return Outcome.FAILED
+        else:  # pragma: no cover - the last try never asks to retry
+            raise AssertionError("unreachable")
+
+        if result.text:
+            await self.memory.append(
+                conv,
+                [
+                    Turn("user", text, built.user_tokens),
+                    Turn("assistant", result.text, result.tokens, partial=result.partial),
+                ],
+            )
+            await self.admitter.charge(
+                event.platform, event.author.user_id, built.prompt.input_tokens + result.tokens
+            )
+        return result.outcome
+
+    async def _generate(
+        self, conv: ConversationKey, built: BuiltContext, renderer: StreamRenderer, *, may_retry: bool
+    ) -> _Generated:
+        state = _Stream()
+        pump = asyncio.create_task(self._pump(built, renderer, state))
+        with self.cancels.track(conv, pump) as generation:
+            try:
+                await pump
+            except asyncio.CancelledError:
+                if not generation.cancelled:
+                    raise
+                self._log.info("generation for %s stopped on request", conv)
+                await self._end(renderer, state, messages.STOPPED)
+                return _Generated(state.text, state.tokens, Outcome.STOPPED)
+            except LLMError as exc:
+                if (
+                    isinstance(exc, ContextTooLong)
+                    and not state.text
+                    and may_retry
+                    and not built.prompt.exact
+                ):
+                    raise _RetryWithLessHistory from exc
+                self._log.warning("model error while answering %s: %r", conv, exc)
+                if not state.text.strip():
+                    await renderer.fail(exc.user_message)
+                    return _Generated("", 0, Outcome.FAILED)
+                await renderer.finish(note=messages.interrupted(exc.user_message))
+                return _Generated(state.text, state.tokens, Outcome.FAILED)
+        await renderer.finish()
+        return _Generated(state.text, state.tokens, Outcome.ANSWERED)
+
+    async def _pump(self, built: BuiltContext, renderer: StreamRenderer, state: _Stream) -> None:
+        async for item in self.llm.stream(built.prompt, self.policy.generation):
+            if isinstance(item, TextDelta):
+                state.text += item.text
+                state.tokens += 1
+                await renderer.feed(item.text)
+            else:
+                state.finished = item
+                state.tokens = item.generated_tokens
+
+    @staticmethod
+    async def _end(renderer: StreamRenderer, state: _Stream, note: str) -> None:
+        if state.text.strip():
+            await renderer.finish(note=note)
+        else:
+            await renderer.fail(note)
+
+    async def say(self, surface: Surface, text: str) -> None:
+        """Send a short message of Herald's own; a platform failure is logged, not raised."""
+        try:
+            await surface.send(text)
+        except PlatformError as exc:
+            self._log.warning("could not send a message: %s", exc)
+
+    def describe(self) -> dict[str, Any]:
+        """What `doctor` and logs show about this engine's limits."""
+        return {"budget_tokens": self.context.budget, "model": self.llm.info.model_id}

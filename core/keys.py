@@ -1,0 +1,47 @@
+"""The one place that knows Herald's Redis key layout.
+
+Every key starts with the configured prefix (default `herald`), so several
+deployments, or the test suite, can share one server without colliding.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from core.types import ConversationKey
+
+
+@dataclass(frozen=True, slots=True)
+class Keys:
+    prefix: str = "herald"
+
+    def history(self, conv: ConversationKey) -> str:
+        """List of JSON turns, oldest first."""
+        return f"{self.prefix}:hist:{conv}"
+
+    def history_seq(self, conv: ConversationKey) -> str:
+        """Counter numbering every turn ever appended (block alignment survives trims)."""
+        return f"{self.prefix}:hist-seq:{conv}"
+
+    def persona(self, platform: str, chat_id: str) -> str:
+        """The chat's system prompt, when one was set."""
+        return f"{self.prefix}:persona:{platform}:{chat_id}"
+
+    def event(self, platform: str, event_id: str) -> str:
+        """Marks an incoming event id as seen (idempotency)."""
+        return f"{self.prefix}:event:{platform}:{event_id}"
+
+    def bucket(self, platform: str, user_id: str) -> str:
+        """Token bucket hash for the per-user rate limit."""
+        return f"{self.prefix}:bucket:{platform}:{user_id}"
+
+    def quota(self, platform: str, user_id: str) -> str:
+        """Prefix of the per-user daily token counters; the day is appended server-side."""
+        return f"{self.prefix}:quota:{platform}:{user_id}"
+
+    def lock(self, conv: ConversationKey) -> str:
+        return f"{self.prefix}:lock:{conv}"
+
+    def cancel_channel(self) -> str:
+        """Pub/sub channel carrying conversation keys whose generation must stop."""
+        return f"{self.prefix}:cancel"

@@ -1,0 +1,104 @@
+"""The model-client interface the engine depends on, and the values it exchanges.
+
+Two backends implement it: TGI's native protocol (`tgi.py`) and any
+OpenAI-compatible chat server (`openai.py`). The engine never knows which.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Literal, Protocol
+
+Role = Literal["system", "user", "assistant"]
+
+
+@dataclass(frozen=True, slots=True)
+class ChatMessage:
+    role: Role
+    content: str
+
+
+@dataclass(frozen=True, slots=True)
+class GenerationParams:
+    """Sampling settings; validated against TGI's rules by the backends."""
+
+    max_new_tokens: int = 512
+    temperature: float | None = 0.7
+    top_p: float | None = 0.95
+    repetition_penalty: float | None = None
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class ModelInfo:
+    """What the server says about itself at start (`GET /info` on TGI)."""
+
+    model_id: str
+    max_input_tokens: int
+    max_total_tokens: int
+    max_concurrent_requests: int
+    version: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPrompt:
+    """Messages ready to send, with their size in the model's tokens.
+
+    `exact` is true when the server counted with the model's own tokenizer and
+    chat template; `rendered` is then the templated text the server produced.
+    """
+
+    messages: tuple[ChatMessage, ...]
+    input_tokens: int
+    exact: bool
+    rendered: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TextDelta:
+    """New text from the model (one or more tokens)."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """The last event of a successful stream."""
+
+    finish_reason: str
+    generated_tokens: int
+
+
+StreamEvent = TextDelta | Finished
+
+
+class LLMClient(Protocol):
+    """A model server. One instance per process, shared by every conversation."""
+
+    @property
+    def info(self) -> ModelInfo:
+        """Valid after `start()`."""
+
+    async def start(self) -> ModelInfo:
+        """Open the shared HTTP session and read the server's limits."""
+
+    async def close(self) -> None: ...
+
+    async def health(self) -> bool:
+        """True when the server says it can generate."""
+
+    async def prepare(self, messages: Sequence[ChatMessage]) -> PreparedPrompt:
+        """Count the prompt's tokens (exactly where the server can) and template it."""
+
+    async def count_tokens(self, text: str) -> int:
+        """Tokens of a plain text, with the model's tokenizer where offered."""
+
+    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+        """Yield `TextDelta`s then one `Finished`; raise `LLMError` subclasses.
+
+        Waits for a server slot (bounded), retries retryable errors with a short
+        capped backoff only before the first token, and enforces an idle timeout
+        between tokens.
+        """

@@ -1,0 +1,115 @@
+"""Conversation memory in Redis: history per conversation and persona per chat.
+
+A history is a list of JSON turns. Appending, trimming to the configured length
+and refreshing the expiry happen in one Lua script, so concurrent writers never
+see a half-updated history. Every turn carries a sequence number that keeps
+growing across trims, which lets the context builder cut old turns in blocks
+aligned to those numbers (a stable prompt prefix for TGI's prefix cache).
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from redis.asyncio import Redis
+
+from core.keys import Keys
+from core.llm.base import Role
+from core.types import ConversationKey
+
+_APPEND = """
+local hist, seqkey = KEYS[1], KEYS[2]
+local maxlen, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+local seq = 0
+for i = 3, #ARGV do
+  local turn = cjson.decode(ARGV[i])
+  seq = redis.call('INCR', seqkey)
+  turn['n'] = seq
+  redis.call('RPUSH', hist, cjson.encode(turn))
+end
+redis.call('LTRIM', hist, -maxlen, -1)
+redis.call('PEXPIRE', hist, ttl)
+redis.call('PEXPIRE', seqkey, ttl)
+return seq
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class Turn:
+    """One message of a conversation, with its size in model tokens."""
+
+    role: Role
+    content: str
+    tokens: int
+    seq: int = 0
+    partial: bool = False
+
+    def encode(self) -> str:
+        data: dict[str, Any] = {"r": self.role, "c": self.content, "t": self.tokens}
+        if self.partial:
+            data["p"] = 1
+        return json.dumps(data, ensure_ascii=False)
+
+    @staticmethod
+    def decode(raw: str) -> Turn | None:
+        """None for an entry that is not a turn (kept data, never a crash)."""
+        try:
+            data = json.loads(raw)
+            role = data["r"]
+            if role not in ("user", "assistant"):
+                return None
+            return Turn(role, str(data["c"]), int(data["t"]), int(data["n"]), bool(data.get("p")))
+        except (ValueError, KeyError, TypeError):
+            return None
+
+
+class ConversationStore:
+    """History and personas, namespaced by `Keys`."""
+
+    def __init__(self, redis: Redis, keys: Keys, *, max_messages: int, ttl_seconds: int) -> None:
+        self._redis = redis
+        self._keys = keys
+        self._max = max_messages
+        self._ttl_ms = ttl_seconds * 1000
+        self._append = redis.register_script(_APPEND)
+
+    async def load(self, conv: ConversationKey) -> tuple[str | None, list[Turn]]:
+        """The chat's persona and the conversation's turns, in one round trip."""
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.get(self._keys.persona(conv.platform, conv.chat_id))
+        pipe.lrange(self._keys.history(conv), 0, -1)
+        persona, raw = await pipe.execute()
+        turns = [t for t in (Turn.decode(r) for r in raw) if t is not None]
+        return persona, turns
+
+    async def history(self, conv: ConversationKey) -> list[Turn]:
+        return (await self.load(conv))[1]
+
+    async def append(self, conv: ConversationKey, turns: Sequence[Turn]) -> int:
+        """Append turns atomically; returns the last sequence number."""
+        if not turns:
+            return 0
+        keys = [self._keys.history(conv), self._keys.history_seq(conv)]
+        args: list[str | int] = [self._max, self._ttl_ms, *(t.encode() for t in turns)]
+        return int(await self._append(keys=keys, args=args))
+
+    async def reset(self, conv: ConversationKey) -> bool:
+        """Forget the conversation; True when there was something to forget.
+
+        The sequence counter is kept so block alignment stays monotonic.
+        """
+        return bool(await self._redis.delete(self._keys.history(conv)))
+
+    async def persona(self, platform: str, chat_id: str) -> str | None:
+        value = await self._redis.get(self._keys.persona(platform, chat_id))
+        return None if value is None else str(value)
+
+    async def set_persona(self, platform: str, chat_id: str, prompt: str | None) -> None:
+        key = self._keys.persona(platform, chat_id)
+        if prompt is None:
+            await self._redis.delete(key)
+        else:
+            await self._redis.set(key, prompt)

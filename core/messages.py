@@ -1,0 +1,44 @@
+"""Every short, human message Herald says on its own behalf, in one place."""
+
+from __future__ import annotations
+
+STORE_DOWN = "My memory store is unavailable right now — try again in a minute."
+NOT_ALLOWED = "Sorry, I'm not available in this chat."
+BUSY_CONVERSATION = "I'm still working on an earlier message here — try again shortly."
+STOPPED = "⏹️ Stopped."
+NOTHING_TO_CANCEL = "Nothing to cancel — I'm not answering anything here."
+CANCELLING = "Stopping the current answer."
+RESET_DONE = "Done — I've forgotten this conversation."
+RESET_EMPTY = "There was nothing to forget here."
+EMPTY_MESSAGE = "What would you like to ask?"
+ADMINS_ONLY = "Only chat admins can change that here."
+UNEXPECTED = "Something went wrong on my side — try again in a minute."
+
+
+def rate_limited(seconds: float) -> str:
+    return f"You're sending messages faster than I can answer — try again in {_duration(seconds)}."
+
+
+def over_quota(seconds: float) -> str:
+    return f"You've used today's answer quota — it renews in {_duration(seconds)}."
+
+
+def message_too_long(tokens: int, limit: int) -> str:
+    return (
+        f"Your message is too long for me: it is {tokens:,} tokens and I can read "
+        f"at most {limit:,} at once. Please shorten it."
+    )
+
+
+def interrupted(reason: str) -> str:
+    return f"⚠️ Answer interrupted: {reason}"
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(1, round(seconds))
+    if seconds < 90:
+        return f"{seconds} s"
+    minutes = round(seconds / 60)
+    if minutes < 90:
+        return f"{minutes} min"
+    return f"{round(minutes / 60)} h"

@@ -1,0 +1,350 @@
+"""Render a streamed answer onto a `Surface`: typing, first send, coalesced edits.
+
+The engine feeds text deltas as fast as the model produces them; platforms
+allow roughly one edit per second per message. A single background flusher
+task therefore owns all platform I/O: `feed` only appends and wakes it, and
+the flusher makes at most one call (edit or continuation send) per
+`min_edit_interval`, always with the newest text. Because
+`core.splitting.split_message` is prefix-stable, a message that has been
+followed by another never changes again, so earlier parts are edited to their
+final text once and only the last part keeps growing.
+
+Platform errors never reach the engine: rate limits slow the render down,
+other failures are logged and retried (the final state a few times), and
+`finish`/`fail` report what was delivered.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Literal
+
+from core.splitting import closing_fence, split_message
+from core.types import MessageNotModified, MessageRef, PlatformRateLimited, Surface
+
+#: widened intervals after a rate limit never exceed this (unless the platform's base does)
+MAX_INTERVAL = 10.0
+#: the final state is retried this many times per message after ordinary errors
+FINAL_ATTEMPTS = 3
+#: rate limits in a row while finishing before they count as an ordinary failure
+FINAL_RATE_LIMITS = 5
+#: first pause before retrying a failed final call; doubles each time
+RETRY_BACKOFF = 0.5
+
+_Kind = Literal["send", "edit"]
+
+
+@dataclass(frozen=True, slots=True)
+class RenderResult:
+    """What the user ended up seeing.
+
+    `parts` is the complete answer as split for the platform; `refs` the
+    messages that exist, in order; `delivered` is False when some part could
+    not be sent or brought up to date.
+    """
+
+    parts: tuple[str, ...]
+    refs: tuple[MessageRef, ...]
+    edits: int
+    sends: int
+    delivered: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class _Action:
+    kind: _Kind
+    index: int
+    text: str
+
+
+class StreamRenderer:
+    """Turns text deltas into one or more messages on a surface (see module doc)."""
+
+    def __init__(
+        self,
+        surface: Surface,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        typing_interval: float = 4.0,
+        max_retry_after: float = 30.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._surface = surface
+        self._caps = surface.capabilities
+        self._clock = clock
+        self._sleep = sleep
+        self._typing_interval = typing_interval
+        self._max_retry_after = max_retry_after
+        self._log = logger or logging.getLogger(__name__)
+
+        self._text = ""
+        self._note: str | None = None
+        self._fail_message: str | None = None
+        self._finishing = False
+        self._final: str | None = None  # frozen once the flusher first sees `_finishing`
+        self._split_cache: tuple[str, list[str]] = ("", [])
+
+        self._refs: list[MessageRef | None] = []  # per part; None: gave up sending it
+        self._shown: list[str] = []  # per part: the text the platform has
+        self._abandoned: set[int] = set()
+        self._visible = False
+        self._edits = 0
+        self._sends = 0
+
+        base = self._caps.min_edit_interval
+        self._interval = base
+        self._max_interval = max(MAX_INTERVAL, base)
+        self._next_call_at = -math.inf
+        self._stalled_at = -1  # text length at a failed streaming call; retry once it grows
+        self._final_failures: dict[int, int] = {}
+        self._rate_hits = 0
+
+        self._wake = asyncio.Event()
+        self._flusher: asyncio.Task[None] | None = None
+        self._typing: asyncio.Task[None] | None = None
+        self._started = False
+        self._result: RenderResult | None = None
+
+    # ------------------------------------------------------------ public API
+
+    @property
+    def text(self) -> str:
+        """Everything fed so far."""
+        return self._text
+
+    async def start(self) -> None:
+        """Show typing now and keep it alive until the first message is visible."""
+        if self._started or self._finishing:
+            return
+        self._started = True
+        await self._typing_once()
+        self._typing = asyncio.create_task(self._typing_loop())
+        self._ensure_flusher()
+
+    async def feed(self, delta: str) -> None:
+        """Append text; the flusher does the I/O, so this never waits on the platform."""
+        if self._finishing:
+            self._log.debug("text fed after finish() ignored")
+            return
+        if not delta:
+            return
+        self._text += delta
+        self._ensure_flusher()
+        self._wake.set()
+
+    async def finish(self, note: str | None = None) -> RenderResult:
+        """Deliver the complete text (plus `note` in its own paragraph) and stop."""
+        if not self._finishing:
+            self._note = note
+        return await self._close()
+
+    async def fail(self, message: str) -> RenderResult:
+        """End with an error: `message` is the answer if nothing is visible yet,
+        otherwise a note under the partial text."""
+        if not self._finishing:
+            self._fail_message = message
+        return await self._close()
+
+    # ------------------------------------------------------------ lifecycle
+
+    def _ensure_flusher(self) -> None:
+        if self._flusher is None:
+            self._flusher = asyncio.create_task(self._run())
+
+    def _stop_typing(self) -> None:
+        if self._typing is not None and not self._typing.done():
+            self._typing.cancel()
+
+    async def _close(self) -> RenderResult:
+        self._finishing = True
+        self._stop_typing()
+        self._ensure_flusher()
+        self._wake.set()
+        assert self._flusher is not None
+        await asyncio.wait([self._flusher])  # the flusher logs its own failures
+        if self._result is None:
+            self._result = self._build_result()
+        return self._result
+
+    def _build_result(self) -> RenderResult:
+        parts = self._split(self._content())
+        current = sum(
+            1
+            for i, part in enumerate(parts)
+            if i < len(self._refs) and self._refs[i] is not None and self._shown[i] == part
+        )
+        delivered = current == len(parts)
+        if not delivered:
+            self._log.warning(
+                "answer only partly delivered: %d of %d parts up to date", current, len(parts)
+            )
+        return RenderResult(
+            parts=tuple(parts),
+            refs=tuple(ref for ref in self._refs if ref is not None),
+            edits=self._edits,
+            sends=self._sends,
+            delivered=delivered,
+        )
+
+    # ------------------------------------------------------------ typing
+
+    async def _typing_once(self) -> None:
+        try:
+            await self._surface.typing()
+        except Exception as exc:  # best effort by contract
+            self._log.debug("typing indicator failed: %r", exc)
+
+    async def _typing_loop(self) -> None:
+        while True:
+            await self._sleep(self._typing_interval)
+            if self._visible or self._finishing:
+                return
+            await self._typing_once()
+
+    # ------------------------------------------------------------ flushing
+
+    def _content(self) -> str:
+        """The text to show now. Once finishing, frozen to the final text."""
+        if not self._finishing:
+            return self._text
+        if self._final is None:
+            self._final = self._compose_final()
+        return self._final
+
+    def _compose_final(self) -> str:
+        note = self._note
+        if self._fail_message is not None:
+            if not self._visible:
+                return self._fail_message
+            note = self._fail_message
+        text = self._text
+        if not note:
+            return text
+        if not text.strip():
+            return note
+        # Extends `text`, so the parts already sent stay as they are.
+        return text + closing_fence(text) + "\n\n" + note
+
+    def _split(self, content: str) -> list[str]:
+        if self._split_cache[0] != content:
+            parts = split_message(content, self._caps.max_length, self._caps.measure)
+            self._split_cache = (content, parts)
+        return self._split_cache[1]
+
+    def _next_action(self) -> _Action | None:
+        parts = self._split(self._content())
+        if not self._caps.can_edit and not self._finishing:
+            parts = parts[:-1]  # only parts that can no longer change
+        for i, part in enumerate(parts):
+            if i in self._abandoned:
+                continue
+            if i >= len(self._refs):
+                return _Action("send", i, part)
+            if self._caps.can_edit and self._shown[i] != part:
+                return _Action("edit", i, part)
+        return None
+
+    async def _run(self) -> None:
+        """The flusher: one platform call at a time, spaced by the interval."""
+        try:
+            while True:
+                delay = self._next_call_at - self._clock()
+                if delay > 0:
+                    await self._sleep(delay)
+                    continue
+                self._wake.clear()
+                action = self._next_action()
+                if action is None:
+                    if self._finishing:
+                        return
+                    await self._wake.wait()
+                    continue
+                if not self._finishing and self._stalled_at == len(self._text):
+                    await self._wake.wait()  # failed on this text; wait for more
+                    continue
+                await self._perform(action)
+        except Exception:
+            self._log.exception("renderer flusher crashed")
+
+    async def _perform(self, action: _Action) -> None:
+        i = action.index
+        try:
+            if action.kind == "send":
+                ref = await self._surface.send(action.text, reply_to=self._reply_to(i))
+                self._refs.append(ref)
+                self._shown.append(action.text)
+                self._sends += 1
+                if not self._visible:
+                    self._visible = True
+                    self._stop_typing()
+            else:
+                target = self._refs[i]
+                assert target is not None
+                with contextlib.suppress(MessageNotModified):  # already shows this text
+                    await self._surface.edit(target, action.text)
+                self._shown[i] = action.text
+                self._edits += 1
+        except PlatformRateLimited as exc:
+            self._on_rate_limited(action, exc.retry_after)
+            return
+        except Exception as exc:  # PlatformError, or a surface bug: never the engine's problem
+            self._on_failure(action, exc)
+            return
+        self._rate_hits = 0
+        self._next_call_at = self._clock() + self._interval
+
+    def _reply_to(self, index: int) -> MessageRef | None:
+        for ref in reversed(self._refs[:index]):
+            if ref is not None:
+                return ref
+        return None
+
+    def _on_rate_limited(self, action: _Action, retry_after: float) -> None:
+        wait = min(max(retry_after, 0.0), self._max_retry_after)
+        self._interval = min(max(self._interval * 2, 1.0), self._max_interval)
+        self._next_call_at = self._clock() + max(wait, self._interval)
+        self._log.warning(
+            "rate limited on %s of part %d: waiting %.1fs, edit interval now %.1fs",
+            action.kind,
+            action.index + 1,
+            wait,
+            self._interval,
+        )
+        if self._finishing:
+            self._rate_hits += 1
+            if self._rate_hits > FINAL_RATE_LIMITS:
+                self._rate_hits = 0
+                self._count_final_failure(action)
+
+    def _on_failure(self, action: _Action, exc: Exception) -> None:
+        self._log.warning(
+            "%s of part %d failed: %s", action.kind, action.index + 1, type(exc).__name__
+        )
+        self._log.debug("failed %s text: %r", action.kind, action.text, exc_info=exc)
+        now = self._clock()
+        if not self._finishing:
+            self._stalled_at = len(self._text)
+            self._next_call_at = now + self._interval
+            return
+        failures = self._count_final_failure(action)
+        backoff = RETRY_BACKOFF * 2 ** (failures - 1)
+        self._next_call_at = now + max(self._interval, backoff)
+
+    def _count_final_failure(self, action: _Action) -> int:
+        i = action.index
+        failures = self._final_failures.get(i, 0) + 1
+        self._final_failures[i] = failures
+        if failures >= FINAL_ATTEMPTS:
+            self._log.warning("giving up on part %d after %d attempts", i + 1, failures)
+            self._abandoned.add(i)
+            if action.kind == "send":
+                self._refs.append(None)
+                self._shown.append("")
+        return failures

@@ -1,0 +1,1 @@
+"""Loopback emulators of the external services Herald talks to."""

@@ -1,0 +1,70 @@
+"""Test helpers: a surface that records what the core sent, and event builders."""
+
+from __future__ import annotations
+
+import itertools
+from dataclasses import dataclass, field
+
+from core.commands import parse_command_text
+from core.types import Author, Capabilities, Inbound, MessageRef
+
+_ids = itertools.count(1)
+
+
+@dataclass
+class RecordingSurface:
+    """An in-memory chat: messages by id, in order, with every call recorded."""
+
+    caps: Capabilities = field(default_factory=lambda: Capabilities(max_length=2000, min_edit_interval=0.0))
+    messages: dict[str, str] = field(default_factory=dict)
+    calls: list[tuple[str, str]] = field(default_factory=list)
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self.caps
+
+    async def typing(self) -> None:
+        self.calls.append(("typing", ""))
+
+    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+        ref = MessageRef(str(len(self.messages) + 1))
+        self.messages[ref.id] = text
+        self.calls.append(("send", text))
+        return ref
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        self.messages[ref.id] = text
+        self.calls.append(("edit", text))
+
+    @property
+    def texts(self) -> list[str]:
+        return list(self.messages.values())
+
+    @property
+    def last(self) -> str:
+        return self.texts[-1] if self.messages else ""
+
+
+def event(
+    text: str,
+    *,
+    user: str = "u1",
+    chat: str = "c1",
+    platform: str = "test",
+    thread: str | None = None,
+    addressed: bool = True,
+    private: bool = True,
+    chat_admin: bool = False,
+    event_id: str | None = None,
+) -> Inbound:
+    return Inbound(
+        platform=platform,
+        event_id=event_id or f"e{next(_ids)}",
+        chat_id=chat,
+        thread_id=thread,
+        author=Author(user, user, is_chat_admin=chat_admin),
+        text=text,
+        addressed=addressed,
+        is_private=private,
+        command=parse_command_text(text),
+    )

@@ -1,0 +1,87 @@
+"""Context budget: long conversations never overflow, over-long messages are told so,
+old turns are dropped in blocks so consecutive prompts share a stable prefix."""
+
+from __future__ import annotations
+
+import os
+
+from core.engine import Outcome
+from core.memory import Turn
+from tests.conftest import EngineFactory
+from tests.emulators.tgi import TGIEmulator
+from tests.support import RecordingSurface, event
+
+SENTENCE = "the quick brown fox jumps over the lazy dog again and again today"
+
+
+def shared_prefix(a: str, b: str) -> int:
+    return len(os.path.commonprefix([a, b]))  # noqa: RUF071 - characters are what we count
+
+
+async def test_long_conversation_stays_within_budget_with_stable_prefix(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    tgi.max_input_tokens, tgi.max_total_tokens = 400, 600
+    engine = await make_engine(max_new_tokens=100, context_margin=16, context_block_messages=8)
+    budget = engine.context.budget
+    assert budget == 400 - 16
+    for i in range(60):
+        surface = RecordingSurface()
+        outcome = await engine.handle(event(f"message {i}: {SENTENCE}"), surface)
+        assert outcome is Outcome.ANSWERED, surface.texts
+    counts = [tgi.count(p) for p in tgi.prompts]
+    assert max(counts) <= budget
+    assert max(counts) > budget * 0.6  # the budget is actually used, not wasted
+    pairs = list(zip(tgi.prompts, tgi.prompts[1:], strict=False))
+    extended = sum(b.startswith(a) for a, b in pairs)
+    ratio = sum(shared_prefix(a, b) / len(b) for a, b in pairs) / len(pairs)
+    print(f"\nprefix kept whole in {extended}/{len(pairs)} turns; mean shared prefix {ratio:.0%}")
+    # Dropping a block of 8 messages at once leaves room for 4 more exchanges before
+    # the next drop, so at least 3 of every 4 consecutive prompts extend the previous one.
+    assert extended >= 0.7 * len(pairs)
+    assert ratio > 0.7
+
+
+async def test_one_message_too_long_is_answered_with_both_numbers(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    tgi.max_input_tokens, tgi.max_total_tokens = 400, 600
+    engine = await make_engine(max_new_tokens=100)
+    text = " ".join(["word"] * 500)
+    surface = RecordingSurface()
+    assert await engine.handle(event(text), surface) is Outcome.INVALID
+    tokens = tgi.count(text)
+    assert surface.texts[0].startswith(f"Your message is too long for me: it is {tokens:,} tokens")
+    assert "at most" in surface.texts[0]
+    assert tgi.prompts == []  # nothing was sent for generation
+
+
+async def test_blocks_start_at_aligned_sequence_numbers(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine(context_block_messages=4)
+    history = [
+        Turn("user" if n % 2 else "assistant", f"turn {n} " + SENTENCE, 20, seq=n)
+        for n in range(3, 23)  # as if the oldest turns were trimmed away
+    ]
+    budget = engine.context.budget
+    built = await engine.context.build("system", history, "new question")
+    assert built.history_used == len(history)  # everything fits the default budget
+    tgi.max_input_tokens = 200  # the model shrinks: only some history fits now
+    await engine.llm.close()
+    await engine.llm.start()
+    built = await engine.context.build("system", history, "new question")
+    first = history[built.history_start]
+    assert first.role == "user" and (first.seq - 1) % 4 == 0
+    assert built.prompt.input_tokens <= engine.context.budget < budget
+
+
+async def test_server_without_exact_counts_retries_with_less_history(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    """An OpenAI-compatible server is only estimated; an overflow drops a block and retries."""
+    engine = await make_engine(llm_api="openai", llm_max_input_tokens=4000, max_new_tokens=50)
+    for i in range(12):
+        assert await engine.handle(event(f"{i} {SENTENCE}"), RecordingSurface()) is Outcome.ANSWERED
+    tgi.max_input_tokens = 300  # the real server is smaller than configured
+    surface = RecordingSurface()
+    assert await engine.handle(event("and now?"), surface) is Outcome.ANSWERED
+    assert surface.last == "You said: and now?"

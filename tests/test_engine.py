@@ -1,0 +1,218 @@
+"""The engine end to end: real Redis, the TGI emulator, a recording surface."""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from core.engine import Outcome
+from core.types import ConversationKey
+from tests.conftest import EngineFactory
+from tests.emulators.tgi import Fault, TGIEmulator
+from tests.support import RecordingSurface, event
+
+
+async def ask(engine: object, text: str, **kw: object) -> tuple[Outcome, RecordingSurface]:
+    surface = RecordingSurface()
+    outcome = await engine.handle(event(text, **kw), surface)  # type: ignore[attr-defined]
+    return outcome, surface
+
+
+async def test_private_conversation_remembers(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    outcome, first = await ask(engine, "Hello, my name is Ada")
+    assert outcome is Outcome.ANSWERED
+    assert first.last == "You said: Hello, my name is Ada"
+    _, second = await ask(engine, "What is my name?")
+    assert second.last == "Your name is Ada."
+    _, elsewhere = await ask(engine, "What is my name?", chat="another-chat")
+    assert elsewhere.last == "I don't know your name yet."
+
+
+async def test_threads_are_separate_conversations(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    await ask(engine, "my name is Bo", private=False, thread="t1")
+    _, same = await ask(engine, "what is my name", private=False, thread="t1")
+    _, other = await ask(engine, "what is my name", private=False, thread="t2")
+    assert same.last == "Your name is Bo."
+    assert other.last == "I don't know your name yet."
+
+
+async def test_unaddressed_messages_are_ignored(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    outcome, surface = await ask(engine, "just chatting", addressed=False, private=False)
+    assert outcome is Outcome.NOT_ADDRESSED
+    assert surface.calls == []
+    assert tgi.prompts == []
+
+
+async def test_duplicate_events_are_answered_once(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    first = await engine.handle(event("hi", event_id="same"), RecordingSurface())
+    again_surface = RecordingSurface()
+    again = await engine.handle(event("hi", event_id="same"), again_surface)
+    assert (first, again) == (Outcome.ANSWERED, Outcome.DUPLICATE)
+    assert again_surface.calls == []
+    assert len(tgi.prompts) == 1
+
+
+async def test_allow_lists_and_admins(make_engine: EngineFactory) -> None:
+    engine = await make_engine(allowed_chats="test:good-chat", allowed_users="test:alice", admins="test:root")
+    ok, _ = await ask(engine, "hi", user="alice", chat="good-chat")
+    wrong_chat, told = await ask(engine, "hi", user="alice", chat="bad-chat")
+    wrong_user_group, silent = await ask(engine, "hi", user="mallory", chat="good-chat", private=False)
+    admin, _ = await ask(engine, "hi", user="root", chat="anywhere")
+    assert ok is Outcome.ANSWERED and admin is Outcome.ANSWERED
+    assert wrong_chat is Outcome.NOT_ALLOWED and told.last == "Sorry, I'm not available in this chat."
+    assert wrong_user_group is Outcome.NOT_ALLOWED and silent.calls == []
+
+
+async def test_rate_limit_and_quota_answer_briefly(make_engine: EngineFactory) -> None:
+    engine = await make_engine(rate_limit_burst=2, rate_limit_per_minute=1, admins="test:boss")
+    outcomes = [(await ask(engine, f"q{i}"))[0] for i in range(3)]
+    assert outcomes == [Outcome.ANSWERED, Outcome.ANSWERED, Outcome.RATE_LIMITED]
+    _, slow = await ask(engine, "again")
+    wait = re.search(r"faster than I can answer — try again in (\d+) s\.", slow.last)
+    assert wait is not None and 55 <= int(wait[1]) <= 60  # one message a minute
+    admin = [(await ask(engine, f"q{i}", user="boss"))[0] for i in range(3)]
+    assert admin == [Outcome.ANSWERED] * 3  # admins pass limits
+    _, help_ = await ask(engine, "/help")  # commands that don't generate are not limited
+    assert "/reset" in help_.last
+
+    quota_engine = await make_engine(daily_token_quota=10)
+    assert (await ask(quota_engine, "first", user="q"))[0] is Outcome.ANSWERED
+    outcome, told = await ask(quota_engine, "second", user="q")
+    assert outcome is Outcome.OVER_QUOTA
+    assert "used today's answer quota" in told.last
+
+
+async def test_two_engines_serialise_one_conversation(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    first, second = await make_engine(), await make_engine()  # two replicas, own connections
+    tgi.token_delay = 0.01
+    a, b = RecordingSurface(), RecordingSurface()
+    await asyncio.gather(
+        first.handle(event("my name is Cy"), a),
+        second.handle(event("my name is Cy, really"), b),
+    )
+    assert tgi.max_in_flight == 1
+    history = await first.memory.history(ConversationKey("test", "c1", None))
+    assert [t.role for t in history] == ["user", "assistant", "user", "assistant"]
+    # Whichever ran second saw the first one's complete turn in its prompt.
+    assert history[1].content in tgi.prompts[1]
+
+
+async def test_different_conversations_run_concurrently(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    tgi.token_delay = 0.01
+    await asyncio.gather(*(ask(engine, "hello there", chat=f"c{i}") for i in range(4)))
+    assert tgi.max_in_flight >= 2
+
+
+async def test_second_message_waits_its_turn(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    tgi.token_delay = 0.01
+    results = await asyncio.gather(*(ask(engine, f"message {i}") for i in range(3)))
+    assert [o for o, _ in results] == [Outcome.ANSWERED] * 3
+    history = await engine.memory.history(ConversationKey("test", "c1", None))
+    assert len(history) == 6
+    assert tgi.max_in_flight == 1
+
+
+async def test_model_errors_before_the_stream_are_short(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    tgi.inject(Fault(kind="http_status", status=424, error_type="generation"), times=5)
+    outcome, surface = await ask(engine, "hello")
+    assert outcome is Outcome.FAILED
+    assert surface.texts == ["The model failed while answering."]
+    assert await engine.memory.history(ConversationKey("test", "c1", None)) == []
+
+
+async def test_error_during_stream_keeps_and_marks_partial_answer(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    engine = await make_engine()
+    tgi.responder = lambda messages: "one two three four five six seven"
+    tgi.inject(Fault(kind="error_event", after_tokens=3))
+    outcome, surface = await ask(engine, "count")
+    assert outcome is Outcome.FAILED
+    assert surface.last.startswith("one two three")
+    assert "⚠️ Answer interrupted" in surface.last
+    history = await engine.memory.history(ConversationKey("test", "c1", None))
+    assert [(t.role, t.content, t.partial) for t in history] == [
+        ("user", "count", False),
+        ("assistant", "one two three", True),
+    ]
+
+
+async def test_stalled_stream_is_reported(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine(llm_idle_timeout=0.3)
+    tgi.responder = lambda messages: "alpha beta gamma delta"
+    tgi.inject(Fault(kind="stall", after_tokens=2))
+    outcome, surface = await ask(engine, "go")
+    assert outcome is Outcome.FAILED
+    assert surface.last.startswith("alpha beta")
+    assert "stopped responding" in surface.last
+
+
+async def test_model_server_down(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    await tgi.stop()
+    outcome, surface = await ask(engine, "anyone there?")
+    assert outcome is Outcome.FAILED
+    assert surface.texts == ["I can't reach the model server right now — try again in a minute."]
+
+
+async def test_cancel_from_another_process(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    other = await make_engine()  # a second engine with its own cancel listener
+    tgi.responder = lambda messages: " ".join(f"w{i}" for i in range(200))
+    tgi.token_delay = 0.02
+    surface = RecordingSurface()
+    answering = asyncio.create_task(engine.handle(event("talk a lot"), surface))
+    async with asyncio.timeout(5):
+        while not surface.texts:  # noqa: ASYNC110 - waiting for the first visible output
+            await asyncio.sleep(0.01)
+    outcome, told = await ask(other, "/cancel")
+    assert outcome is Outcome.COMMAND
+    assert told.last == "Stopping the current answer."
+    assert await answering is Outcome.STOPPED
+    assert surface.last.startswith("w0") and surface.last.endswith("⏹️ Stopped.")
+    history = await engine.memory.history(ConversationKey("test", "c1", None))
+    assert history[-1].partial and len(history[-1].content.split()) < 200
+    _, idle = await ask(other, "/cancel")
+    assert idle.last.startswith("Nothing to cancel")
+
+
+async def test_commands(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine()
+    _, helped = await ask(engine, "/help")
+    for name in ("/ask", "/reset", "/persona", "/cancel", "/help"):
+        assert name in helped.last
+    _, answered = await ask(engine, "/ask my name is Di")
+    assert answered.last == "You said: my name is Di"
+    _, missing = await ask(engine, "/ask")
+    assert "needs question" in missing.last
+    _, unknown = await ask(engine, "/frobnicate now")
+    assert unknown.last == "I don't know /frobnicate. Try /help."
+    _, bad = await ask(engine, "/persona dance")
+    assert "action must be one of" in bad.last
+    _, shown = await ask(engine, "/persona")
+    assert shown.last == "I'm using my default persona."
+    _, set_ = await ask(engine, "/persona set pirate")
+    assert set_.last == "Persona set for this chat."
+    await ask(engine, "hello")
+    assert "talk like a pirate" in tgi.prompts[-1]
+    _, reset = await ask(engine, "/reset")
+    assert reset.last == "Done — I've forgotten this conversation."
+    _, name = await ask(engine, "what is my name")
+    assert name.last == "I don't know your name yet."
+    _, cleared = await ask(engine, "/persona clear")
+    assert cleared.last.startswith("Persona cleared")
+
+
+async def test_persona_in_groups_needs_a_chat_admin(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    _, refused = await ask(engine, "/persona set pirate", private=False, chat="g")
+    assert refused.last == "Only chat admins can change that here."
+    _, done = await ask(engine, "/persona set pirate", private=False, chat="g", chat_admin=True)
+    assert done.last == "Persona set for this chat."
