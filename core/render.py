@@ -182,9 +182,7 @@ class StreamRenderer:
         )
         delivered = current == len(parts)
         if not delivered:
-            self._log.warning(
-                "answer only partly delivered: %d of %d parts up to date", current, len(parts)
-            )
+            self._log.warning("answer only partly delivered: %d of %d parts up to date", current, len(parts))
         return RenderResult(
             parts=tuple(parts),
             refs=tuple(ref for ref in self._refs if ref is not None),
@@ -324,9 +322,7 @@ class StreamRenderer:
                 self._count_final_failure(action)
 
     def _on_failure(self, action: _Action, exc: Exception) -> None:
-        self._log.warning(
-            "%s of part %d failed: %s", action.kind, action.index + 1, type(exc).__name__
-        )
+        self._log.warning("%s of part %d failed: %s", action.kind, action.index + 1, type(exc).__name__)
         self._log.debug("failed %s text: %r", action.kind, action.text, exc_info=exc)
         now = self._clock()
         if not self._finishing:

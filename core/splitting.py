@@ -176,11 +176,41 @@ def _head(fence: _Fence | None, limit: int, measure: Measure) -> str:
     return head
 
 
+_MARKER_RUN_RE = re.compile(r"^[ \t]*(`{3,}|~{3,})", re.MULTILINE)
+
+
+def _fits_whole(
+    text: str, pos: int, fence: _Fence | None, head: str, limit: int, measure: Measure
+) -> Part | None:
+    """Fast path for the common case: the rest fits in one part with room to spare.
+
+    Bounds the character-by-character walk of `_next_part` from above (all of
+    the rest, the longest closing line any prefix could reserve), so it only
+    answers when the walk would find no overflow either: same parts, no loop.
+    """
+    rest = text[pos:]
+    longest = max((len(m) for m in _MARKER_RUN_RE.findall(rest)), default=0)
+    if fence is not None:
+        longest = max(longest, fence.length)
+    reserve = max(measure("\n" + c * longest) for c in "`~") if longest else 0
+    if measure(head) + measure(rest) + reserve > limit:
+        return None
+    state = fence
+    for line in rest.split("\n"):
+        state = _after_line(line, state)
+    body = rest.rstrip()
+    tail = "" if state is None else "\n" + state.close
+    return Part(head, body, tail, pos, pos + len(body))
+
+
 def _next_part(
     text: str, pos: int, fence: _Fence | None, limit: int, measure: Measure
 ) -> tuple[Part, tuple[int, _Fence | None] | None]:
     head = _head(fence, limit, measure)
     n = len(text)
+    last_part = _fits_whole(text, pos, fence, head, limit, measure)
+    if last_part is not None:
+        return last_part, None
     cost = measure(head)
     nonws_cost = cost
     state = fence  # at the start of the current line
@@ -290,9 +320,7 @@ def _choose(text: str, pos: int, last: int, lines: list[_Line]) -> _Cut:
     return _hard_cut(text, pos, last, line_of)
 
 
-def _ws_candidate(
-    text: str, c: int, r: int, last: int, line: _Line
-) -> tuple[int, _Cut] | None:
+def _ws_candidate(text: str, c: int, r: int, last: int, line: _Line) -> tuple[int, _Cut] | None:
     """A cut at the whitespace run text[c:r] (text[c-1] and text[r] are not space)."""
     if _is_extend(text[r]):
         return None  # the mark belongs to the space; leave that odd grapheme alone
@@ -344,9 +372,7 @@ def _cjk_candidate(text: str, c: int, line: _Line) -> tuple[int, _Cut] | None:
     return tier, _Cut(c, c, line.before)
 
 
-def _hard_cut(
-    text: str, pos: int, last: int, line_of: Callable[[int], _Line]
-) -> _Cut:
+def _hard_cut(text: str, pos: int, last: int, line_of: Callable[[int], _Line]) -> _Cut:
     """Cut inside a word, at a grapheme boundary when one is near enough."""
     c = last
     for k in range(last, max(pos, last - _HARD_CUT_LOOKBACK), -1):
