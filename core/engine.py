@@ -1,8 +1,10 @@
 """The engine: one path that every incoming event takes, whatever the platform.
 
-duplicate? → allowed? → addressed? → within rate limit and quota? → command,
-or: the conversation's turn → prompt within budget → streamed answer → saved.
-Adapters only translate; every decision is made here, once.
+allowed? → addressed? → duplicate, rate limit, quota (one Redis round trip) →
+a command, or: the conversation's turn → prompt within budget → streamed
+answer → saved. The checks that need no Redis come first, so chatter in a
+group that is not for Herald costs nothing. Adapters only translate; every
+decision is made here, once.
 """
 
 from __future__ import annotations
@@ -12,7 +14,6 @@ import enum
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 from redis.exceptions import RedisError
 
@@ -295,7 +296,3 @@ class Engine:
             await surface.send(text)
         except PlatformError as exc:
             self._log.warning("could not send a message: %s", exc)
-
-    def describe(self) -> dict[str, Any]:
-        """What `doctor` and logs show about this engine's limits."""
-        return {"budget_tokens": self.context.budget, "model": self.llm.info.model_id}

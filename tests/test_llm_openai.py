@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import logging
 import math
 import socket
 from collections.abc import AsyncIterator, Sequence
@@ -22,12 +21,11 @@ from core.llm import (
     InvalidRequest,
     ModelOverloaded,
     OpenAIClient,
-    StreamEvent,
     StreamStalled,
-    TextDelta,
     create_llm_client,
 )
 from tests.emulators.tgi import Fault, TGIEmulator
+from tests.llm_support import client_options, collect, drain_until_error
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -35,38 +33,11 @@ LOGGER = "tests.llm.openai"
 
 
 def make_client(url: str, **options: Any) -> OpenAIClient:
-    """A client with test-sized timeouts and backoff (override any option)."""
-    settings: dict[str, Any] = {
-        "connect_timeout": 0.5,
-        "idle_timeout": 2.0,
-        "backoff": 0.01,
-        "max_backoff": 0.02,
-        "logger": logging.getLogger(LOGGER),
-    }
-    settings.update(options)
-    return OpenAIClient(url, **settings)
+    return OpenAIClient(url, **client_options(LOGGER, **options))
 
 
 def chat(text: str) -> list[ChatMessage]:
     return [ChatMessage("system", "You are Herald."), ChatMessage("user", text)]
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> tuple[list[str], Finished | None]:
-    deltas: list[str] = []
-    finished: Finished | None = None
-    async for event in events:
-        if isinstance(event, Finished):
-            finished = event
-        else:
-            assert isinstance(event, TextDelta)
-            deltas.append(event.text)
-    return deltas, finished
-
-
-async def drain_until_error(events: AsyncIterator[StreamEvent], deltas: list[str]) -> None:
-    async for event in events:
-        if isinstance(event, TextDelta):
-            deltas.append(event.text)
 
 
 def completions(emu: TGIEmulator) -> list[Any]:

@@ -23,7 +23,6 @@ from core.llm import (
     ModelOverloaded,
     ModelUnreachable,
     PreparedPrompt,
-    StreamEvent,
     StreamStalled,
     TextDelta,
     TGIClient,
@@ -38,6 +37,7 @@ from core.llm.http import (
 )
 from core.llm.tgi import generate_request, parse_info
 from tests.emulators.tgi import Fault, TGIEmulator
+from tests.llm_support import client_options, collect, drain_until_error
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -45,16 +45,7 @@ LOGGER = "tests.llm.tgi"
 
 
 def make_client(url: str, **options: Any) -> TGIClient:
-    """A client with test-sized timeouts and backoff (override any option)."""
-    settings: dict[str, Any] = {
-        "connect_timeout": 0.5,
-        "idle_timeout": 2.0,
-        "backoff": 0.01,
-        "max_backoff": 0.02,
-        "logger": logging.getLogger(LOGGER),
-    }
-    settings.update(options)
-    return TGIClient(url, **settings)
+    return TGIClient(url, **client_options(LOGGER, **options))
 
 
 def chat(text: str, system: str | None = "You are Herald.") -> list[ChatMessage]:
@@ -64,24 +55,6 @@ def chat(text: str, system: str | None = "You are Herald.") -> list[ChatMessage]
 
 def as_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
-
-
-async def collect(events: AsyncIterator[StreamEvent]) -> tuple[list[str], Finished | None]:
-    deltas: list[str] = []
-    finished: Finished | None = None
-    async for event in events:
-        if isinstance(event, Finished):
-            finished = event
-        else:
-            assert isinstance(event, TextDelta)
-            deltas.append(event.text)
-    return deltas, finished
-
-
-async def drain_until_error(events: AsyncIterator[StreamEvent], deltas: list[str]) -> None:
-    async for event in events:
-        if isinstance(event, TextDelta):
-            deltas.append(event.text)
 
 
 def generations(emu: TGIEmulator) -> list[Any]:

@@ -24,6 +24,7 @@ from core.llm.base import (
     StreamEvent,
     TextDelta,
 )
+from core.llm.client_base import ClientBase
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate
 from core.llm.http import Transport, error_from_event, json_event
@@ -166,7 +167,7 @@ def api_root(base_url: str) -> str:
     return root[: -len("/v1")] if root.endswith("/v1") else root
 
 
-class OpenAIClient:
+class OpenAIClient(ClientBase):
     """`LLMClient` for an OpenAI-compatible `/v1/chat/completions` server.
 
     `model` is sent as-is in every request ("tgi" for TGI; the served model
@@ -192,34 +193,19 @@ class OpenAIClient:
     ) -> None:
         self.model = model
         self.max_concurrency = max(1, max_concurrency)
-        self.queue_timeout = queue_timeout
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
-        self.log = logger or logging.getLogger(__name__)
-        self.transport = Transport(
+        super().__init__(
             api_root(base_url),
             api_key=api_key,
             connect_timeout=connect_timeout,
             idle_timeout=idle_timeout,
+            queue_timeout=queue_timeout,
             retries=retries,
             backoff=backoff,
             max_backoff=max_backoff,
-            logger=self.log,
+            logger=logger or logging.getLogger(__name__),
         )
-        self._info: ModelInfo | None = None
-        self._gate: ConcurrencyGate | None = None
-
-    @property
-    def info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the model client is not started (call start() first)")
-        return self._info
-
-    @property
-    def gate(self) -> ConcurrencyGate:
-        if self._gate is None:
-            raise RuntimeError("the model client is not started (call start() first)")
-        return self._gate
 
     async def start(self) -> ModelInfo:
         if self._info is not None:
@@ -258,12 +244,6 @@ class OpenAIClient:
             return self.model, None
         context = chosen.get("max_model_len")
         return str(chosen["id"]), context if isinstance(context, int) and context > 1 else None
-
-    async def close(self) -> None:
-        """Close the shared session; `start()` may open a new one later."""
-        await self.transport.close()
-        self._info = None
-        self._gate = None
 
     async def health(self) -> bool:
         """`GET /health`; servers without that route are asked for `/v1/models`."""

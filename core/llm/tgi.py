@@ -27,9 +27,10 @@ from core.llm.base import (
     StreamEvent,
     TextDelta,
 )
+from core.llm.client_base import ClientBase
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate, gate_limit
-from core.llm.http import Transport, error_from_event, json_event
+from core.llm.http import error_from_event, json_event
 from core.llm.openai import (
     estimate_text_tokens,
     estimated_prompt,
@@ -148,7 +149,7 @@ def parse_info(payload: Any) -> tuple[ModelInfo, int | None]:
     return info, max_stop if isinstance(max_stop, int) and max_stop >= 0 else None
 
 
-class TGIClient:
+class TGIClient(ClientBase):
     """`LLMClient` for TGI: exact prompt sizes, native streaming, bounded concurrency."""
 
     def __init__(
@@ -166,36 +167,21 @@ class TGIClient:
         logger: logging.Logger | None = None,
     ) -> None:
         self.max_concurrency = max_concurrency
-        self.queue_timeout = queue_timeout
-        self.log = logger or logging.getLogger(__name__)
-        self.transport = Transport(
+        super().__init__(
             base_url,
             api_key=api_key,
             connect_timeout=connect_timeout,
             idle_timeout=idle_timeout,
+            queue_timeout=queue_timeout,
             retries=retries,
             backoff=backoff,
             max_backoff=max_backoff,
-            logger=self.log,
+            logger=logger or logging.getLogger(__name__),
         )
-        self._info: ModelInfo | None = None
-        self._gate: ConcurrencyGate | None = None
         self._max_stop: int | None = None
         self._chat_tokenize = True  # until the server says 404
         self._tokenize = True
         self._bos: str | None = None
-
-    @property
-    def info(self) -> ModelInfo:
-        if self._info is None:
-            raise RuntimeError("the model client is not started (call start() first)")
-        return self._info
-
-    @property
-    def gate(self) -> ConcurrencyGate:
-        if self._gate is None:
-            raise RuntimeError("the model client is not started (call start() first)")
-        return self._gate
 
     async def start(self) -> ModelInfo:
         """Read `/info`, then open the shared session sized to the server's limit.
@@ -226,20 +212,12 @@ class TGIClient:
         always adds special tokens (clients cannot turn that off), so it is
         stripped from the templated text to avoid sending it twice.
         """
-        payload = await self.transport.request_json(
-            "POST", "/tokenize", {"inputs": "a"}, none_on_404=True
-        )
+        payload = await self.transport.request_json("POST", "/tokenize", {"inputs": "a"}, none_on_404=True)
         if isinstance(payload, list) and len(payload) > 1 and isinstance(payload[0], Mapping):
             first = payload[0]
             if first.get("start") == first.get("stop") == 0 and first.get("text"):
                 return str(first["text"])
         return None
-
-    async def close(self) -> None:
-        """Close the shared session; `start()` may open a new one later."""
-        await self.transport.close()
-        self._info = None
-        self._gate = None
 
     async def health(self) -> bool:
         return await self.transport.status_of("GET", "/health") == 200
