@@ -1,9 +1,9 @@
 """The core's own cost per message, with a model server that answers instantly.
 
-    .venv/bin/python -m bench.core_overhead [--quick] [--profile]
+    .venv/bin/python -m bench.core_overhead [--quick] [--profile]   (or ./dev bench)
 
-A private Redis and the TGI emulator (``--token-delay 0``) run in their own
-processes, so their CPU is not Herald's; Herald's engine, wired by
+A private Redis and the TGI emulator (`bench.tgi_server`, no token delay) run in
+their own processes, so their CPU is not Herald's; Herald's engine, wired by
 `bots.runtime` exactly as `herald` wires it, runs here on one asyncio loop (one
 core). Instrumentation wraps, never edits, the core:
 
@@ -19,7 +19,9 @@ core). Instrumentation wraps, never edits, the core:
   variable), so the cancel listener's pub/sub polling is left out.
 
 Per message: ``in`` = request sent − event in (just before `Engine.handle`),
-``out`` = first send − first token out of the model client. The targets of the
+``out`` = first send − first token out of the model client, and ``prep`` the
+time awaiting those model-server calls (``in+out − prep`` leaves the model
+server's own time out). The targets of the
 issue (p50 ≤ 2 ms, p99 ≤ 10 ms of core overhead, in + out, at 200 concurrent
 conversations; ≤ 6 Redis round trips per message) are checked on the open-loop
 run at half of the measured capacity; the closed-loop runs are reported too.
@@ -34,6 +36,7 @@ import contextlib
 import contextvars
 import cProfile
 import ctypes
+import gc
 import io
 import itertools
 import logging
@@ -47,13 +50,14 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 import uuid
 from collections import Counter
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NamedTuple
 
 import aiohttp
 import redis
@@ -101,11 +105,11 @@ class Message:
     response_in: float = 0.0
     first_token: float = 0.0
     first_send: float = 0.0
-    done: float = 0.0
     prep_s: float = 0.0
+    prep_cpu: float = 0.0  # this process's CPU meanwhile: Herald's own share when nothing else runs
     prep_calls: int = 0
     redis_s: float = 0.0  # awaiting Redis before the request was sent
-    packets: list[Any] = field(default_factory=list)  # what went to Redis, parsed after the run
+    packets: list[Any] = field(default_factory=list)  # what went to Redis, until the run is over
     prompt_messages: int = 0
     outcome: Outcome | None = None
     timed_out: bool = False  # given up on by the bench after `Bench.patience` seconds
@@ -122,6 +126,49 @@ class Message:
     @property
     def overhead_out(self) -> float:
         return self.first_send - self.first_token
+
+    def sample(self) -> Sample:
+        failure = ""
+        if self.timed_out:
+            failure = "no answer in time"
+        elif self.outcome is not Outcome.ANSWERED:
+            failure = self.outcome.value if self.outcome else "?"
+        elif not self.complete:
+            failure = "answered, not measured"
+        return Sample(
+            answered=not failure,
+            failure=failure,
+            overhead_in=self.overhead_in,
+            overhead_out=self.overhead_out,
+            prep_s=self.prep_s,
+            prep_cpu=self.prep_cpu,
+            prep_calls=self.prep_calls,
+            redis_s=self.redis_s,
+            build_s=self.wire_sent - self.stream_in,
+            parse_s=self.first_token - self.response_in if self.response_in else math.nan,
+            prompt_messages=self.prompt_messages,
+            round_trips=len(self.packets),
+            lag_s=self.event_in - self.scheduled if self.scheduled is not None else math.nan,
+        )
+
+
+class Sample(NamedTuple):
+    """What the report needs of one message: plain values only, so the GC soon stops tracking
+    it and a long run's records do not lengthen Herald's garbage collections."""
+
+    answered: bool
+    failure: str  # why not, when not answered
+    overhead_in: float
+    overhead_out: float
+    prep_s: float
+    prep_cpu: float
+    prep_calls: int
+    redis_s: float  # awaiting Redis before the request was sent
+    build_s: float  # stream() entered → request sent
+    parse_s: float  # response headers → first token out of the client
+    prompt_messages: int
+    round_trips: int
+    lag_s: float  # open loop: how late the message started after its arrival time
 
 
 #: the message whose task (or a task it started) is running; None elsewhere
@@ -152,23 +199,25 @@ class TimedLLM:
 
     async def prepare(self, messages: Sequence[ChatMessage]) -> PreparedPrompt:
         msg = CURRENT.get()
-        started = time.perf_counter()
-        try:
+        if msg is not None:
+            msg.prompt_messages = len(messages)
+        with self._prep(msg):
             return await self._inner.prepare(messages)
-        finally:
-            if msg is not None:
-                msg.prep_s += time.perf_counter() - started
-                msg.prep_calls += 1
-                msg.prompt_messages = len(messages)
 
     async def count_tokens(self, text: str) -> int:
-        msg = CURRENT.get()
-        started = time.perf_counter()
-        try:
+        with self._prep(CURRENT.get()):
             return await self._inner.count_tokens(text)
+
+    @staticmethod
+    @contextlib.contextmanager
+    def _prep(msg: Message | None) -> Iterator[None]:
+        started, cpu = time.perf_counter(), time.thread_time()
+        try:
+            yield
         finally:
             if msg is not None:
                 msg.prep_s += time.perf_counter() - started
+                msg.prep_cpu += time.thread_time() - cpu
                 msg.prep_calls += 1
 
     async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
@@ -242,8 +291,8 @@ def instrumented() -> Iterator[None]:
 
     async def counting_send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
         msg = CURRENT.get()
-        if msg is not None:
-            msg.packets.append(command)
+        if msg is not None:  # a tuple: once GC sees it holds only bytes, it stops tracking it
+            msg.packets.append(tuple(command) if isinstance(command, list) else command)
         await send(self, command, check_health)
 
     async def timed_command(self: Redis, *args: Any, **options: Any) -> Any:
@@ -321,9 +370,9 @@ def _label(args: list[bytes]) -> str:
     return name
 
 
-def round_trip_labels(msg: Message) -> list[str]:
+def round_trip_labels(packets: Sequence[Any]) -> list[str]:
     labels = []
-    for packet in msg.packets:
+    for packet in packets:
         try:
             commands = _resp_commands(packet)
         except (ValueError, IndexError):
@@ -350,8 +399,6 @@ class Services:
 
 
 def _wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.0) -> None:
-    import urllib.request
-
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -364,24 +411,20 @@ def _wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.
 
 
 @contextlib.contextmanager
-def services() -> Iterator[Services]:
-    """A throw-away Redis and the emulator in their own processes, stopped whatever happens."""
+def services(emulator: str = "bench") -> Iterator[Services]:
+    """A throw-away Redis and the emulator in their own processes, stopped whatever happens.
+
+    `emulator` "bench" is `bench.tgi_server` (records nothing); "tests" the tests' server as is.
+    """
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(RedisServerProcess())
         port = free_port()
         log = stack.enter_context(tempfile.TemporaryFile())
+        module = ["bench.tgi_server"]
+        if emulator == "tests":
+            module = ["tests.emulators.tgi", "--token-delay", "0"]
         proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "tests.emulators.tgi",
-                "--port",
-                str(port),
-                "--token-delay",
-                "0",
-                "--max-concurrent-requests",
-                "1000",
-            ],
+            [sys.executable, "-m", *module, "--port", str(port), "--max-concurrent-requests", "1000"],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -425,18 +468,69 @@ def process_cpu(pid: int) -> float:
 # --------------------------------------------------------------------------- drivers
 
 
+class Meter:
+    """Wall time, Herald's CPU, the other processes' CPU and full GC pauses over a block."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self.wall = self.cpu = 0.0
+        self.others: dict[str, float] = {}
+        self.full_gc: list[float] = []  # seconds of each generation-2 collection
+        self._gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if info.get("generation") != 2:
+            return
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.full_gc.append(time.perf_counter() - self._gc_start)
+
+    @contextlib.contextmanager
+    def measure(self) -> Iterator[Meter]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        others = {name: process_cpu(pid) for name, pid in self._pids.items()}
+        gc.callbacks.append(self._on_gc)
+        try:
+            yield self
+        finally:
+            gc.callbacks.remove(self._on_gc)
+            self.wall = time.perf_counter() - wall
+            self.cpu = time.process_time() - cpu
+            self.others = {name: process_cpu(pid) - others[name] for name, pid in self._pids.items()}
+
+
 @dataclass(slots=True)
 class Run:
-    """One scenario's messages and what it cost."""
+    """One scenario's samples and what it cost."""
 
     name: str
     conversations: int
-    messages: list[Message]
-    wall: float
-    cpu: float  # Herald's process
-    others: dict[str, float]  # CPU seconds of the other processes
+    samples: list[Sample]
+    commands: Counter[str]  # Redis round trips of answered messages, by label
+    meter: Meter
     loop: str  # "sequential", "open", "closed", "saturated"
     target: bool = False  # the row the issue's latency targets are checked on
+
+    @classmethod
+    def of(cls, name: str, conversations: int, msgs: list[Message], meter: Meter, loop: str) -> Run:
+        commands: Counter[str] = Counter()
+        for m in msgs:
+            if m.complete:
+                commands.update(round_trip_labels(m.packets))
+        return cls(name, conversations, [m.sample() for m in msgs], commands, meter, loop)
+
+    @property
+    def answered(self) -> list[Sample]:
+        return [m for m in self.samples if m.answered]
+
+    @property
+    def wall(self) -> float:
+        return self.meter.wall
+
+    @property
+    def cpu(self) -> float:
+        return self.meter.cpu
 
 
 class Bench:
@@ -444,7 +538,7 @@ class Bench:
 
     def __init__(self, engine: Engine, pids: dict[str, int], *, patience: float = 10.0) -> None:
         self.engine = engine
-        self.patience = patience
+        self.patience = patience  # seconds after which a message counts as not answered
         self.pids = pids
         self.rng = random.Random(1)  # the same arrivals every run
         self._ids = itertools.count(1)
@@ -453,15 +547,14 @@ class Bench:
     async def one(self, conv: str, scheduled: float | None = None) -> Message:
         """Send one message in `conv` and wait for the whole answer."""
         msg = Message(scheduled=scheduled)
-        CURRENT.set(msg)  # this runs in its own task, so the value stays in it
+        CURRENT.set(msg)  # runs in a task of its own (`spawn`), so the value stays there
         self._turns[conv] += 1
-        n = self._turns[conv]
         event = Inbound(
             platform="bench",
             event_id=f"ev{next(self._ids)}",
             chat_id=conv,
             author=Author(f"user-{conv}", conv),
-            text=f"Hello Herald, this is message {n} in {conv}. How are you today?",
+            text=f"Hello Herald, this is message {self._turns[conv]} in {conv}. How are you today?",
             addressed=True,
             is_private=True,
         )
@@ -472,31 +565,26 @@ class Bench:
                 msg.outcome = await self.engine.handle(event, surface)
         except TimeoutError:
             msg.timed_out = True
-        msg.done = time.perf_counter()
         return msg
 
     def spawn(self, conv: str, scheduled: float | None = None) -> asyncio.Task[Message]:
         return asyncio.create_task(self.one(conv, scheduled), context=contextvars.Context())
 
-    @contextlib.contextmanager
-    def _measure(self, into: dict[str, float]) -> Iterator[None]:
-        wall, cpu = time.perf_counter(), time.process_time()
-        others = {name: process_cpu(pid) for name, pid in self.pids.items()}
-        yield
-        into["wall"] = time.perf_counter() - wall
-        into["cpu"] = time.process_time() - cpu
-        for name, pid in self.pids.items():
-            into[name] = process_cpu(pid) - others[name]
+    async def prime(self, convs: Sequence[str], concurrency: int = 50) -> None:
+        """One unmeasured message per conversation, at most `concurrency` at a time:
+        opens the pools' connections, loads the Lua scripts, starts the histories."""
+        gate = asyncio.Semaphore(concurrency)
 
-    def _run(self, name: str, convs: int, msgs: list[Message], m: dict[str, float], loop: str) -> Run:
-        others = {k: v for k, v in m.items() if k not in ("wall", "cpu")}
-        return Run(name, convs, msgs, m["wall"], m["cpu"], others, loop)
+        async def first(conv: str) -> None:
+            async with gate:
+                await self.spawn(conv)
+
+        await asyncio.gather(*(first(conv) for conv in convs))
 
     async def sequential(self, conv: str, count: int) -> Run:
-        m: dict[str, float] = {}
-        with self._measure(m):
+        with Meter(self.pids).measure() as meter:
             msgs = [await self.spawn(conv) for _ in range(count)]
-        return self._run("1 conversation, sequential", 1, msgs, m, "sequential")
+        return Run.of("1 conversation, sequential", 1, msgs, meter, "sequential")
 
     async def saturated(self, convs: Sequence[str], seconds: float) -> Run:
         """Closed loop: every conversation sends its next message as soon as answered."""
@@ -508,21 +596,19 @@ class Bench:
                 done.append(await self.spawn(conv))
             return done
 
-        m: dict[str, float] = {}
-        with self._measure(m):
+        with Meter(self.pids).measure() as meter:
             results = await asyncio.gather(*(worker(c) for c in convs))
         msgs = [msg for result in results for msg in result]
-        return self._run(f"{len(convs)} conversations, saturated", len(convs), msgs, m, "saturated")
+        return Run.of(f"{len(convs)} conversations, saturated", len(convs), msgs, meter, "saturated")
 
     async def bursts(self, convs: Sequence[str], rounds: int) -> Run:
         """Closed loop: all conversations send at once; the next round after all answers."""
         msgs: list[Message] = []
-        m: dict[str, float] = {}
-        with self._measure(m):
+        with Meter(self.pids).measure() as meter:
             for _ in range(rounds):
                 msgs += await asyncio.gather(*(self.spawn(c) for c in convs))
         name = f"{len(convs)} conversations, closed loop: all at once × {rounds}"
-        return self._run(name, len(convs), msgs, m, "closed")
+        return Run.of(name, len(convs), msgs, meter, "closed")
 
     async def open_loop(self, convs: Sequence[str], rate: float, seconds: float) -> Run:
         """Poisson arrivals, `rate`/len(convs) per conversation, whether or not answered yet."""
@@ -535,8 +621,7 @@ class Bench:
                 t += self.rng.expovariate(per_conv)
         arrivals.sort()
         tasks: list[asyncio.Task[Message]] = []
-        m: dict[str, float] = {}
-        with self._measure(m):
+        with Meter(self.pids).measure() as meter:
             start = time.perf_counter()
             for offset, conv in arrivals:
                 due = start + offset
@@ -546,7 +631,7 @@ class Bench:
                 tasks.append(self.spawn(conv, scheduled=due))
             msgs = list(await asyncio.gather(*tasks))
         name = f"{len(convs)} conversations, open loop at {rate:.0f} msg/s"
-        return self._run(name, len(convs), msgs, m, "open")
+        return Run.of(name, len(convs), msgs, meter, "open")
 
 
 # --------------------------------------------------------------------------- statistics and report
@@ -583,9 +668,9 @@ class Verdict:
 
 def latency_verdict(run: Run) -> Verdict:
     """The issue's latency targets on in+out; a message not answered fails the run too."""
-    total = sorted(m.overhead_in + m.overhead_out for m in run.messages if m.complete)
+    total = sorted(m.overhead_in + m.overhead_out for m in run.answered)
     p50, p99 = percentile(total, 0.5) * 1000, percentile(total, 0.99) * 1000
-    lost = len(run.messages) - len(total)
+    lost = len(run.samples) - len(total)
     ok = p50 <= TARGET_P50_MS and p99 <= TARGET_P99_MS and not lost
     text = (
         f"{'PASS' if ok else 'FAIL'}: in+out p50 {p50:.2f} ms (≤ {TARGET_P50_MS:g}), "
@@ -598,13 +683,10 @@ def latency_verdict(run: Run) -> Verdict:
 
 def not_answered(run: Run) -> str:
     """`0`, or how many messages went wrong and how (outcome, or the bench's time limit)."""
-    bad = [m for m in run.messages if not m.complete]
-    if not bad:
+    kinds = Counter(m.failure for m in run.samples if not m.answered)
+    if not kinds:
         return "0"
-    kinds = Counter(
-        "no answer in time" if m.timed_out else (m.outcome.value if m.outcome else "?") for m in bad
-    )
-    return f"{len(bad)} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})"
+    return f"{kinds.total()} ({', '.join(f'{k} {n}' for k, n in kinds.most_common())})"
 
 
 def rt_verdict(rt: float) -> str:
@@ -612,7 +694,7 @@ def rt_verdict(rt: float) -> str:
 
 
 def round_trips(run: Run) -> float:
-    return _mean([len(m.packets) for m in run.messages if m.complete])
+    return _mean([m.round_trips for m in run.answered])
 
 
 def machine() -> str:
@@ -630,84 +712,90 @@ def machine() -> str:
     )
 
 
-def report(runs: list[Run], extra_rt: Run | None, server: str, command: str) -> str:
+def report(runs: list[Run], extra_rt: Run, server: str, command: str) -> str:
+    """The Markdown report: latency, cost and throughput, where `in` goes, Redis commands."""
     out = io.StringIO()
     w = out.write
     w("## Core overhead\n\n")
-    w(f"Machine: {machine()}; {server}, no persistence; TGI emulator (token delay 0) in its own process.\n\n")
+    w(f"Machine: {machine()}; {server} (private, no persistence); TGI emulator streaming instantly ")
+    w("(`bench.tgi_server`) in its own process; Herald on one asyncio loop.\n\n")
     w(f"Command: `{command}`\n\n")
 
-    w("Latency of the core itself, ms (in = event in → generation request sent; ")
-    w("out = first token in → first send; in+out per message):\n\n")
+    w("Latency of the core, ms. in: event in → generation request sent; out: first token in → ")
+    w("first send; in+out − prep: the same without the time the model server took to answer the ")
+    w("core's tokenize calls.\n\n")
     w("| scenario | msgs | metric | p50 | p95 | p99 | max |\n")
     w("| --- | ---: | --- | ---: | ---: | ---: | ---: |\n")
     for run in runs:
-        ok = [m for m in run.messages if m.complete]
+        ok = run.answered
         for metric, values in (
             ("in", [m.overhead_in for m in ok]),
             ("out", [m.overhead_out for m in ok]),
             ("in+out", [m.overhead_in + m.overhead_out for m in ok]),
+            ("in+out − prep", [m.overhead_in + m.overhead_out - m.prep_s for m in ok]),
         ):
             p50, p95, p99, top = _summary(values)
             w(f"| {run.name} | {len(ok)} | {metric} | {_ms(p50)} | {_ms(p95)} | {_ms(p99)} | {_ms(top)} |\n")
 
-    w("\nCost and throughput (CPU use: % of one core for Herald / TGI emulator / Redis):\n\n")
+    w("\nCost and throughput. CPU use: % of one core for Herald / TGI emulator / Redis; ")
+    w("msgs per CPU-second: answered messages per second of Herald's CPU.\n\n")
     w("| scenario | sent | not answered | Redis round trips/msg | msgs/s (wall) | msgs per CPU-second ")
     w("| CPU use | targets |\n| --- | ---: | --- | ---: | ---: | ---: | --- | --- |\n")
     for run in runs:
-        ok = [m for m in run.messages if m.complete]
+        ok = run.answered
         rt = round_trips(run)
         verdicts = [rt_verdict(rt)]
         if run.conversations > 1:
             v = latency_verdict(run)
             verdicts.insert(0, v.text + ("" if run.target else " (informative: includes queueing)"))
-        cpu = (run.cpu, run.others.get("emulator", 0.0), run.others.get("redis", 0.0))
+        cpu = (run.cpu, run.meter.others.get("emulator", 0.0), run.meter.others.get("redis", 0.0))
         use = " / ".join(f"{100 * v / run.wall:.0f}" for v in cpu)
-        rate, per_cpu = len(ok) / run.wall, len(ok) / run.cpu
-        w(f"| {run.name} | {len(run.messages)} | {not_answered(run)} | {rt:.2f} | {rate:.0f} ")
-        w(f"| {per_cpu:.0f} | {use} | {'; '.join(verdicts)} |\n")
-    if extra_rt is not None:
-        rt = round_trips(extra_rt)
-        w(f"| {extra_rt.name} | {len(extra_rt.messages)} | {not_answered(extra_rt)} | {rt:.2f} | – | – | – ")
-        w(f"| {rt_verdict(rt)} |\n")
+        w(f"| {run.name} | {len(run.samples)} | {not_answered(run)} | {rt:.2f} | {len(ok) / run.wall:.0f} ")
+        w(f"| {len(ok) / run.cpu:.0f} | {use} | {'; '.join(verdicts)} |\n")
+    rt = round_trips(extra_rt)
+    w(f"| {extra_rt.name} | {len(extra_rt.samples)} | {not_answered(extra_rt)} | {rt:.2f} | – | – | – ")
+    w(f"| {rt_verdict(rt)} |\n")
 
-    w("\nWhere `in` goes, mean ms per message (awaited wall time, so on a busy loop it includes ")
-    w("other messages' turns):\n\n")
-    w("| scenario | in | model-server prep calls (n/msg) | Redis | rest of the core ")
+    w("\nWhere `in` goes, mean ms per message. Model-server prep calls and Redis are awaited wall ")
+    w("time (on a busy loop that includes other messages' turns); the rest is the core's own ")
+    w("code and scheduling, of which stream() → sent is the model client building and sending the ")
+    w("request. Herald's CPU inside the prep calls (sending them, decoding the token lists they ")
+    w("return) is shown where it can be told apart, with one conversation. Response → first token ")
+    w("(the client reading the first event) is part of neither in nor out.\n\n")
+    w("| scenario | in | model-server prep calls (n/msg) | of which Herald's CPU | Redis | rest ")
     w("| of which stream() → sent | response → first token | prompt msgs |\n")
-    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
+    w("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |\n")
     for run in runs:
-        ok = [m for m in run.messages if m.complete]
+        ok = run.answered
         total = _mean([m.overhead_in for m in ok])
         prep = _mean([m.prep_s for m in ok])
         calls = _mean([m.prep_calls for m in ok])
         rds = _mean([m.redis_s for m in ok])
-        build = _mean([m.wire_sent - m.stream_in for m in ok])
-        parse = _mean([m.first_token - m.response_in for m in ok if m.response_in])
+        build = _mean([m.build_s for m in ok])
+        parse = _mean([m.parse_s for m in ok if not math.isnan(m.parse_s)])
         prompt = _mean([m.prompt_messages for m in ok])
-        w(f"| {run.name} | {_ms(total)} | {_ms(prep)} ({calls:.1f}) | {_ms(rds)} ")
+        # only exact when nothing else runs meanwhile
+        own = _ms(_mean([m.prep_cpu for m in ok])) if run.loop == "sequential" else "–"
+        w(f"| {run.name} | {_ms(total)} | {_ms(prep)} ({calls:.1f}) | {own} | {_ms(rds)} ")
         w(f"| {_ms(total - prep - rds)} | {_ms(build)} | {_ms(parse)} | {prompt:.0f} |\n")
 
-    w("\nRedis round trips per message, by command (key kind):\n\n")
+    w("\nRedis round trips per answered message, by command and key kind:\n\n")
     w("| scenario | round trips |\n| --- | --- |\n")
-    for run in [*runs, *([extra_rt] if extra_rt else [])]:
-        ok = [m for m in run.messages if m.complete]
-        counts: Counter[str] = Counter()
-        for m in ok:
-            counts.update(round_trip_labels(m))
-        parts = ", ".join(f"{label} {n / len(ok):.2f}" for label, n in counts.most_common())
+    for run in [*runs, extra_rt]:
+        answered = max(1, len(run.answered))
+        parts = ", ".join(f"{label} {n / answered:.2f}" for label, n in run.commands.most_common())
         w(f"| {run.name} | {parts} |\n")
 
-    notes = []
+    w("\n")
     for run in runs:
+        pauses = run.meter.full_gc
+        if pauses:
+            w(f"- {run.name}: {len(pauses)} full garbage collections in Herald's process, ")
+            w(f"longest {_ms(max(pauses))} ms (the loop stands still meanwhile)\n")
         if run.loop == "open":
-            lag = sorted(m.event_in - m.scheduled for m in run.messages if m.scheduled is not None)
-            notes.append(
-                f"{run.name}: arrivals started late by p50 {_ms(percentile(lag, 0.5))} ms, "
-                f"p99 {_ms(percentile(lag, 0.99))} ms (loop busy; not included in `in`)"
-            )
-    if notes:
-        w("\n" + "".join(f"- {note}\n" for note in notes))
+            lag = sorted(m.lag_s for m in run.samples if not math.isnan(m.lag_s))
+            w(f"- {run.name}: messages started p50 {_ms(percentile(lag, 0.5))} ms, p99 ")
+            w(f"{_ms(percentile(lag, 0.99))} ms after their arrival time (a busy loop; not part of `in`)\n")
     return out.getvalue()
 
 
@@ -722,6 +810,7 @@ class Plan:
     rounds: int
     conversations: int
     load: float
+    patience: float  # seconds after which a message counts as not answered
 
 
 async def _engine(svc: Services, prefix: str, **overrides: Any) -> tuple[Engine, Redis, LLMClient]:
@@ -760,32 +849,34 @@ async def bench(svc: Services, plan: Plan, profile: bool) -> tuple[list[Run], Ru
     version = info.get("valkey_version", info.get("redis_version", "?"))
     server = f"{info.get('server_name', 'redis')} {version}"
     try:
-        b = Bench(engine, svc.pids)
-        convs = [f"conv{i:03d}" for i in range(plan.conversations)]
+        b = Bench(engine, svc.pids, patience=plan.patience)
+        n = plan.conversations
+        # One set of conversations per run: a run that breaks some (a lock left behind) spoils no other.
+        saturated_set, open_set, burst_set = ([f"{kind}{i:03d}" for i in range(n)] for kind in "sob")
         _progress("warming up …")
         await b.sequential("warmup", 20)
-        await b.bursts(convs, 2)  # opens the pools' connections and loads the scripts
+        await b.prime([*saturated_set, *open_set, *burst_set])
 
         runs: list[Run] = []
         _progress(f"1 conversation, {plan.sequential} sequential messages …")
         runs.append(await b.sequential("solo", plan.sequential))
-        _progress(f"{plan.conversations} conversations saturated for {plan.saturated_s:g}s …")
-        saturated = await b.saturated(convs, plan.saturated_s)
-        capacity = len(saturated.messages) / saturated.wall
-        rate = plan.load * capacity
-        _progress(f"{plan.conversations} conversations, open loop at {rate:.0f} msg/s for {plan.open_s:g}s …")
-        open_run = await b.open_loop(convs, rate, plan.open_s)
+        _progress(f"{n} conversations saturated for {plan.saturated_s:g}s …")
+        saturated = await b.saturated(saturated_set, plan.saturated_s)
+        capacity = len(saturated.answered) / saturated.wall
+        rate = max(1.0, plan.load * capacity)
+        _progress(f"{n} conversations, open loop at {rate:.0f} msg/s for {plan.open_s:g}s …")
+        open_run = await b.open_loop(open_set, rate, plan.open_s)
         open_run.name += f" ({plan.load:.0%} of capacity)"
         open_run.target = True
-        _progress(f"{plan.conversations} conversations, {plan.rounds} rounds all at once …")
-        closed = await b.bursts(convs, plan.rounds)
+        _progress(f"{n} conversations, {plan.rounds} rounds all at once …")
+        closed = await b.bursts(burst_set, plan.rounds)
         runs += [open_run, closed, saturated]
 
         if profile:
             _progress("profiling a saturated run …")
-            profiler = cProfile.Profile()
+            profiler = cProfile.Profile(time.process_time)  # CPU time: waiting is not a hotspot
             profiler.enable()
-            await b.saturated(convs, plan.saturated_s)
+            await b.saturated(saturated_set, plan.saturated_s)
             profiler.disable()
             stream = io.StringIO()
             stats = pstats.Stats(profiler, stream=stream).sort_stats("tottime")
@@ -796,6 +887,7 @@ async def bench(svc: Services, plan: Plan, profile: bool) -> tuple[list[Run], Ru
         await _close(engine, client, llm)
 
     # The default configuration charges the daily quota: one more round trip.
+    _progress("1 conversation with the daily quota on …")
     quota_engine = await _engine(svc, prefix + "-q", daily_token_quota=10**12)
     try:
         qb = Bench(quota_engine[0], svc.pids)
@@ -813,20 +905,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--conversations", type=int, default=200)
     parser.add_argument("--load", type=float, default=0.5, help="open-loop rate as a fraction of capacity")
     parser.add_argument("--profile", action="store_true", help="also cProfile a saturated run (stderr)")
+    parser.add_argument(
+        "--emulator",
+        choices=["bench", "tests"],
+        default="bench",
+        help="bench.tgi_server (default), or tests.emulators.tgi, which records every request",
+    )
     args = parser.parse_args(argv)
     if args.quick:
-        plan = Plan(50, 3.0, 5.0, 3, args.conversations, args.load)
+        plan = Plan(50, 3.0, 5.0, 3, args.conversations, args.load, 5.0)
     else:
-        plan = Plan(300, 10.0, 20.0, 10, args.conversations, args.load)
-    command = COMMAND + "".join(
-        f" {flag}" for flag, on in (("--quick", args.quick), ("--profile", args.profile)) if on
-    )
+        plan = Plan(300, 10.0, 20.0, 10, args.conversations, args.load, 10.0)
+    command = " ".join([COMMAND, *(argv if argv is not None else sys.argv[1:])])
     # A bot logs one INFO line per event; that cost is part of the core's, so keep it.
     handler = logging.StreamHandler(open(os.devnull, "w"))  # noqa: SIM115 - lives as long as the run
     handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     logging.basicConfig(level=logging.INFO, handlers=[handler], force=True)
     try:
-        with services() as svc, instrumented():
+        with services(args.emulator) as svc, instrumented():
             runs, quota, server = asyncio.run(bench(svc, plan, args.profile))
     except KeyboardInterrupt:
         _progress("interrupted; the Redis server and the emulator were stopped")

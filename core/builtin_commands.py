@@ -59,8 +59,19 @@ async def _cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
 
 
 async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:
+    commands = ctx.engine.commands
+    name = str(args.get("command", "")).lstrip("/").lower()
+    if name:
+        spec = commands.get(name)
+        if spec is None:
+            await ctx.reply(f"I don't know /{name}. Try /help.")
+            return
+        lines = [f"{spec.usage} — {spec.description}"]
+        lines += [f"  {arg.name}: {arg.description}" for arg in spec.args]
+        await ctx.reply("\n".join(lines))
+        return
     lines = ["Mention me, reply to me or message me directly to chat. Commands:"]
-    lines += [f"{spec.usage} — {spec.description}" for spec in ctx.engine.commands]
+    lines += [f"{spec.usage} — {spec.description}" for spec in commands]
     await ctx.reply("\n".join(lines))
 
 
@@ -96,5 +107,12 @@ def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
         )
     )
     registry.add(CommandSpec("cancel", "Stop the answer in progress", _cancel))
-    registry.add(CommandSpec("help", "What Herald can do", _help))
+    registry.add(
+        CommandSpec(
+            "help",
+            "What Herald can do",
+            _help,
+            args=(ArgSpec("command", "A command to explain", max_length=40),),
+        )
+    )
     return registry

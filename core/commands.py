@@ -53,7 +53,6 @@ class CommandSpec:
     generates: bool = False
     #: takes the conversation's turn (waits for an answer in progress)
     needs_turn: bool = False
-    help: str = ""
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):

@@ -63,16 +63,25 @@ class ContextBuilder:
         return min(info.max_input_tokens, info.max_total_tokens - self._max_new) - self._margin
 
     async def build(
-        self, system: str, history: Sequence[Turn], user_text: str, *, skip_blocks: int = 0
+        self,
+        system: str,
+        history: Sequence[Turn],
+        user_text: str,
+        *,
+        user_tokens: int | None = None,
+        skip_blocks: int = 0,
     ) -> BuiltContext:
         """Choose the turns, then let the server template and count the result.
 
-        `skip_blocks` drops that many more blocks than the estimate asks for; the
-        engine uses it when a server without exact counting still overflowed.
+        `user_tokens` may be counted by the caller ahead of time (the engine
+        overlaps that request with its Redis work). `skip_blocks` drops that
+        many more blocks than the estimate asks for; the engine uses it when a
+        server without exact counting still overflowed.
         """
         budget = self.budget
         system_tokens = await self._system_tokens(system)
-        user_tokens = await self._llm.count_tokens(user_text)
+        if user_tokens is None:
+            user_tokens = await self._llm.count_tokens(user_text)
         fixed = system_tokens + user_tokens + 2 * self._overhead
         if fixed > budget:
             raise MessageTooLong(user_tokens, max(0, budget - system_tokens - 2 * self._overhead))

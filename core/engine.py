@@ -197,14 +197,21 @@ class Engine:
         if not text:
             await self.say(surface, messages.EMPTY_MESSAGE)
             return Outcome.INVALID
+        # Counting the message's tokens needs no history: it overlaps the wait
+        # for the conversation's turn and the memory load.
+        counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
             async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
-                return await self._answer_in_turn(event, surface, text)
+                return await self._answer_in_turn(event, surface, text, counting)
         except LockTimeout:
             await self.say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
+        finally:
+            _settle(counting)
 
-    async def _answer_in_turn(self, event: Inbound, surface: Surface, text: str) -> Outcome:
+    async def _answer_in_turn(
+        self, event: Inbound, surface: Surface, text: str, counting: asyncio.Future[int]
+    ) -> Outcome:
         conv = event.conversation
         persona, history = await self.memory.load(conv)
         system = persona or self.policy.system_prompt
@@ -212,7 +219,10 @@ class Engine:
         await renderer.start()
         for skip in range(self.policy.overflow_retries + 1):
             try:
-                built = await self.context.build(system, history, text, skip_blocks=skip)
+                user_tokens = await counting
+                built = await self.context.build(
+                    system, history, text, user_tokens=user_tokens, skip_blocks=skip
+                )
                 result = await self._generate(
                     conv, built, renderer, may_retry=skip < self.policy.overflow_retries
                 )
@@ -296,3 +306,11 @@ class Engine:
             await surface.send(text)
         except PlatformError as exc:
             self._log.warning("could not send a message: %s", exc)
+
+
+def _settle(future: asyncio.Future[int]) -> None:
+    """Cancel a side request nobody waits for any more, and consume its error."""
+    if not future.done():
+        future.cancel()
+    elif not future.cancelled():
+        future.exception()

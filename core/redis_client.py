@@ -3,19 +3,31 @@
 redis-py 8 defaults to a 5 s socket timeout and RESP3; the values are set here
 explicitly, above the longest blocking read Herald does (pub/sub polls of 1 s),
 with a short capped retry so a restarted server is reconnected transparently.
+The pool blocks when all its connections are busy: redis-py's default pool
+fails at once instead, which under a burst of messages turned into "memory
+store unavailable" answers and locks left behind until their lease expired.
 """
 
 from __future__ import annotations
 
-from redis.asyncio import Redis
+from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, TimeoutError
 
 
-def connect_redis(url: str, *, socket_timeout: float = 10.0, connect_timeout: float = 5.0) -> Redis:
-    return Redis.from_url(
+def connect_redis(
+    url: str,
+    *,
+    socket_timeout: float = 10.0,
+    connect_timeout: float = 5.0,
+    max_connections: int = 64,
+    pool_timeout: float = 10.0,
+) -> Redis:
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=pool_timeout,
         decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=connect_timeout,
@@ -23,3 +35,4 @@ def connect_redis(url: str, *, socket_timeout: float = 10.0, connect_timeout: fl
         retry_on_error=[ConnectionError, TimeoutError],
         health_check_interval=15,
     )
+    return Redis.from_pool(pool)  # the client owns the pool and closes it

@@ -159,8 +159,11 @@ class StreamRenderer:
             self._flusher = asyncio.create_task(self._run())
 
     def _stop_typing(self) -> None:
-        if self._typing is not None and not self._typing.done():
-            self._typing.cancel()
+        # Dropping the reference breaks the task <-> renderer cycle a cancelled task
+        # keeps, so finished renders are freed at once instead of by the full GC.
+        typing, self._typing = self._typing, None
+        if typing is not None and not typing.done():
+            typing.cancel()
 
     async def _close(self) -> RenderResult:
         self._finishing = True

@@ -118,6 +118,20 @@ async def test_second_message_waits_its_turn(make_engine: EngineFactory, tgi: TG
     assert tgi.max_in_flight == 1
 
 
+async def test_busy_model_server_is_a_short_answer(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    tgi.max_concurrent_requests = 1  # read from /info: never more requests than this
+    engine = await make_engine(llm_queue_timeout=0.2)
+    tgi.token_delay = 0.1
+    results = await asyncio.gather(*(ask(engine, "hello there", chat=f"c{i}") for i in range(2)))
+    outcomes = sorted(outcome.value for outcome, _ in results)
+    assert outcomes == ["answered", "failed"]
+    busy = next(surface for outcome, surface in results if outcome is Outcome.FAILED)
+    assert busy.texts == ["The model is busy right now — try again in a minute."]
+    assert tgi.max_in_flight == 1
+
+
 async def test_model_errors_before_the_stream_are_short(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
     engine = await make_engine()
     tgi.inject(Fault(kind="http_status", status=424, error_type="generation"), times=5)
@@ -188,6 +202,9 @@ async def test_commands(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
     _, helped = await ask(engine, "/help")
     for name in ("/ask", "/reset", "/persona", "/cancel", "/help"):
         assert name in helped.last
+    _, persona_help = await ask(engine, "/help persona")
+    assert persona_help.last.startswith("/persona [show|set|clear|list] [text] — ")
+    assert "text: A preset name or your own instructions" in persona_help.last
     _, answered = await ask(engine, "/ask my name is Di")
     assert answered.last == "You said: my name is Di"
     _, missing = await ask(engine, "/ask")

@@ -21,6 +21,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, 
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
+import orjson
 from text_generation import errors as tg_errors
 
 from core.llm.base import Finished, StreamEvent
@@ -75,7 +76,12 @@ def open_session(
         timeout=client_timeout(connect_timeout, idle_timeout),
         headers=headers,
         raise_for_status=False,
+        json_serialize=_dumps,
     )
+
+
+def _dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
 
 
 # --------------------------------------------------------------------------- SSE
@@ -465,7 +471,7 @@ class Transport:
             if status != 200:
                 raise error_from_response(status, raw, what=f"{method} {path}")
             try:
-                return json.loads(raw)
+                return orjson.loads(raw)
             except ValueError as exc:
                 raise GenerationFailed(f"{method} {path}: the answer is not JSON") from exc
 
@@ -540,7 +546,7 @@ async def _drain(resp: aiohttp.ClientResponse) -> None:
 def json_event(data: str) -> Mapping[str, Any]:
     """Parse one event's JSON object; malformed data is a failed generation."""
     try:
-        payload = json.loads(data)
+        payload = orjson.loads(data)
     except ValueError as exc:
         raise GenerationFailed(f"malformed stream event: {_quote(data)}") from exc
     if not isinstance(payload, Mapping):

@@ -296,6 +296,7 @@ class TGIEmulator:
         token_delay: float = 0.0,
         responder: Responder | None = None,
         version: str = "3.3.6",
+        record: bool = True,
     ) -> None:
         self.model_id = model_id
         self.max_input_tokens = max_input_tokens
@@ -304,6 +305,9 @@ class TGIEmulator:
         self.token_delay = token_delay
         self.responder: Responder = responder or default_responder
         self.version = version
+        # Tests assert on `requests` and `prompts`; a long benchmark run turns the
+        # recording off so the emulator's heap (and its GC pauses) stay flat.
+        self.record = record
         self.healthy = True
         # SSE field prefix of /generate_stream and the compat route; set to "data: " to
         # exercise the other spelling (TGI.md: clients must accept both).
@@ -337,9 +341,7 @@ class TGIEmulator:
         app.router.add_post("/v1/chat/completions", self._chat_completions)
         # handler_cancellation: a client that goes away cancels its generation (and frees
         # its concurrency slot), as TGI does when the SSE receiver is dropped.
-        self._runner = web.AppRunner(
-            app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5
-        )
+        self._runner = web.AppRunner(app, access_log=None, handler_cancellation=True, shutdown_timeout=0.5)
         await self._runner.setup()
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         bound_port = self._runner.addresses[0][1]
@@ -400,8 +402,7 @@ class TGIEmulator:
     def parse_template(self, text: str) -> list[dict[str, str]]:
         """Recover messages from a ChatML prompt; any other text is one user message."""
         messages = [
-            {"role": role.strip(), "content": content}
-            for role, content in _CHATML_TURN.findall(text)
+            {"role": role.strip(), "content": content} for role, content in _CHATML_TURN.findall(text)
         ]
         return messages or [{"role": "user", "content": text}]
 
@@ -417,9 +418,8 @@ class TGIEmulator:
                 body = json.loads(raw)
             except ValueError:
                 body = None
-        self.requests.append(
-            RecordedRequest(request.method, request.path, body, dict(request.headers))
-        )
+        if self.record:
+            self.requests.append(RecordedRequest(request.method, request.path, body, dict(request.headers)))
         try:
             return await handler(request)
         except _HttpError as err:
@@ -540,9 +540,7 @@ class TGIEmulator:
         if compat:
             stream_value = body.get("stream", False)
             if not isinstance(stream_value, bool):
-                raise _deser_error(
-                    f"stream: invalid type: {_describe(stream_value)}, expected a boolean"
-                )
+                raise _deser_error(f"stream: invalid type: {_describe(stream_value)}, expected a boolean")
             stream = stream_value
             # TGI defaults return_full_text to true on `POST /` for text-generation models.
             if params.get("return_full_text") is None:
@@ -560,9 +558,7 @@ class TGIEmulator:
         if raw_messages is None:
             raise _deser_error("missing field `messages`")
         if not isinstance(raw_messages, list):
-            raise _deser_error(
-                f"messages: invalid type: {_describe(raw_messages)}, expected a sequence"
-            )
+            raise _deser_error(f"messages: invalid type: {_describe(raw_messages)}, expected a sequence")
         _check_fields(body, _CHAT_PARAMS, "")
         messages: list[dict[str, str]] = []
         for i, message in enumerate(raw_messages):
@@ -617,9 +613,7 @@ class TGIEmulator:
         if best_of < 1 or best_of > 2:
             raise _validation(f"`best_of` must be > 0 and <= 2. Given: {best_of}")
         if p.get("decoder_input_details") and spec.stream:
-            raise _validation(
-                "`decoder_input_details` == true is not supported when streaming tokens"
-            )
+            raise _validation("`decoder_input_details` == true is not supported when streaming tokens")
         temperature = p.get("temperature")
         if temperature is not None and temperature <= 0:
             raise _validation("`temperature` must be strictly positive")
@@ -672,8 +666,7 @@ class TGIEmulator:
             )
         if input_length > self.max_input_tokens:
             raise _validation(
-                f"`inputs` must have less than {self.max_input_tokens} tokens. "
-                f"Given: {input_length}"
+                f"`inputs` must have less than {self.max_input_tokens} tokens. Given: {input_length}"
             )
 
         answer = self.responder([dict(m) for m in spec.messages])
@@ -688,8 +681,7 @@ class TGIEmulator:
     def _decode(self, answer: str, budget: int, stop: list[str]) -> tuple[list[_GenToken], str]:
         """The answer's tokens, then EOS (special), cut at a stop sequence or the budget."""
         pieces = [
-            _GenToken(t.id, t.text, self._logprob(t.id), t.text in SPECIAL_IDS)
-            for t in self.tokenize(answer)
+            _GenToken(t.id, t.text, self._logprob(t.id), t.text in SPECIAL_IDS) for t in self.tokenize(answer)
         ]
         pieces.append(_GenToken(SPECIAL_IDS[IM_END], IM_END, -0.0625, True))
         out: list[_GenToken] = []
@@ -741,12 +733,11 @@ class TGIEmulator:
             self._faults.pop(0)
         return pending.fault
 
-    async def _run(
-        self, request: web.Request, spec: _Spec, *, compat: bool = False
-    ) -> web.StreamResponse:
+    async def _run(self, request: web.Request, spec: _Spec, *, compat: bool = False) -> web.StreamResponse:
         """Admission, validation, then plain or streamed generation, as TGI orders them."""
         self._counters["request_count"] += 1
-        self.prompts.append(spec.inputs)
+        if self.record:
+            self.prompts.append(spec.inputs)
         fault = self._take_fault()
         if fault is not None and fault.kind == "http_status":
             self._counters["failure"] += 1
@@ -784,14 +775,10 @@ class TGIEmulator:
             if transport is not None:
                 self._active.discard(transport)
 
-    async def _fail(
-        self, request: web.Request, spec: _Spec, err: _InferError
-    ) -> web.StreamResponse:
+    async def _fail(self, request: web.Request, spec: _Spec, err: _InferError) -> web.StreamResponse:
         """Plain endpoints answer the error status; streams answer 200 and one error event."""
         if not spec.stream:
-            return web.json_response(
-                {"error": err.message, "error_type": err.error_type}, status=err.status
-            )
+            return web.json_response({"error": err.message, "error_type": err.error_type}, status=err.status)
         response = await self._open_sse(request)
         with contextlib.suppress(ConnectionError):
             await self._send_error_event(response, spec, err)
@@ -815,14 +802,10 @@ class TGIEmulator:
         text = data if isinstance(data, str) else json.dumps(data, separators=(",", ":"))
         await response.write(f"{prefix}{text}\n\n".encode())
 
-    async def _send_error_event(
-        self, response: web.StreamResponse, spec: _Spec, err: _InferError
-    ) -> None:
+    async def _send_error_event(self, response: web.StreamResponse, spec: _Spec, err: _InferError) -> None:
         if spec.kind == "chat":
             # TGI's into_openai_event: the code is 422 whatever the cause; [DONE] follows.
-            await self._sse(
-                response, spec, {"error": {"message": err.message, "http_status_code": 422}}
-            )
+            await self._sse(response, spec, {"error": {"message": err.message, "http_status_code": 422}})
             await self._sse(response, spec, "[DONE]")
         else:
             await self._sse(response, spec, {"error": err.message, "error_type": err.error_type})
