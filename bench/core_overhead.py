@@ -66,7 +66,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 
 import core.llm.http
-from bots.runtime import build_engine, build_llm
+from bots.runtime import build_engine, build_llm, settle_heap
 from core.config import load_settings
 from core.engine import Engine, Outcome
 from core.llm.base import (
@@ -829,6 +829,7 @@ async def _engine(svc: Services, prefix: str, **overrides: Any) -> tuple[Engine,
     await llm.start()
     engine = build_engine(settings, client, llm)
     await engine.cancels.start()
+    settle_heap()  # as `herald` does once it is wired
     return engine, client, llm
 
 

@@ -120,6 +120,17 @@ def build_engine(
     )
 
 
+def settle_heap() -> None:
+    """Move what start-up allocated out of the garbage collector's way.
+
+    Imports and wiring leave tens of thousands of objects that live as long as
+    the process; without this, every full collection walks them all and stops
+    the event loop for tens of milliseconds in the middle of answers.
+    """
+    gc.collect()
+    gc.freeze()
+
+
 async def start_redis(settings: Settings) -> tuple[Redis, RedisServerProcess | None]:
     """Connect to HERALD_REDIS_URL, or start the private embedded server."""
     server: RedisServerProcess | None = None
@@ -161,10 +172,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             ) from None
         engine = build_engine(settings, redis, llm)
         await engine.cancels.start()
-        # What start-up allocated lives as long as the process: keep it out of the
-        # collector's way, so full collections don't pause answers for tens of ms.
-        gc.collect()
-        gc.freeze()
+        settle_heap()
         yield Runtime(settings, redis, llm, engine, server)
     finally:
         if engine is not None:
