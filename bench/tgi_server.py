@@ -19,9 +19,7 @@ from tests.emulators.tgi import TGIEmulator
 
 
 async def serve(port: int, max_concurrent_requests: int) -> None:
-    emulator = TGIEmulator(
-        max_concurrent_requests=max_concurrent_requests, token_delay=0.0, record=False
-    )
+    emulator = TGIEmulator(max_concurrent_requests=max_concurrent_requests, token_delay=0.0, record=False)
     url = await emulator.start(port=port)
     gc.collect()
     gc.freeze()

@@ -41,7 +41,7 @@ def _setup_logging(level: str) -> None:
 @click.group()
 @click.option(
     "--env-file",
-    type=click.Path(dir_okay=False, path_type=Path),
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
     default=None,
     help="Read settings from this file instead of ./.env.",
 )

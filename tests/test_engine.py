@@ -118,9 +118,7 @@ async def test_second_message_waits_its_turn(make_engine: EngineFactory, tgi: TG
     assert tgi.max_in_flight == 1
 
 
-async def test_busy_model_server_is_a_short_answer(
-    make_engine: EngineFactory, tgi: TGIEmulator
-) -> None:
+async def test_busy_model_server_is_a_short_answer(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
     tgi.max_concurrent_requests = 1  # read from /info: never more requests than this
     engine = await make_engine(llm_queue_timeout=0.2)
     tgi.token_delay = 0.1

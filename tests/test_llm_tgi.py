@@ -666,3 +666,22 @@ def test_factory_builds_a_tgi_client() -> None:
     assert isinstance(create_llm_client("tgi", "http://127.0.0.1:1", retries=0), TGIClient)
     with pytest.raises(ValueError, match="unknown"):
         create_llm_client("grpc", "http://x")  # type: ignore[arg-type]
+
+
+async def test_bos_of_the_template_is_not_sent_twice() -> None:
+    """Llama-style templates write the BOS; /generate_stream adds one itself."""
+    async with TGIEmulator(bos="<s>") as emu:
+        tgi = make_client(emu.url)
+        await tgi.start()
+        try:
+            messages = chat("hello")
+            prompt = await tgi.prepare(messages)
+            assert prompt.rendered is not None and not prompt.rendered.startswith("<s>")
+            deltas, _ = await collect(tgi.stream(prompt, GenerationParams()))
+        finally:
+            await tgi.close()
+        sent = emu.prompts[-1]  # what the model saw, special tokens included
+        assert sent == emu.apply_template(as_dicts(messages))
+        assert not sent.startswith("<s><s>")
+        assert prompt.input_tokens == emu.count(sent)  # the count was exact
+        assert "".join(deltas) == "You said: hello"

@@ -67,9 +67,7 @@ async def test_info_reports_limits_and_version(http: aiohttp.ClientSession) -> N
         assert key in info
 
 
-async def test_health_answers_200_empty_or_503_json(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_health_answers_200_empty_or_503_json(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     async with http.get(f"{tgi.url}/health") as resp:
         assert resp.status == 200
         assert await resp.read() == b""
@@ -115,9 +113,7 @@ def test_template_round_trip() -> None:
     assert emulator.parse_template("plain prompt") == [{"role": "user", "content": "plain prompt"}]
 
 
-async def test_chat_tokenize_applies_template(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_chat_tokenize_applies_template(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{tgi.url}/chat_tokenize", json=chat("Hello there")) as resp:
         body = await resp.json()
     expected = tgi.apply_template([{"role": "user", "content": "Hello there"}])
@@ -129,9 +125,7 @@ async def test_chat_tokenize_applies_template(
 # --- native endpoints --------------------------------------------------------------------
 
 
-async def test_generate_plain_with_and_without_details(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_generate_plain_with_and_without_details(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     prompt = tgi.apply_template([{"role": "user", "content": "ping"}])
     body = {"inputs": prompt, "parameters": {"details": True, "max_new_tokens": 50}}
     async with http.post(f"{tgi.url}/generate", json=body) as resp:
@@ -220,9 +214,7 @@ async def test_compat_route_defaults_to_full_text_and_wraps_in_a_list(
     async with http.post(f"{tgi.url}/", json=body) as resp:
         [answer] = await resp.json()
     assert answer["generated_text"] == "You said: yo"
-    assert {"prefill", "tokens", "finish_reason", "generated_tokens", "seed"} <= set(
-        answer["details"]
-    )
+    assert {"prefill", "tokens", "finish_reason", "generated_tokens", "seed"} <= set(answer["details"])
 
 
 # --- chat completions --------------------------------------------------------------------
@@ -247,9 +239,7 @@ async def test_chat_completion_plain(tgi: TGIEmulator, http: aiohttp.ClientSessi
     assert tgi.prompts == [prompt]
 
 
-async def test_chat_stream_chunks_usage_and_done(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_chat_stream_chunks_usage_and_done(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     body = chat("Hi bot", stream=True, max_tokens=4, stream_options={"include_usage": True})
     async with http.post(f"{tgi.url}/v1/chat/completions", json=body) as resp:
         assert resp.status == 200
@@ -272,9 +262,7 @@ async def test_chat_stream_chunks_usage_and_done(
     }
 
 
-async def test_default_responder_remembers_a_name(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_default_responder_remembers_a_name(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     history = [
         {"role": "user", "content": "Hello, my name is Ada."},
         {"role": "assistant", "content": "Hi."},
@@ -285,13 +273,9 @@ async def test_default_responder_remembers_a_name(
     ) as resp:
         assert (await resp.json())["choices"][0]["message"]["content"] == "Your name is Ada."
     async with http.post(f"{tgi.url}/v1/chat/completions", json=chat("what is my name")) as resp:
-        assert (await resp.json())["choices"][0]["message"]["content"] == (
-            "I don't know your name yet."
-        )
+        assert (await resp.json())["choices"][0]["message"]["content"] == ("I don't know your name yet.")
     # The native route recovers the same messages from the ChatML prompt.
-    async with http.post(
-        f"{tgi.url}/generate", json={"inputs": tgi.apply_template(history)}
-    ) as resp:
+    async with http.post(f"{tgi.url}/generate", json={"inputs": tgi.apply_template(history)}) as resp:
         assert (await resp.json())["generated_text"] == "Your name is Ada."
 
 
@@ -308,8 +292,7 @@ async def test_context_overflow_plain_is_422_with_exact_numbers(
         async with http.post(f"{emulator.url}/generate", json=body) as resp:
             assert resp.status == 422
             assert await resp.json() == {
-                "error": "Input validation error: `inputs` must have less than 10 tokens. "
-                f"Given: {n}",
+                "error": f"Input validation error: `inputs` must have less than 10 tokens. Given: {n}",
                 "error_type": "validation",
             }
         body = {"inputs": "a b c", "parameters": {"max_new_tokens": 38}}
@@ -360,8 +343,7 @@ async def test_context_overflow_in_stream_is_200_and_one_error_event(
             events = sse_data(await resp.read())
         assert json.loads(events[0]) == {
             "error": {
-                "message": f"Input validation error: `inputs` must have less than 10 tokens. "
-                f"Given: {n}",
+                "message": f"Input validation error: `inputs` must have less than 10 tokens. Given: {n}",
                 "http_status_code": 422,
             }
         }
@@ -385,9 +367,7 @@ async def test_context_overflow_in_stream_is_200_and_one_error_event(
 async def test_parameter_validation(
     tgi: TGIEmulator, http: aiohttp.ClientSession, parameters: dict[str, Any], message: str
 ) -> None:
-    async with http.post(
-        f"{tgi.url}/generate", json={"inputs": "x", "parameters": parameters}
-    ) as resp:
+    async with http.post(f"{tgi.url}/generate", json={"inputs": "x", "parameters": parameters}) as resp:
         assert resp.status == 422
         assert await resp.json() == {
             "error": f"Input validation error: {message}",
@@ -395,9 +375,7 @@ async def test_parameter_validation(
         }
 
 
-async def test_empty_inputs_and_malformed_bodies(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_empty_inputs_and_malformed_bodies(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     async with http.post(f"{tgi.url}/generate", json={"inputs": ""}) as resp:
         assert resp.status == 422
         assert (await resp.json())["error"] == "Input validation error: `inputs` cannot be empty"
@@ -433,9 +411,7 @@ async def test_overload_beyond_max_concurrent_requests(http: aiohttp.ClientSessi
             assert resp.status == 200
             events = [json.loads(e) for e in sse_data(await resp.read())]
             assert events == [{"error": "Model is overloaded", "error_type": "overloaded"}]
-        async with http.post(
-            f"{emulator.url}/v1/chat/completions", json=chat("x", stream=True)
-        ) as resp:
+        async with http.post(f"{emulator.url}/v1/chat/completions", json=chat("x", stream=True)) as resp:
             events = sse_data(await resp.read())
             assert json.loads(events[0])["error"]["message"] == "Model is overloaded"
         with pytest.raises(OverloadedError):
@@ -490,9 +466,7 @@ async def test_stop_returns_promptly_with_stalled_streams_open(
         await plain
 
 
-async def test_drop_aborts_the_connection_mid_stream(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_drop_aborts_the_connection_mid_stream(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     tgi.inject(Fault("drop", after_tokens=3))
     received: list[bytes] = []
     with pytest.raises(aiohttp.ClientPayloadError):
@@ -507,9 +481,7 @@ async def test_drop_aborts_the_connection_mid_stream(
             await resp.read()
 
 
-async def test_error_event_after_tokens_on_each_shape(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_error_event_after_tokens_on_each_shape(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     tgi.inject(Fault("error_event", after_tokens=2), times=3)
     async with http.post(f"{tgi.url}/generate_stream", json={"inputs": "a b c"}) as resp:
         events = [json.loads(e) for e in sse_data(await resp.read())]
@@ -536,15 +508,9 @@ async def test_error_event_after_tokens_on_each_shape(
         assert (await resp.json())["error_type"] == "generation"
 
 
-async def test_http_status_faults_raw_bodies_and_times(
-    tgi: TGIEmulator, http: aiohttp.ClientSession
-) -> None:
+async def test_http_status_faults_raw_bodies_and_times(tgi: TGIEmulator, http: aiohttp.ClientSession) -> None:
     tgi.inject(Fault("http_status", status=401, body="Unauthorized", content_type="text/plain"))
-    tgi.inject(
-        Fault(
-            "http_status", status=413, body="<html>413 Too Large</html>", content_type="text/html"
-        )
-    )
+    tgi.inject(Fault("http_status", status=413, body="<html>413 Too Large</html>", content_type="text/html"))
     tgi.inject(Fault("http_status", status=503, error="down", error_type="unhealthy"), times=2)
     async with http.post(f"{tgi.url}/v1/chat/completions", json=chat("x")) as resp:
         assert (resp.status, resp.content_type, await resp.text()) == (
@@ -566,9 +532,7 @@ async def test_http_status_faults_raw_bodies_and_times(
 async def test_token_delay_paces_the_stream(http: aiohttp.ClientSession) -> None:
     async with TGIEmulator(token_delay=0.02) as emulator:
         started = time.monotonic()
-        async with http.post(
-            f"{emulator.url}/generate_stream", json={"inputs": "one two three"}
-        ) as resp:
+        async with http.post(f"{emulator.url}/generate_stream", json={"inputs": "one two three"}) as resp:
             events = sse_data(await resp.read())
         elapsed = time.monotonic() - started
     assert len(events) == emulator.count("You said: one two three") + 1
@@ -609,3 +573,17 @@ async def test_standalone_server_serves_until_interrupted(http: aiohttp.ClientSe
         process.send_signal(signal.SIGINT)
         _, stderr = await asyncio.wait_for(process.communicate(), timeout=5)
     assert process.returncode == 0, stderr.decode()
+
+
+async def test_bos_model_adds_its_token_on_native_routes_only() -> None:
+    async with TGIEmulator(bos="<s>") as emu, aiohttp.ClientSession() as http:
+        templated = emu.apply_template([{"role": "user", "content": "hi"}])
+        assert templated.startswith("<s><|im_start|>user")
+        async with http.post(f"{emu.url}/tokenize", json={"inputs": "a"}) as resp:
+            tokens = await resp.json()
+        assert [(t["text"], t["start"], t["stop"]) for t in tokens] == [("<s>", 0, 0), ("a", 0, 1)]
+        chat = {"model": "tgi", "messages": [{"role": "user", "content": "hi"}]}
+        async with http.post(f"{emu.url}/chat_tokenize", json=chat) as resp:
+            body = await resp.json()
+        assert body["templated_text"] == templated
+        assert len(body["tokenize_response"]) == emu.count(templated)  # no second BOS

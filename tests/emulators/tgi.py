@@ -31,6 +31,7 @@ __all__ = ["Fault", "RecordedRequest", "TGIEmulator", "Token", "default_responde
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
 SPECIAL_IDS: dict[str, int] = {IM_START: 1, IM_END: 2}
+BOS_ID = 3
 VOCAB_SIZE = 32000
 MAX_PIECE_CHARS = 8
 # TGI's validation chunk for requests without max_new_tokens (validation.rs).
@@ -297,6 +298,7 @@ class TGIEmulator:
         responder: Responder | None = None,
         version: str = "3.3.6",
         record: bool = True,
+        bos: str | None = None,
     ) -> None:
         self.model_id = model_id
         self.max_input_tokens = max_input_tokens
@@ -308,6 +310,11 @@ class TGIEmulator:
         # Tests assert on `requests` and `prompts`; a long benchmark run turns the
         # recording off so the emulator's heap (and its GC pauses) stay flat.
         self.record = record
+        # A Llama-style model: the chat template writes `bos` into the text, and the
+        # native routes (and /tokenize) add it again as a special token, as TGI does.
+        self.bos = bos
+        specials = [IM_START, IM_END, *([bos] if bos else [])]
+        self._special_split = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
         self.healthy = True
         # SSE field prefix of /generate_stream and the compat route; set to "data: " to
         # exercise the other spelling (TGI.md: clients must accept both).
@@ -371,15 +378,22 @@ class TGIEmulator:
 
     # -- tokenizer and chat template ------------------------------------------------------
 
-    def tokenize(self, text: str) -> list[Token]:
-        """Deterministic word-piece-like tokenizer; token texts concatenate to ``text``."""
+    def tokenize(self, text: str, *, add_special_tokens: bool = False) -> list[Token]:
+        """Deterministic word-piece-like tokenizer; token texts concatenate to ``text``.
+
+        `add_special_tokens` prepends the BOS token (offsets 0, 0), as TGI's
+        tokenizer does on /tokenize and the native generation routes.
+        """
         tokens: list[Token] = []
+        if add_special_tokens and self.bos:
+            tokens.append(Token(BOS_ID, self.bos, 0, 0))
         offset = 0
-        for segment in _SPECIAL_SPLIT.split(text):
+        for segment in self._special_split.split(text):
             if not segment:
                 continue
-            if segment in SPECIAL_IDS:
-                tokens.append(Token(SPECIAL_IDS[segment], segment, offset, offset + len(segment)))
+            if segment in SPECIAL_IDS or segment == self.bos:
+                token_id = SPECIAL_IDS.get(segment, BOS_ID)
+                tokens.append(Token(token_id, segment, offset, offset + len(segment)))
                 offset += len(segment)
                 continue
             for match in _PIECE.finditer(segment):
@@ -397,7 +411,7 @@ class TGIEmulator:
     def apply_template(self, messages: list[dict[str, str]]) -> str:
         """ChatML, with the generation prompt, as a Qwen-style model's template renders it."""
         turns = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
-        return f"{turns}{IM_START}assistant\n"
+        return f"{self.bos or ''}{turns}{IM_START}assistant\n"
 
     def parse_template(self, text: str) -> list[dict[str, str]]:
         """Recover messages from a ChatML prompt; any other text is one user message."""
@@ -492,7 +506,8 @@ class TGIEmulator:
                 if inputs is None
                 else f"inputs: invalid type: {_describe(inputs)}, expected a string"
             )
-        return web.json_response([self._wire_simple(t) for t in self.tokenize(inputs)])
+        tokens = self.tokenize(inputs, add_special_tokens=True)
+        return web.json_response([self._wire_simple(t) for t in tokens])
 
     async def _chat_tokenize(self, request: web.Request) -> web.Response:
         spec = self._parse_chat(await self._json_body(request))
@@ -647,7 +662,8 @@ class TGIEmulator:
                 f"{self.max_input_tokens}. Given: {truncate}"
             )
 
-        prompt_tokens = self.tokenize(spec.inputs)
+        # The chat route's template already holds the BOS; the native routes add one.
+        prompt_tokens = self.tokenize(spec.inputs, add_special_tokens=spec.kind != "chat")
         input_length = len(prompt_tokens)
         if truncate is not None:
             input_length = min(input_length, truncate)
@@ -736,8 +752,9 @@ class TGIEmulator:
     async def _run(self, request: web.Request, spec: _Spec, *, compat: bool = False) -> web.StreamResponse:
         """Admission, validation, then plain or streamed generation, as TGI orders them."""
         self._counters["request_count"] += 1
-        if self.record:
-            self.prompts.append(spec.inputs)
+        if self.record:  # what the model sees, special tokens included
+            added = self.bos if self.bos and spec.kind != "chat" else ""
+            self.prompts.append(added + spec.inputs)
         fault = self._take_fault()
         if fault is not None and fault.kind == "http_status":
             self._counters["failure"] += 1
