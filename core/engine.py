@@ -52,8 +52,9 @@ class EnginePolicy:
     system_prompt: str
     generation: GenerationParams
     conversation_wait: float = 300.0
-    #: extra tries, dropping one more block each, when a server without exact
-    #: token counts still reports a context overflow before the first token
+    #: extra tries, dropping one more block each, when the server still reports a
+    #: context overflow before the first token (estimated counts, or limits that
+    #: changed since start)
     overflow_retries: int = 2
 
 
@@ -267,12 +268,7 @@ class Engine:
                 await self._end(renderer, state, messages.STOPPED)
                 return _Generated(state.text, state.tokens, Outcome.STOPPED)
             except LLMError as exc:
-                if (
-                    isinstance(exc, ContextTooLong)
-                    and not state.text
-                    and may_retry
-                    and not built.prompt.exact
-                ):
+                if isinstance(exc, ContextTooLong) and not state.text and may_retry:
                     raise _RetryWithLessHistory from exc
                 self._log.warning("model error while answering %s: %r", conv, exc)
                 if not state.text.strip():
