@@ -15,6 +15,7 @@ import click
 
 from adapters.console import ConsoleAdapter, read_lines
 from bots.doctor import run_doctor
+from bots.run import run as run_bots
 from bots.runtime import StartupError, open_runtime
 from core.config import ConfigError, Settings, load_settings
 
@@ -79,6 +80,19 @@ async def _console(settings: Settings, user: str, chat: str, interactive: bool) 
         adapter = ConsoleAdapter(runtime.engine, user=user, chat=chat)
         prompt = "› " if interactive else None
         await adapter.run(read_lines(sys.stdin, prompt, sys.stdout))
+
+
+@main.command()
+@click.pass_obj
+def run(env_file: Path | None) -> None:
+    """Run the platform bots that have tokens configured (Telegram), until stopped."""
+    settings = _settings(env_file)
+    _setup_logging(settings.log_level)
+    try:
+        asyncio.run(run_bots(settings))
+    except StartupError as exc:
+        click.echo(f"Herald cannot start: {exc}", err=True)
+        sys.exit(EXIT_STARTUP)
 
 
 @main.command()

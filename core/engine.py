@@ -296,6 +296,15 @@ class Engine:
         else:
             await renderer.fail(note)
 
+    async def chat_moved(self, platform: str, old_chat: str, new_chat: str) -> None:
+        """A chat got a new id (Telegram group → supergroup): its memory follows it."""
+        try:
+            moved = await self.memory.move_chat(platform, old_chat, new_chat)
+        except RedisError as exc:
+            self._log.error("could not move %s:%s to %s: %s", platform, old_chat, new_chat, exc)
+            return
+        self._log.info("chat %s:%s is now %s (%d keys moved)", platform, old_chat, new_chat, moved)
+
     async def say(self, surface: Surface, text: str) -> None:
         """Send a short message of Herald's own; a platform failure is logged, not raised."""
         try:

@@ -23,6 +23,11 @@ class Keys:
         """Counter numbering every turn ever appended (block alignment survives trims)."""
         return f"{self.prefix}:hist-seq:{conv}"
 
+    def chat_conversations(self, platform: str, chat_id: str) -> tuple[str, str]:
+        """SCAN patterns matching every history key (and its counter) of one chat."""
+        chat = _glob_escape(f"{platform}:{chat_id}")
+        return f"{self.prefix}:hist:{chat}:*", f"{self.prefix}:hist-seq:{chat}:*"
+
     def persona(self, platform: str, chat_id: str) -> str:
         """The chat's system prompt, when one was set."""
         return f"{self.prefix}:persona:{platform}:{chat_id}"
@@ -45,3 +50,7 @@ class Keys:
     def cancel_channel(self) -> str:
         """Pub/sub channel carrying conversation keys whose generation must stop."""
         return f"{self.prefix}:cancel"
+
+
+def _glob_escape(text: str) -> str:
+    return "".join("\\" + c if c in "*?[]\\" else c for c in text)

@@ -103,6 +103,23 @@ class ConversationStore:
         """
         return bool(await self._redis.delete(self._keys.history(conv)))
 
+    async def move_chat(self, platform: str, old_chat: str, new_chat: str) -> int:
+        """Carry a chat's conversations and persona to its new id (Telegram group → supergroup).
+
+        Idempotent: keys already at the new id are kept; returns how many keys moved.
+        """
+        old_prefix = f"{platform}:{old_chat}:"
+        new_prefix = f"{platform}:{new_chat}:"
+        moved = 0
+        for pattern in self._keys.chat_conversations(platform, old_chat):
+            async for key in self._redis.scan_iter(match=pattern, count=200):
+                head, _, tail = str(key).partition(old_prefix)
+                moved += int(await self._redis.renamenx(key, head + new_prefix + tail))
+        persona = self._keys.persona(platform, old_chat)
+        if await self._redis.exists(persona):
+            moved += int(await self._redis.renamenx(persona, self._keys.persona(platform, new_chat)))
+        return moved
+
     async def persona(self, platform: str, chat_id: str) -> str | None:
         value = await self._redis.get(self._keys.persona(platform, chat_id))
         return None if value is None else str(value)

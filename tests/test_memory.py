@@ -80,3 +80,20 @@ async def test_persona_is_per_chat(redis: Redis, prefix: str) -> None:
     assert persona == "Talk like a pirate."
     await memory.set_persona("test", "chat", None)
     assert await memory.persona("test", "chat") is None
+
+
+async def test_moving_a_chat_keeps_its_conversations_and_persona(redis: Redis, prefix: str) -> None:
+    memory = store(redis, prefix)
+    old_main, old_topic = ConversationKey("tg", "-100", None), ConversationKey("tg", "-100", "7")
+    other = ConversationKey("tg", "-1000", None)  # a chat whose id starts like the old one
+    await memory.append(old_main, [Turn("user", "main", 1)])
+    await memory.append(old_topic, [Turn("user", "topic", 1)])
+    await memory.append(other, [Turn("user", "other", 1)])
+    await memory.set_persona("tg", "-100", "pirate")
+    assert await memory.move_chat("tg", "-100", "-100555") == 5  # 2 histories, 2 counters, persona
+    assert [t.content for t in await memory.history(ConversationKey("tg", "-100555", None))] == ["main"]
+    assert [t.content for t in await memory.history(ConversationKey("tg", "-100555", "7"))] == ["topic"]
+    assert await memory.history(old_main) == []
+    assert [t.content for t in await memory.history(other)] == ["other"]
+    assert await memory.persona("tg", "-100555") == "pirate"
+    assert await memory.move_chat("tg", "-100", "-100555") == 0  # a second notice changes nothing

@@ -1,0 +1,206 @@
+"""The Telegram bot: python-telegram-bot's `Application` feeding the core's engine.
+
+Updates arrive by long polling (one poller per token) or by webhook (for
+several replicas behind a load balancer). Each text message becomes one
+`Inbound`; updates are processed concurrently, and the engine keeps each
+conversation in order. Stopping waits for the answers in flight.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+from telegram import BotCommand, Message, Update
+from telegram.constants import ChatMemberStatus
+from telegram.error import Conflict, InvalidToken, TelegramError
+from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+
+from adapters.telegram.surface import TelegramSurface
+from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
+from core.engine import Engine
+
+_COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
+ADMIN_CACHE_SECONDS = 60.0
+ADMIN_CACHE_SIZE = 10_000
+MAX_CONCURRENT_UPDATES = 256
+
+
+class TelegramStartError(Exception):
+    """The bot could not start (bad token, unreachable Bot API); the message says why."""
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    url: str  # the public HTTPS URL Telegram posts to
+    secret: str  # checked on every delivery (X-Telegram-Bot-Api-Secret-Token)
+    host: str = "0.0.0.0"
+    port: int = 8443
+
+
+class TelegramBot:
+    def __init__(
+        self,
+        engine: Engine,
+        token: str,
+        *,
+        api_url: str | None = None,
+        webhook: WebhookConfig | None = None,
+        poll_timeout: int = 30,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._engine = engine
+        self._webhook = webhook
+        self._poll_timeout = poll_timeout
+        self._log = logger or logging.getLogger("herald.telegram")
+        builder = ApplicationBuilder().token(token).concurrent_updates(MAX_CONCURRENT_UPDATES)
+        if api_url:
+            root = api_url.rstrip("/")
+            builder = builder.base_url(f"{root}/bot").base_file_url(f"{root}/file/bot")
+        # long polls hold the request open for poll_timeout seconds
+        builder = builder.get_updates_read_timeout(poll_timeout + 10)
+        self.app: Application = builder.build()  # type: ignore[type-arg]
+        self.app.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, self._on_migrate))
+        self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.MESSAGE, self._on_message))
+        self.app.add_error_handler(self._on_error)
+        self._identity: BotIdentity | None = None
+        self._admins: dict[tuple[int, int], tuple[float, bool]] = {}
+
+    @property
+    def identity(self) -> BotIdentity:
+        if self._identity is None:
+            raise RuntimeError("the Telegram bot is not started")
+        return self._identity
+
+    async def start(self) -> None:
+        try:
+            await self.app.initialize()  # getMe: proves the token and the API URL
+        except InvalidToken:
+            raise TelegramStartError(
+                "Telegram refused the bot token: check HERALD_TELEGRAM_TOKEN (from @BotFather)."
+            ) from None
+        except TelegramError as exc:
+            raise TelegramStartError(f"Cannot reach the Telegram Bot API: {exc}") from None
+        me = self.app.bot.bot
+        self._identity = BotIdentity(me.id, me.username)
+        self._explain_privacy(bool(me.can_read_all_group_messages))
+        await self._register_commands()
+        await self.app.start()
+        updater = self.app.updater
+        assert updater is not None  # built with the default updater
+        if self._webhook is None:
+            await updater.start_polling(
+                timeout=self._poll_timeout,
+                allowed_updates=[Update.MESSAGE],
+                error_callback=self._on_poll_error,
+            )
+            self._log.info("Telegram: @%s polling for updates", me.username)
+        else:
+            hook = self._webhook
+            await updater.start_webhook(
+                listen=hook.host,
+                port=hook.port,
+                url_path=urlsplit(hook.url).path.lstrip("/"),  # the same path as the public URL
+                webhook_url=hook.url,
+                secret_token=hook.secret,
+                allowed_updates=[Update.MESSAGE],
+            )
+            self._log.info("Telegram: @%s receiving updates by webhook", me.username)
+
+    async def stop(self) -> None:
+        """Stop taking updates, let the answers in flight finish, then close."""
+        updater = self.app.updater
+        if updater is not None and updater.running:
+            await updater.stop()
+        if self.app.running:
+            await self.app.stop()  # waits for the handlers still running
+        await self.app.shutdown()
+
+    def _explain_privacy(self, reads_all: bool) -> None:
+        if reads_all:
+            self._log.info(
+                "Telegram privacy mode is OFF: the bot receives every group message and "
+                "answers only when addressed (mention, reply or command)."
+            )
+        else:
+            self._log.info(
+                "Telegram privacy mode is ON: in groups the bot receives only commands, "
+                "mentions and replies to its own messages, which is all Herald needs."
+            )
+
+    async def _register_commands(self) -> None:
+        commands = [
+            BotCommand(spec.name, spec.description[:256])
+            for spec in self._engine.commands
+            if _COMMAND_NAME.match(spec.name)
+        ]
+        try:
+            await self.app.bot.set_my_commands(commands)
+        except TelegramError as exc:
+            self._log.warning("Telegram: could not register the command menu: %s", exc)
+
+    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None or message.text is None:
+            return
+        private = message.chat.type == message.chat.PRIVATE
+        chat_admin = not private and starts_with_command(message) and await self._is_chat_admin(message)
+        inbound = to_inbound(message, update.update_id, self.identity, chat_admin=chat_admin)
+        surface = TelegramSurface(
+            self.app.bot,
+            chat_id=message.chat.id,
+            thread_id=message.message_thread_id if message.is_topic_message else None,
+            reply_to=message.message_id,
+            private=private,
+            on_chat_moved=self._chat_moved,
+            logger=self._log,
+        )
+        await self._engine.handle(inbound, surface)
+
+    async def _on_migrate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        message = update.message
+        if message is None:
+            return
+        if message.migrate_to_chat_id is not None:
+            await self._chat_moved(message.chat.id, message.migrate_to_chat_id)
+        elif message.migrate_from_chat_id is not None:
+            await self._chat_moved(message.migrate_from_chat_id, message.chat.id)
+
+    async def _chat_moved(self, old: int, new: int) -> None:
+        await self._engine.chat_moved(PLATFORM, str(old), str(new))
+
+    async def _is_chat_admin(self, message: Message) -> bool:
+        """Whether the sender administers the chat (asked once a minute at most)."""
+        user = message.from_user
+        if user is None:
+            return False
+        key = (message.chat.id, user.id)
+        now = time.monotonic()
+        cached = self._admins.get(key)
+        if cached is not None and cached[0] > now:
+            return cached[1]
+        try:
+            member = await self.app.bot.get_chat_member(message.chat.id, user.id)
+            admin = member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
+        except TelegramError as exc:
+            self._log.warning("Telegram: could not check admin rights in %s: %s", key[0], exc)
+            return False
+        if len(self._admins) >= ADMIN_CACHE_SIZE:
+            self._admins.clear()
+        self._admins[key] = (now + ADMIN_CACHE_SECONDS, admin)
+        return admin
+
+    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
+        self._log.error("Telegram: error while handling an update", exc_info=context.error)
+
+    def _on_poll_error(self, error: TelegramError) -> None:
+        if isinstance(error, Conflict):
+            self._log.error(
+                "Telegram: another process is polling with this bot token. Only one poller "
+                "may run per token: stop the other one, or use webhook mode for replicas."
+            )
+        else:
+            self._log.warning("Telegram: polling failed (%s); retrying", error)

@@ -1,0 +1,155 @@
+"""Where an answer goes in Telegram: a chat (and forum topic), replying to the asker.
+
+Markdown from the model is sent as escaped Telegram HTML; if Telegram still
+rejects the formatting, the same text goes out without a parse mode. Telegram
+errors become the core's platform errors, so the renderer decides what to do.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+from telegram import Bot, LinkPreviewOptions, Message, ReplyParameters
+from telegram.constants import ChatAction, ParseMode
+from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
+
+from adapters.telegram.formatting import markdown_to_telegram
+from core.types import (
+    Capabilities,
+    LengthUnit,
+    MessageNotModified,
+    MessageRef,
+    PlatformError,
+    PlatformRateLimited,
+)
+
+MAX_LENGTH = 4096  # UTF-16 code units of the text after entity parsing
+PRIVATE_EDIT_INTERVAL = 1.0
+GROUP_EDIT_INTERVAL = 3.0
+NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+
+T = TypeVar("T")
+ChatMoved = Callable[[int, int], Awaitable[None]]
+
+
+def seconds(value: int | dt.timedelta) -> float:
+    return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
+
+
+class TelegramSurface:
+    def __init__(
+        self,
+        bot: Bot,
+        *,
+        chat_id: int,
+        thread_id: int | None,
+        reply_to: int | None,
+        private: bool,
+        on_chat_moved: ChatMoved | None = None,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._bot = bot
+        self.chat_id = chat_id
+        self._thread_id = thread_id
+        self._reply_to = reply_to
+        self._on_chat_moved = on_chat_moved
+        self._log = logger or logging.getLogger("herald.telegram")
+        interval = PRIVATE_EDIT_INTERVAL if private else GROUP_EDIT_INTERVAL
+        self._caps = Capabilities(
+            max_length=MAX_LENGTH,
+            length_unit=LengthUnit.UTF16,
+            min_edit_interval=interval,
+            has_slash_commands=True,
+            has_buttons=True,
+        )
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._caps
+
+    async def typing(self) -> None:
+        await self._call(
+            lambda: self._bot.send_chat_action(
+                self.chat_id, ChatAction.TYPING, message_thread_id=self._thread_id
+            )
+        )
+
+    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+        target = int(reply_to.id) if reply_to is not None else self._reply_to
+        reply = ReplyParameters(target, allow_sending_without_reply=True) if target else None
+
+        def attempt(html: bool) -> Awaitable[Message]:
+            body, mode = self._content(text, html)
+            return self._bot.send_message(
+                self.chat_id,
+                body,
+                parse_mode=mode,
+                message_thread_id=self._thread_id,
+                reply_parameters=reply,
+                link_preview_options=NO_PREVIEW,
+            )
+
+        message = await self._formatted(attempt)
+        return MessageRef(str(message.message_id))
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        def attempt(html: bool) -> Awaitable[object]:
+            body, mode = self._content(text, html)
+            return self._bot.edit_message_text(
+                body,
+                chat_id=self.chat_id,
+                message_id=int(ref.id),
+                parse_mode=mode,
+                link_preview_options=NO_PREVIEW,
+            )
+
+        await self._formatted(attempt)
+
+    @staticmethod
+    def _content(text: str, html: bool) -> tuple[str, str | None]:
+        """(text, parse mode): escaped HTML from the Markdown, or the Markdown as it is."""
+        if html:
+            rendered = markdown_to_telegram(text)
+            if rendered.plain.strip():  # a streamed "```py" alone renders as nothing
+                return rendered.html, ParseMode.HTML
+        return text, None
+
+    async def _formatted(self, attempt: Callable[[bool], Awaitable[T]]) -> T:
+        """HTML first; the same text without a parse mode if Telegram rejects the markup."""
+        try:
+            return await self._call(lambda: attempt(True))
+        except _BadMarkup as exc:
+            self._log.warning("Telegram rejected the formatting (%s); sending plain text", exc)
+            return await self._call(lambda: attempt(False))
+
+    async def _call(self, call: Callable[[], Awaitable[T]]) -> T:
+        """One Bot API call, with Telegram's errors turned into the core's."""
+        try:
+            return await call()
+        except ChatMigrated as exc:
+            old, self.chat_id = self.chat_id, exc.new_chat_id
+            self._log.info("chat %s moved to %s", old, exc.new_chat_id)
+            if self._on_chat_moved is not None:
+                await self._on_chat_moved(old, exc.new_chat_id)
+            return await self._call(call)
+        except RetryAfter as exc:
+            raise PlatformRateLimited(seconds(exc.retry_after), str(exc)) from exc
+        except BadRequest as exc:
+            text = exc.message.lower()
+            if "message is not modified" in text:
+                raise MessageNotModified(exc.message) from exc
+            if "can't parse entities" in text or "unsupported start tag" in text:
+                raise _BadMarkup(exc.message) from exc
+            raise PlatformError(f"Telegram refused: {exc.message}") from exc
+        except Forbidden as exc:
+            self._log.warning("Telegram forbids writing to chat %s: %s", self.chat_id, exc.message)
+            raise PlatformError(exc.message) from exc
+        except TelegramError as exc:  # timeouts, network errors, server errors
+            raise PlatformError(f"Telegram call failed: {exc}") from exc
+
+
+class _BadMarkup(PlatformError):
+    """Telegram could not parse the formatting we sent."""

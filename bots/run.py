@@ -1,0 +1,82 @@
+"""`herald run`: every configured platform bot in one process, until SIGINT/SIGTERM.
+
+Shutdown is graceful: the bots stop taking updates, the answers in flight
+finish, then Redis and the model client are closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from typing import Protocol
+
+from adapters.telegram.bot import TelegramBot, TelegramStartError, WebhookConfig
+from bots.runtime import StartupError, open_runtime
+from core.config import Settings
+from core.engine import Engine
+
+log = logging.getLogger("herald")
+
+
+class PlatformBot(Protocol):
+    async def start(self) -> None: ...
+    async def stop(self) -> None: ...
+
+
+def configured_platforms(settings: Settings) -> list[str]:
+    return [name for name, token in (("telegram", settings.telegram_token),) if token]
+
+
+def build_bots(settings: Settings, engine: Engine) -> list[PlatformBot]:
+    bots: list[PlatformBot] = []
+    if settings.telegram_token:
+        webhook = None
+        if settings.telegram_webhook_url and settings.telegram_webhook_secret:
+            host, _, port = settings.telegram_webhook_listen.rpartition(":")
+            webhook = WebhookConfig(
+                url=settings.telegram_webhook_url,
+                secret=settings.telegram_webhook_secret.get_secret_value(),
+                host=host,
+                port=int(port),
+            )
+        bots.append(
+            TelegramBot(
+                engine,
+                settings.telegram_token.get_secret_value(),
+                api_url=settings.telegram_api_url,
+                webhook=webhook,
+            )
+        )
+    return bots
+
+
+async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+    """Run until `stop` is set or a SIGINT/SIGTERM arrives."""
+    if not configured_platforms(settings):
+        raise StartupError(
+            "Nothing to run: set HERALD_TELEGRAM_TOKEN (see README). "
+            "To chat in the terminal, use `herald console`."
+        )
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    try:
+        async with open_runtime(settings) as runtime:
+            started: list[PlatformBot] = []
+            try:
+                for bot in build_bots(settings, runtime.engine):
+                    await bot.start()
+                    started.append(bot)
+                log.info("Herald is running; stop it with Ctrl-C or SIGTERM")
+                await stop.wait()
+                log.info("stopping: finishing the answers in flight")
+            except TelegramStartError as exc:
+                raise StartupError(str(exc)) from None
+            finally:
+                for bot in reversed(started):
+                    await bot.stop()
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.remove_signal_handler(sig)
