@@ -393,3 +393,51 @@ async def test_herald_run_without_a_platform_says_so(tmp_path: Any) -> None:
     code, _, err = await run_herald(["run"], "", tmp_path)
     assert code == 1
     assert "Nothing to run: set HERALD_TELEGRAM_TOKEN" in err
+
+
+async def test_text_mention_of_the_bot_addresses_it(
+    start_bot: BotFactory, telegram: TelegramEmulator
+) -> None:
+    bot = await start_bot()
+    group = telegram.group(GROUP_ID, "Team", supergroup=True)
+    telegram.set_admin(GROUP_ID, bot.identity.id)  # an admin bot receives every group message
+    me = {"id": bot.identity.id, "is_bot": True, "first_name": "Herald"}
+    mention = [{"type": "text_mention", "offset": 0, "length": 6, "user": me}]
+    telegram.send_user_message(group, ADA, "Herald, how are you?", entities=mention)
+    await settled(telegram, GROUP_ID, "You said: , how are you?")
+
+
+async def test_blocked_chat_is_logged_and_others_still_answered(
+    start_bot: BotFactory, telegram: TelegramEmulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    await start_bot()
+    ada, bob = telegram.private_chat(ADA["id"]), telegram.private_chat(BOB["id"], "Bob")
+    telegram.block_by(ada["id"])
+    with caplog.at_level(logging.WARNING, logger="herald.telegram"):
+        telegram.send_user_message(ada, ADA, "hello")
+        await telegram.wait_until(lambda: "forbids writing to chat 501" in caplog.text, timeout=10)
+    telegram.send_user_message(bob, BOB, "hello")
+    await settled(telegram, bob["id"], "You said: hello")
+    assert telegram.messages_in(ada["id"]) == []
+    assert "Traceback" not in caplog.text
+
+
+async def test_answer_follows_a_chat_that_migrated_while_answering(
+    start_bot: BotFactory, telegram: TelegramEmulator, make_engine: EngineFactory
+) -> None:
+    engine = await make_engine()
+    await start_bot(engine)
+    old = telegram.group(-42, "Small group")
+    telegram.group(-1009, "Small group", supergroup=True)
+    telegram.fail_next(
+        "sendMessage",
+        400,
+        "Bad Request: group chat was upgraded to a supergroup chat",
+        migrate_to_chat_id=-1009,
+    )
+    telegram.send_user_message(old, BOB, "@HeraldBot my name is Bob")
+    await settled(telegram, -1009, "You said: my name is Bob")
+    new_conversation = ConversationKey("telegram", "-1009", None)
+    async with asyncio.timeout(5):
+        while len(await engine.memory.history(new_conversation)) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)

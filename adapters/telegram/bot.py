@@ -155,10 +155,11 @@ class TelegramBot:
             thread_id=message.message_thread_id if message.is_topic_message else None,
             reply_to=message.message_id,
             private=private,
-            on_chat_moved=self._chat_moved,
             logger=self._log,
         )
         await self._engine.handle(inbound, surface)
+        if surface.chat_id != message.chat.id:  # the chat migrated while we answered
+            await self._chat_moved(message.chat.id, surface.chat_id)
 
     async def _on_migrate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message

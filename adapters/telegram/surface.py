@@ -32,7 +32,6 @@ GROUP_EDIT_INTERVAL = 3.0
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 
 T = TypeVar("T")
-ChatMoved = Callable[[int, int], Awaitable[None]]
 
 
 def seconds(value: int | dt.timedelta) -> float:
@@ -48,14 +47,12 @@ class TelegramSurface:
         thread_id: int | None,
         reply_to: int | None,
         private: bool,
-        on_chat_moved: ChatMoved | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._bot = bot
         self.chat_id = chat_id
         self._thread_id = thread_id
         self._reply_to = reply_to
-        self._on_chat_moved = on_chat_moved
         self._log = logger or logging.getLogger("herald.telegram")
         interval = PRIVATE_EDIT_INTERVAL if private else GROUP_EDIT_INTERVAL
         self._caps = Capabilities(
@@ -129,11 +126,9 @@ class TelegramSurface:
         """One Bot API call, with Telegram's errors turned into the core's."""
         try:
             return await call()
-        except ChatMigrated as exc:
-            old, self.chat_id = self.chat_id, exc.new_chat_id
-            self._log.info("chat %s moved to %s", old, exc.new_chat_id)
-            if self._on_chat_moved is not None:
-                await self._on_chat_moved(old, exc.new_chat_id)
+        except ChatMigrated as exc:  # the group became a supergroup: follow it
+            self._log.info("chat %s moved to %s", self.chat_id, exc.new_chat_id)
+            self.chat_id = exc.new_chat_id
             return await self._call(call)
         except RetryAfter as exc:
             raise PlatformRateLimited(seconds(exc.retry_after), str(exc)) from exc
