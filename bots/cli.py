@@ -16,6 +16,7 @@ import click
 from adapters.console import ConsoleAdapter, read_lines
 from bots.doctor import run_doctor
 from bots.run import run as run_bots
+from bots.run import sync_discord_commands
 from bots.runtime import StartupError, open_runtime
 from core.config import ConfigError, Settings, load_settings
 
@@ -93,6 +94,26 @@ def run(env_file: Path | None) -> None:
     except StartupError as exc:
         click.echo(f"Herald cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP)
+
+
+@main.group()
+def discord() -> None:
+    """Discord-specific maintenance."""
+
+
+@discord.command("sync-commands")
+@click.option("--guild", type=int, default=None, help="Write to one guild (instant) instead of globally.")
+@click.pass_obj
+def sync_commands(env_file: Path | None, guild: int | None) -> None:
+    """Write Herald's slash commands to Discord now."""
+    settings = _settings(env_file)
+    _setup_logging("WARNING")
+    try:
+        count = asyncio.run(sync_discord_commands(settings, guild))
+    except StartupError as exc:
+        click.echo(f"Herald cannot sync commands: {exc}", err=True)
+        sys.exit(EXIT_STARTUP)
+    click.echo(f"Wrote {count} commands {'to guild ' + str(guild) if guild else 'globally'}.")
 
 
 @main.command()

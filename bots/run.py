@@ -11,10 +11,11 @@ import logging
 import signal
 from typing import Protocol
 
+from adapters.discord.bot import DiscordBot, DiscordStartError
 from adapters.telegram.bot import TelegramBot, TelegramStartError, WebhookConfig
-from bots.runtime import StartupError, open_runtime
+from bots.runtime import Runtime, StartupError, open_runtime
 from core.config import Settings
-from core.engine import Engine
+from core.keys import Keys
 
 log = logging.getLogger("herald")
 
@@ -25,10 +26,25 @@ class PlatformBot(Protocol):
 
 
 def configured_platforms(settings: Settings) -> list[str]:
-    return [name for name, token in (("telegram", settings.telegram_token),) if token]
+    tokens = (("telegram", settings.telegram_token), ("discord", settings.discord_token))
+    return [name for name, token in tokens if token]
 
 
-def build_bots(settings: Settings, engine: Engine) -> list[PlatformBot]:
+def build_discord(settings: Settings, runtime: Runtime) -> DiscordBot:
+    assert settings.discord_token is not None
+    return DiscordBot(
+        runtime.engine,
+        settings.discord_token.get_secret_value(),
+        redis=runtime.redis,
+        keys=Keys(settings.redis_prefix),
+        shard_ids=[int(i) for i in settings.discord_shard_ids] or None,
+        shard_count=settings.discord_shard_count,
+        message_content=settings.discord_message_content,
+    )
+
+
+def build_bots(settings: Settings, runtime: Runtime) -> list[PlatformBot]:
+    engine = runtime.engine
     bots: list[PlatformBot] = []
     if settings.telegram_token:
         webhook = None
@@ -48,14 +64,31 @@ def build_bots(settings: Settings, engine: Engine) -> list[PlatformBot]:
                 webhook=webhook,
             )
         )
+    if settings.discord_token:
+        bots.append(build_discord(settings, runtime))
     return bots
+
+
+async def sync_discord_commands(settings: Settings, guild_id: int | None) -> int:
+    """`herald discord sync-commands`: write the command set now (REST only, no gateway)."""
+    if settings.discord_token is None:
+        raise StartupError("HERALD_DISCORD_TOKEN is not set.")
+    async with open_runtime(settings) as runtime:
+        bot = build_discord(settings, runtime)
+        try:
+            await bot.login()
+            return await bot.sync_commands(guild_id)
+        except DiscordStartError as exc:
+            raise StartupError(str(exc)) from None
+        finally:
+            await bot.client.close()
 
 
 async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set or a SIGINT/SIGTERM arrives."""
     if not configured_platforms(settings):
         raise StartupError(
-            "Nothing to run: set HERALD_TELEGRAM_TOKEN (see README). "
+            "Nothing to run: set HERALD_TELEGRAM_TOKEN or HERALD_DISCORD_TOKEN (see README). "
             "To chat in the terminal, use `herald console`."
         )
     stop = stop or asyncio.Event()
@@ -66,13 +99,13 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
         async with open_runtime(settings) as runtime:
             started: list[PlatformBot] = []
             try:
-                for bot in build_bots(settings, runtime.engine):
+                for bot in build_bots(settings, runtime):
                     await bot.start()
                     started.append(bot)
                 log.info("Herald is running; stop it with Ctrl-C or SIGTERM")
                 await stop.wait()
                 log.info("stopping: finishing the answers in flight")
-            except TelegramStartError as exc:
+            except (TelegramStartError, DiscordStartError) as exc:
                 raise StartupError(str(exc)) from None
             finally:
                 for bot in reversed(started):

@@ -105,6 +105,9 @@ class Settings(BaseSettings):
 
     # Platforms
     discord_token: SecretStr | None = None
+    discord_shard_count: int | None = Field(default=None, ge=1)
+    discord_shard_ids: CsvList = Field(default_factory=list)
+    discord_message_content: bool = False
     telegram_token: SecretStr | None = None
     telegram_api_url: str | None = None
     telegram_webhook_url: str | None = None
@@ -113,7 +116,7 @@ class Settings(BaseSettings):
 
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
-    @field_validator("allowed_chats", "allowed_users", "admins", mode="before")
+    @field_validator("allowed_chats", "allowed_users", "admins", "discord_shard_ids", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
@@ -125,6 +128,13 @@ class Settings(BaseSettings):
             platform, sep, ident = item.partition(":")
             if not sep or not platform or not ident:
                 raise ValueError(f"'{item}' must be written platform:id, e.g. telegram:12345 or discord:*")
+        return value
+
+    @field_validator("discord_shard_ids")
+    @classmethod
+    def _shard_ids(cls, value: list[str]) -> list[str]:
+        if any(not item.isdigit() for item in value):
+            raise ValueError("must be shard numbers separated by commas, e.g. 0,1")
         return value
 
     @field_validator("tgi_url")
@@ -175,6 +185,13 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fits_together(self) -> Settings:
+        if self.discord_shard_ids and (
+            self.discord_shard_count is None
+            or any(int(i) >= self.discord_shard_count for i in self.discord_shard_ids)
+        ):
+            raise ValueError(
+                "HERALD_DISCORD_SHARD_IDS needs HERALD_DISCORD_SHARD_COUNT, and every id below it"
+            )
         if self.telegram_webhook_url and not self.telegram_webhook_secret:
             raise ValueError("HERALD_TELEGRAM_WEBHOOK_SECRET is required with HERALD_TELEGRAM_WEBHOOK_URL")
         if self.llm_api == "openai" and self.max_new_tokens >= self.llm_max_input_tokens:

@@ -47,6 +47,10 @@ class Keys:
     def lock(self, conv: ConversationKey) -> str:
         return f"{self.prefix}:lock:{conv}"
 
+    def command_digest(self, platform: str, scope: str) -> str:
+        """Digest of the command set last written to a platform (scope: global or a guild)."""
+        return f"{self.prefix}:commands:{platform}:{scope}"
+
     def cancel_channel(self) -> str:
         """Pub/sub channel carrying conversation keys whose generation must stop."""
         return f"{self.prefix}:cancel"

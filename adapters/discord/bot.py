@@ -1,0 +1,183 @@
+"""The Discord bot: a discord.py `AutoShardedClient` feeding the core's engine.
+
+Default intents are enough: Discord delivers the content of DMs and of
+messages that mention the bot without the privileged message-content intent,
+which is asked for only when configured (for mentions of the bot's role).
+Slash commands are the core's registry, written to Discord only when they
+changed. Stopping lets the answers in flight finish and never removes the
+commands.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Iterator
+from typing import Any
+
+import discord
+from redis.asyncio import Redis
+
+from adapters.discord.commands import command_payload, digest
+from adapters.discord.surface import NO_PINGS, ChannelSurface, InteractionSurface
+from adapters.discord.translate import PLATFORM, from_interaction, from_message
+from core.engine import Engine
+from core.keys import Keys
+
+RESTARTING = "Herald is restarting — try again in a moment."
+
+
+class DiscordStartError(Exception):
+    """The bot could not start (bad token, gateway unreachable); the message says why."""
+
+
+class _Client(discord.AutoShardedClient):
+    """Routes the two events Herald handles to the bot."""
+
+    def __init__(self, bot: DiscordBot, **options: Any) -> None:
+        super().__init__(**options)
+        self._bot = bot
+
+    async def on_message(self, message: discord.Message) -> None:
+        await self._bot.on_message(message)
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        await self._bot.on_interaction(interaction)
+
+
+class DiscordBot:
+    def __init__(
+        self,
+        engine: Engine,
+        token: str,
+        *,
+        redis: Redis,
+        keys: Keys,
+        shard_ids: list[int] | None = None,
+        shard_count: int | None = None,
+        message_content: bool = False,
+        ready_timeout: float = 60.0,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._engine = engine
+        self._token = token
+        self._redis = redis
+        self._keys = keys
+        self._ready_timeout = ready_timeout
+        self._log = logger or logging.getLogger("herald.discord")
+        intents = discord.Intents.default()
+        # Privileged, and only needed to read messages that mention the bot's role
+        # rather than the bot (or reply to it without a ping).
+        intents.message_content = message_content
+        self.client = _Client(
+            self,
+            intents=intents,
+            shard_ids=shard_ids,
+            shard_count=shard_count,
+            allowed_mentions=NO_PINGS,
+        )
+        self._runner: asyncio.Task[None] | None = None
+        self._accepting = True
+        self._in_flight: set[asyncio.Task[Any]] = set()
+
+    async def login(self) -> None:
+        try:
+            await self.client.login(self._token)
+        except discord.LoginFailure:
+            raise DiscordStartError(
+                "Discord refused the bot token: check HERALD_DISCORD_TOKEN (Developer Portal → Bot)."
+            ) from None
+        except (discord.HTTPException, OSError) as exc:
+            raise DiscordStartError(f"Cannot reach Discord: {exc}") from None
+
+    async def start(self) -> None:
+        await self.login()
+        self._runner = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
+        ready = asyncio.create_task(self.client.wait_until_ready())
+        done, _ = await asyncio.wait(
+            {ready, self._runner}, timeout=self._ready_timeout, return_when=asyncio.FIRST_COMPLETED
+        )
+        if ready not in done:
+            ready.cancel()
+            failure = self._runner.exception() if self._runner in done else None
+            await self.client.close()
+            raise DiscordStartError(f"Discord gateway did not become ready: {failure or 'timed out'}")
+        user = self.client.user
+        self._log.info("Discord: %s ready on shards %s", user, self.client.shard_ids)
+        await self.sync_commands_if_changed()
+
+    async def stop(self) -> None:
+        """Stop taking events, let the answers in flight finish, then disconnect."""
+        self._accepting = False
+        if self._in_flight:
+            await asyncio.gather(*self._in_flight, return_exceptions=True)
+        await self.client.close()
+        if self._runner is not None:
+            with contextlib.suppress(Exception, asyncio.CancelledError):
+                await self._runner
+
+    # -- commands ---------------------------------------------------------------------
+
+    async def sync_commands(self, guild_id: int | None = None) -> int:
+        """Write the command set to Discord (globally or to one guild); returns its size."""
+        payload = command_payload(self._engine.commands)
+        app_id = self.client.application_id
+        if app_id is None:
+            raise DiscordStartError("Discord did not say the application id; log in first")
+        if guild_id is None:
+            await self.client.http.bulk_upsert_global_commands(app_id, payload)
+        else:
+            await self.client.http.bulk_upsert_guild_commands(app_id, guild_id, payload)
+        scope = "global" if guild_id is None else str(guild_id)
+        await self._redis.set(self._keys.command_digest(PLATFORM, scope), digest(payload))
+        self._log.info("Discord: %d commands written (%s)", len(payload), scope)
+        return len(payload)
+
+    async def sync_commands_if_changed(self) -> None:
+        key = self._keys.command_digest(PLATFORM, "global")
+        if await self._redis.get(key) == digest(command_payload(self._engine.commands)):
+            self._log.info("Discord: commands unchanged; not written")
+            return
+        try:
+            await self.sync_commands()
+        except discord.HTTPException as exc:
+            self._log.warning("Discord: could not write the commands: %s", exc)
+
+    # -- events -----------------------------------------------------------------------
+
+    async def on_message(self, message: discord.Message) -> None:
+        me = self.client.user
+        if not self._accepting or message.author.bot or me is None:
+            return  # bots, Herald itself included, never trigger it
+        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+            return
+        with self._tracked():
+            await self._engine.handle(from_message(message, me), ChannelSurface(message))
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.application_command:
+            return
+        if not self._accepting:
+            with contextlib.suppress(discord.HTTPException):
+                await interaction.response.send_message(RESTARTING, ephemeral=True)
+            return
+        with self._tracked():
+            try:
+                await interaction.response.defer()  # inside Discord's 3-second window
+            except discord.HTTPException as exc:
+                self._log.warning("Discord: could not acknowledge interaction %s: %s", interaction.id, exc)
+                return
+            await self._engine.handle(from_interaction(interaction), InteractionSurface(interaction))
+
+    @contextlib.contextmanager
+    def _tracked(self) -> Iterator[None]:
+        """discord.py runs each event in its own task; remember it until it ends."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._in_flight.add(task)
+        try:
+            yield
+        finally:
+            if task is not None:
+                self._in_flight.discard(task)

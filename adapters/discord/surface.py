@@ -1,0 +1,100 @@
+"""Where an answer goes in Discord: a reply in a channel, or an interaction's response.
+
+Every message goes out with allowed mentions that ping nobody: model output
+that contains @everyone, @here, role or user mentions notifies no one.
+discord.py already waits out 429s and slows down from the rate-limit headers;
+what still fails becomes the core's platform errors.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
+
+import discord
+
+from core.types import Capabilities, MessageRef, PlatformError, PlatformRateLimited
+
+MAX_LENGTH = 2000
+EDIT_INTERVAL = 1.2
+NO_PINGS = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=False)
+CAPABILITIES = Capabilities(
+    max_length=MAX_LENGTH, min_edit_interval=EDIT_INTERVAL, has_slash_commands=True, has_buttons=True
+)
+
+T = TypeVar("T")
+
+
+async def _call(call: Callable[[], Awaitable[T]]) -> T:
+    try:
+        return await call()
+    except discord.RateLimited as exc:
+        raise PlatformRateLimited(exc.retry_after, str(exc)) from exc
+    except discord.HTTPException as exc:
+        raise PlatformError(f"Discord refused: {exc.status} {exc.code} {exc.text}") from exc
+    except (discord.DiscordException, OSError) as exc:
+        raise PlatformError(f"Discord call failed: {exc}") from exc
+
+
+class ChannelSurface:
+    """Answers a message: the first part replies to it, later parts to the part before."""
+
+    def __init__(self, message: discord.Message) -> None:
+        self._message = message
+        self._channel = message.channel
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    async def typing(self) -> None:
+        await _call(lambda: self._channel.typing())
+
+    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+        target = self._message.to_reference(fail_if_not_exists=False)
+        if reply_to is not None:
+            target = discord.MessageReference(
+                message_id=int(reply_to.id), channel_id=self._channel.id, fail_if_not_exists=False
+            )
+        sent = await _call(lambda: self._channel.send(text, reference=target, allowed_mentions=NO_PINGS))
+        return MessageRef(str(sent.id))
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        partial = self._channel.get_partial_message(int(ref.id))  # type: ignore[union-attr]
+        await _call(lambda: partial.edit(content=text, allowed_mentions=NO_PINGS))
+
+
+class InteractionSurface:
+    """Answers a slash command: streams into the deferred original response,
+    continuation parts are follow-ups."""
+
+    ORIGINAL = "@original"
+
+    def __init__(self, interaction: discord.Interaction) -> None:
+        self._interaction = interaction
+        self._original_used = False
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    async def typing(self) -> None:
+        return None  # the deferred response already shows "thinking…"
+
+    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+        if not self._original_used:
+            self._original_used = True
+            await self.edit(MessageRef(self.ORIGINAL), text)
+            return MessageRef(self.ORIGINAL)
+        followup = self._interaction.followup
+        sent = await _call(lambda: followup.send(text, allowed_mentions=NO_PINGS, wait=True))
+        return MessageRef(str(sent.id))
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        if ref.id == self.ORIGINAL:
+            await _call(
+                lambda: self._interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
+            )
+        else:
+            followup = self._interaction.followup
+            await _call(lambda: followup.edit_message(int(ref.id), content=text, allowed_mentions=NO_PINGS))

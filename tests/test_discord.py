@@ -1,0 +1,317 @@
+"""Herald on Discord end to end: the real discord.py client over a real gateway
+WebSocket and REST against the Discord emulator, the real engine, Redis and TGI."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from adapters.discord.bot import DiscordBot
+from core.engine import Engine
+from core.keys import Keys
+from core.splitting import closing_fence
+from tests.conftest import EngineFactory
+from tests.emulators.discord import DiscordEmulator, point_discord_py_at
+from tests.emulators.tgi import TGIEmulator
+
+pytestmark = pytest.mark.timeout(60)
+
+GUILD, CHANNEL = 5000, 5001
+BotFactory = Callable[..., Any]
+
+
+@pytest.fixture
+async def discord_emu() -> AsyncIterator[DiscordEmulator]:
+    async with DiscordEmulator() as emulator:
+        with point_discord_py_at(emulator):
+            emulator.guild(GUILD, "Team", channels=[CHANNEL])
+            yield emulator
+
+
+@pytest.fixture
+def ada(discord_emu: DiscordEmulator) -> dict[str, Any]:
+    user = discord_emu.user(601, "ada")
+    discord_emu.member(GUILD, 601)
+    return user
+
+
+@pytest.fixture
+async def start_bot(
+    make_engine: EngineFactory, discord_emu: DiscordEmulator, redis: Redis, prefix: str
+) -> AsyncIterator[BotFactory]:
+    running: list[DiscordBot] = []
+
+    async def start(engine: Engine | None = None, **options: Any) -> DiscordBot:
+        bot = DiscordBot(
+            engine or await make_engine(),
+            discord_emu.token,
+            redis=redis,
+            keys=Keys(prefix),
+            ready_timeout=10,
+            **options,
+        )
+        await bot.start()
+        running.append(bot)
+        return bot
+
+    yield start
+    for bot in running:
+        await bot.stop()
+
+
+def bot_user(emu: DiscordEmulator) -> dict[str, Any]:
+    return {"id": str(emu.bot_id), "username": emu.bot_name, "bot": True, "discriminator": "0"}
+
+
+async def settled(emu: DiscordEmulator, channel_id: int, expected: str) -> None:
+    await emu.wait_until(lambda: any(m.content == expected for m in emu.messages_in(channel_id)), 10)
+
+
+async def test_mention_in_a_channel_is_answered_as_a_reply(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any]
+) -> None:
+    await start_bot()
+    question = discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> hello there", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    await settled(discord_emu, CHANNEL, "You said: hello there")
+    answer = discord_emu.messages_in(CHANNEL)[0]
+    assert answer.message_reference is not None
+    assert int(answer.message_reference["message_id"]) == question
+    assert answer.allowed_mentions is not None and answer.allowed_mentions.get("parse") == []
+
+
+async def test_reply_chain_dm_and_threads(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any]
+) -> None:
+    await start_bot()
+    me = bot_user(discord_emu)
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> my name is Ada", guild_id=GUILD, mentions=[me]
+    )
+    await settled(discord_emu, CHANNEL, "You said: my name is Ada")
+    answer = discord_emu.messages_in(CHANNEL)[0]
+    discord_emu.user_message(CHANNEL, ada, "what is my name", guild_id=GUILD, reply_to=answer.id)
+    await settled(discord_emu, CHANNEL, "Your name is Ada.")
+
+    dm = discord_emu.dm_channel(601)
+    discord_emu.user_message(dm, ada, "what is my name")  # a DM is its own conversation
+    await settled(discord_emu, dm, "I don't know your name yet.")
+
+    discord_emu.thread(GUILD, CHANNEL, 5100, "topic")
+    discord_emu.user_message(
+        5100, ada, f"<@{discord_emu.bot_id}> what is my name", guild_id=GUILD, mentions=[me]
+    )
+    await settled(discord_emu, 5100, "I don't know your name yet.")
+
+
+async def test_everyone_bots_and_plain_chatter_do_not_trigger(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    await start_bot(message_content=True)  # a role mention's text needs the privileged intent
+    other_bot = discord_emu.user(602, "otherbot", bot=True)
+    discord_emu.user_message(CHANNEL, ada, "@everyone meeting now", guild_id=GUILD, mention_everyone=True)
+    discord_emu.user_message(CHANNEL, ada, "Herald is great", guild_id=GUILD)
+    discord_emu.user_message(
+        CHANNEL, other_bot, f"<@{discord_emu.bot_id}> ping", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    role = GUILD + 1  # the bot's own managed role
+    discord_emu.user_message(CHANNEL, ada, f"<@&{role}> via my role", guild_id=GUILD, mention_roles=[role])
+    await settled(discord_emu, CHANNEL, "You said: via my role")
+    assert len(tgi.prompts) == 1
+
+
+async def test_slash_command_is_deferred_and_streamed_into_the_original_response(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    await start_bot()
+    answer = " ".join(f"word{i}" for i in range(50))
+    tgi.responder = lambda messages: answer
+    tgi.token_delay = 0.05
+    interaction = discord_emu.slash_command(
+        "ask",
+        [{"name": "question", "type": 3, "value": "stream it"}],
+        channel_id=CHANNEL,
+        user=ada,
+        guild_id=GUILD,
+    )
+    await discord_emu.wait_until(
+        lambda: (r := discord_emu.interaction_response(interaction)) is not None and r.content == answer, 15
+    )
+    assert [c["type"] for c in discord_emu.interaction_callbacks(interaction)] == [5]
+    original = discord_emu.interaction_response(interaction)
+    assert original is not None and original.edits >= 2
+
+
+async def test_reset_persona_cancel_as_slash_commands(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    await start_bot()
+
+    async def command(name: str, options: list[dict[str, Any]], **kw: Any) -> str:
+        interaction = discord_emu.slash_command(
+            name, options, channel_id=CHANNEL, user=ada, guild_id=GUILD, **kw
+        )
+
+        def answered() -> bool:
+            response = discord_emu.interaction_response(interaction)
+            return response is not None and response.content != ""  # not just "thinking…"
+
+        await discord_emu.wait_until(answered, 10)
+        await asyncio.sleep(0.05)
+        response = discord_emu.interaction_response(interaction)
+        assert response is not None
+        return response.content
+
+    assert await command("ask", [{"name": "question", "type": 3, "value": "my name is Ada"}]) == (
+        "You said: my name is Ada"
+    )
+    assert await command("reset", []) == "Done — I've forgotten this conversation."
+    assert await command(
+        "persona",
+        [{"name": "action", "type": 3, "value": "set"}, {"name": "text", "type": 3, "value": "pirate"}],
+    ) == ("Only chat admins can change that here.")
+    manage_guild = 1 << 5
+    discord_emu.member(GUILD, 601, permissions=manage_guild)
+    assert (
+        await command(
+            "persona",
+            [{"name": "action", "type": 3, "value": "set"}, {"name": "text", "type": 3, "value": "pirate"}],
+            permissions=manage_guild,
+        )
+        == "Persona set for this chat."
+    )
+
+    tgi.responder = lambda messages: " ".join(f"w{i}" for i in range(300))
+    tgi.token_delay = 0.02
+    asking = discord_emu.slash_command(
+        "ask",
+        [{"name": "question", "type": 3, "value": "talk"}],
+        channel_id=CHANNEL,
+        user=ada,
+        guild_id=GUILD,
+    )
+    await discord_emu.wait_until(lambda: discord_emu.interaction_response(asking) is not None, 10)
+    assert await command("cancel", []) == "Stopping the current answer."
+    await discord_emu.wait_until(
+        lambda: (
+            (r := discord_emu.interaction_response(asking)) is not None and r.content.endswith("⏹️ Stopped.")
+        ),
+        10,
+    )
+
+
+async def test_long_answer_splits_at_2000_with_code_blocks_intact(
+    start_bot: BotFactory,
+    discord_emu: DiscordEmulator,
+    ada: dict[str, Any],
+    tgi: TGIEmulator,
+    make_engine: EngineFactory,
+) -> None:
+    code = "\n".join(f"    print('line {i} of the example')" for i in range(120))
+    answer = f"Here is the script:\n\n```python\ndef main():\n{code}\n```\n\nThat is all."
+    tgi.responder = lambda messages: answer
+    tgi.max_total_tokens = 16_000
+    await start_bot(await make_engine(max_new_tokens=8000))
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> code please", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    await discord_emu.wait_until(
+        lambda: (
+            bool(discord_emu.messages_in(CHANNEL))
+            and discord_emu.messages_in(CHANNEL)[-1].content.endswith("That is all.")
+        ),
+        15,
+    )
+    parts = [m.content for m in discord_emu.messages_in(CHANNEL)]
+    assert len(parts) >= 3
+    assert all(len(p) <= 2000 for p in parts)
+    assert all(closing_fence(p) == "" for p in parts)  # every part closes its code block
+    assert all(p.startswith("```python") for p in parts[1:-1])  # and the next reopens it
+    for previous, part in itertools.pairwise(discord_emu.messages_in(CHANNEL)):
+        assert part.message_reference is not None and int(part.message_reference["message_id"]) == previous.id
+
+
+async def test_model_output_pinging_everyone_pings_nobody(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    await start_bot()
+    tgi.responder = lambda messages: "Hey @everyone and @here, ask <@601> or <@&5001>!"
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> announce", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    await settled(discord_emu, CHANNEL, "Hey @everyone and @here, ask <@601> or <@&5001>!")
+    sent = [c for c in discord_emu.calls if c.method in ("POST", "PATCH") and "/messages" in c.path]
+    assert sent
+    for call in sent:
+        mentions = (call.json or {}).get("allowed_mentions")
+        assert mentions is not None and mentions.get("parse") == [] and not mentions.get("replied_user")
+        assert not mentions.get("users") and not mentions.get("roles")
+
+
+async def test_rate_limit_is_obeyed_without_losing_text(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    await start_bot()
+    answer = " ".join(f"token{i}" for i in range(40))
+    tgi.responder = lambda messages: answer
+    tgi.token_delay = 0.05
+    discord_emu.rate_limit_next("PATCH", r"/channels/\d+/messages/\d+", retry_after=1.0)
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> go", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    await settled(discord_emu, CHANNEL, answer)
+    edits = [c for c in discord_emu.calls if c.method == "PATCH" and "/messages/" in c.path]
+    limited = next(c for c in edits if c.status == 429)
+    retried = [c for c in edits if c.at > limited.at]
+    assert retried and retried[0].at - limited.at >= 1.0
+
+
+async def test_model_server_down_is_a_short_message(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    await start_bot()
+    await tgi.stop()
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> hi", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    await settled(discord_emu, CHANNEL, "I can't reach the model server right now — try again in a minute.")
+
+
+async def test_restart_keeps_the_conversation_and_commands_are_written_once(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], make_engine: EngineFactory
+) -> None:
+    bot = await start_bot()
+    assert {c["name"] for c in discord_emu.global_commands} == {"ask", "reset", "persona", "cancel", "help"}
+    ask = next(c for c in discord_emu.global_commands if c["name"] == "ask")
+    assert ask["options"][0]["required"] is True and ask["options"][0]["type"] == 3
+    persona = next(c for c in discord_emu.global_commands if c["name"] == "persona")
+    assert [ch["value"] for ch in persona["options"][0]["choices"]] == ["show", "set", "clear", "list"]
+    puts = discord_emu.command_puts
+    dm = discord_emu.dm_channel(601)
+    discord_emu.user_message(dm, ada, "my name is Grace")
+    await settled(discord_emu, dm, "You said: my name is Grace")
+    await bot.stop()
+    assert len(discord_emu.global_commands) == 5  # shutting down never removes commands
+    restarted = await start_bot(await make_engine())
+    assert discord_emu.command_puts == puts  # unchanged commands are not written again
+    discord_emu.user_message(dm, ada, "what is my name?")
+    await settled(discord_emu, dm, "Your name is Grace.")
+    await restarted.sync_commands(guild_id=GUILD)  # what `herald discord sync-commands --guild` does
+    assert {c["name"] for c in discord_emu.guild_commands[GUILD]} == {
+        "ask",
+        "reset",
+        "persona",
+        "cancel",
+        "help",
+    }
+
+
+async def test_shards_split_the_guilds(start_bot: BotFactory, discord_emu: DiscordEmulator) -> None:
+    await start_bot(shard_ids=[1], shard_count=2)
+    assert [i["shard"] for i in discord_emu.identifies] == [[1, 2]]
