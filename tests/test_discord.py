@@ -252,6 +252,9 @@ async def test_model_output_pinging_everyone_pings_nobody(
         mentions = (call.json or {}).get("allowed_mentions")
         assert mentions is not None and mentions.get("parse") == [] and not mentions.get("replied_user")
         assert not mentions.get("users") and not mentions.get("roles")
+    for message in discord_emu.messages_in(CHANNEL):  # what Discord would actually notify
+        assert message.pinged_users == [] and message.pinged_roles == []
+        assert not message.pinged_everyone
 
 
 async def test_rate_limit_is_obeyed_without_losing_text(
