@@ -10,7 +10,10 @@ from typing import Any
 
 from core import messages, personas
 from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
+from core.drafting import Drafter, DraftRequest, DraftTooLong, render
 from core.engine import CommandContext
+from core.llm.errors import LLMError
+from core.post_targets import Target, ThreadTooLong
 
 
 async def _ask(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -56,6 +59,31 @@ async def _cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
     busy = await ctx.engine.locks.is_held(conv)
     await ctx.engine.cancels.request(conv)
     await ctx.reply(messages.CANCELLING if busy else messages.NOTHING_TO_CANCEL)
+
+
+async def _draft(ctx: CommandContext, args: dict[str, Any]) -> None:
+    request = DraftRequest(
+        prompt=str(args["prompt"]),
+        target=Target(args["target"]),
+        tone=str(args.get("tone", "friendly")),
+        variants=int(args.get("variants", 1)),
+        thread=args.get("thread") == "yes",
+        hashtags=args.get("hashtags", "on") == "on",
+        cta=args.get("cta"),
+    )
+    drafter = Drafter(ctx.engine.llm, ctx.engine.policy.generation)
+    try:
+        drafts = await drafter.draft(request)
+    except DraftTooLong as exc:
+        await ctx.reply(messages.draft_too_long(exc.length, exc.limit, exc.target.label))
+        return
+    except ThreadTooLong:
+        await ctx.reply(messages.THREAD_TOO_LONG)
+        return
+    except LLMError as exc:
+        await ctx.reply(exc.user_message)
+        return
+    await ctx.reply(render(drafts))
 
 
 async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -107,6 +135,49 @@ def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
         )
     )
     registry.add(CommandSpec("cancel", "Stop the answer in progress", _cancel))
+    registry.add(
+        CommandSpec(
+            "draft",
+            "Turn a short prompt into a ready-to-post draft",
+            _draft,
+            args=(
+                ArgSpec(
+                    "target",
+                    "Where it will be posted",
+                    type=ArgType.CHOICE,
+                    choices=tuple(t.value for t in Target),
+                    required=True,
+                ),
+                ArgSpec("prompt", "What the post is about", required=True, max_length=2000),
+                ArgSpec(
+                    "tone",
+                    "friendly, professional, witty, announcement, or your own words",
+                    keyword_only=True,
+                    max_length=200,
+                ),
+                ArgSpec(
+                    "variants",
+                    "How many versions (1-3)",
+                    type=ArgType.INTEGER,
+                    min_value=1,
+                    max_value=3,
+                    keyword_only=True,
+                ),
+                ArgSpec(
+                    "thread",
+                    "Split into a numbered thread",
+                    type=ArgType.CHOICE,
+                    choices=("yes", "no"),
+                    keyword_only=True,
+                ),
+                ArgSpec(
+                    "hashtags", "Add hashtags", type=ArgType.CHOICE, choices=("on", "off"), keyword_only=True
+                ),
+                ArgSpec("cta", "A call to action to end with", keyword_only=True, max_length=300),
+            ),
+            generates=True,
+        )
+    )
     registry.add(
         CommandSpec(
             "help",

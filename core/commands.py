@@ -38,6 +38,8 @@ class ArgSpec:
     min_value: int | None = None
     max_value: int | None = None
     max_length: int = 4000
+    #: in text form given as `name=value` (e.g. `tone=witty`), never by position
+    keyword_only: bool = False
 
 
 Handler = Callable[["CommandContext", dict[str, Any]], Awaitable[None]]
@@ -63,6 +65,8 @@ class CommandSpec:
         parts = [f"/{self.name}"]
         for arg in self.args:
             label = "|".join(arg.choices) if arg.choices else arg.name
+            if arg.keyword_only:
+                label = f"{arg.name}=…"
             parts.append(f"<{label}>" if arg.required else f"[{label}]")
         return " ".join(parts)
 
@@ -125,21 +129,25 @@ class CommandRegistry:
 
 
 def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
-    """Words fill the arguments in order; the last argument takes the rest of the text."""
+    """`name=value` words set keyword arguments; other words fill the positional
+    arguments in order, and the last positional one takes the rest of the text as
+    written (line breaks included)."""
+    by_name = {arg.name: arg for arg in spec.args}
+    positional = [arg for arg in spec.args if not arg.keyword_only]
     values: dict[str, object] = {}
-    rest = text.strip()
-    for i, arg in enumerate(spec.args):
-        if not rest:
-            break
-        if i == len(spec.args) - 1:
-            values[arg.name] = rest
-            rest = ""
+    words = list(re.finditer(r"\S+", text))
+    while words:
+        name, sep, value = words[0].group().partition("=")
+        if sep and name in by_name and name not in values:
+            values[name] = value
+        elif len(positional) > 1:
+            values[positional.pop(0).name] = words[0].group()
         else:
-            word, _, rest = rest.partition(" ")
-            values[arg.name] = word
-            rest = rest.strip()
-    if rest:
-        values["extra words"] = rest
+            break
+        words.pop(0)
+    if words:
+        rest = text[words[0].start() :].strip()
+        values[positional[0].name if positional else "extra words"] = rest
     return values
 
 

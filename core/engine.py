@@ -28,6 +28,7 @@ from core.llm.errors import ContextTooLong, LLMError
 from core.locks import ConversationLocks, LockTimeout
 from core.memory import ConversationStore, Turn
 from core.render import StreamRenderer
+from core.splitting import split_message
 from core.types import ConversationKey, Inbound, PlatformError, Surface
 
 
@@ -306,9 +307,13 @@ class Engine:
         self._log.info("chat %s:%s is now %s (%d keys moved)", platform, old_chat, new_chat, moved)
 
     async def say(self, surface: Surface, text: str) -> None:
-        """Send a short message of Herald's own; a platform failure is logged, not raised."""
+        """Send a message of Herald's own, in parts if the platform needs them; a
+        platform failure is logged, not raised."""
+        caps = surface.capabilities
+        previous = None
         try:
-            await surface.send(text)
+            for part in split_message(text, caps.max_length, caps.measure):
+                previous = await surface.send(part, reply_to=previous)
         except PlatformError as exc:
             self._log.warning("could not send a message: %s", exc)
 

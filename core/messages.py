@@ -13,6 +13,7 @@ RESET_EMPTY = "There was nothing to forget here."
 EMPTY_MESSAGE = "What would you like to ask?"
 ADMINS_ONLY = "Only chat admins can change that here."
 UNEXPECTED = "Something went wrong on my side — try again in a minute."
+THREAD_TOO_LONG = "That would be a very long thread — try a shorter brief."
 
 
 def rate_limited(seconds: float) -> str:
@@ -27,6 +28,13 @@ def message_too_long(tokens: int, limit: int) -> str:
     return (
         f"Your message is too long for me: it is {tokens:,} tokens and I can read "
         f"at most {limit:,} at once. Please shorten it."
+    )
+
+
+def draft_too_long(length: int, limit: int, where: str) -> str:
+    return (
+        f"I couldn't make that fit {where}: my best draft is {length:,} characters and the "
+        f"limit is {limit:,}. Try a shorter brief."
     )
 
 

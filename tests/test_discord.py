@@ -290,7 +290,14 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], make_engine: EngineFactory
 ) -> None:
     bot = await start_bot()
-    assert {c["name"] for c in discord_emu.global_commands} == {"ask", "reset", "persona", "cancel", "help"}
+    assert {c["name"] for c in discord_emu.global_commands} == {
+        "ask",
+        "reset",
+        "persona",
+        "cancel",
+        "draft",
+        "help",
+    }
     ask = next(c for c in discord_emu.global_commands if c["name"] == "ask")
     assert ask["options"][0]["required"] is True and ask["options"][0]["type"] == 3
     persona = next(c for c in discord_emu.global_commands if c["name"] == "persona")
@@ -300,7 +307,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     discord_emu.user_message(dm, ada, "my name is Grace")
     await settled(discord_emu, dm, "You said: my name is Grace")
     await bot.stop()
-    assert len(discord_emu.global_commands) == 5  # shutting down never removes commands
+    assert len(discord_emu.global_commands) == 6  # shutting down never removes commands
     restarted = await start_bot(await make_engine())
     assert discord_emu.command_puts == puts  # unchanged commands are not written again
     discord_emu.user_message(dm, ada, "what is my name?")
@@ -311,6 +318,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
         "reset",
         "persona",
         "cancel",
+        "draft",
         "help",
     }
 

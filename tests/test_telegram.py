@@ -300,7 +300,14 @@ async def test_command_menu_is_registered(
     start_bot: BotFactory, telegram: TelegramEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     await start_bot()
-    assert {c["command"] for c in telegram.my_commands} == {"ask", "reset", "persona", "cancel", "help"}
+    assert {c["command"] for c in telegram.my_commands} == {
+        "ask",
+        "reset",
+        "persona",
+        "cancel",
+        "draft",
+        "help",
+    }
 
 
 async def test_command_menu_failure_is_not_fatal(

@@ -1,0 +1,156 @@
+"""Turning a short prompt into posts that are ready to publish, and provably fit.
+
+The model writes; Herald measures the way the target counts. A draft that is
+too long goes back to the model with its measured length and the limit, a
+bounded number of times; if it still does not fit, the user is told, with the
+numbers — an over-long draft is never presented as fitting. Thread mode cuts
+the text into numbered posts between sentences, each within the limit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+from core.llm.base import ChatMessage, GenerationParams, LLMClient, TextDelta
+from core.post_targets import Target, split_thread
+
+TONES: dict[str, str] = {
+    "friendly": "warm, upbeat and approachable",
+    "professional": "clear, credible and polished",
+    "witty": "clever and playful, with a light touch of humour",
+    "announcement": "crisp and newsworthy, leading with what changed",
+}
+#: drafts aim this far below the limit so the model's estimate leaves room
+MARGIN = 0.9
+
+
+class DraftTooLong(Exception):
+    """Still over the limit after the allowed rewrites; both numbers are for the user."""
+
+    def __init__(self, length: int, limit: int, target: Target) -> None:
+        super().__init__(f"{length} > {limit} for {target.value}")
+        self.length = length
+        self.limit = limit
+        self.target = target
+
+
+@dataclass(frozen=True, slots=True)
+class DraftRequest:
+    prompt: str
+    target: Target = Target.GENERIC
+    tone: str = "friendly"
+    variants: int = 1
+    thread: bool = False
+    hashtags: bool = True
+    cta: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Draft:
+    target: Target
+    posts: tuple[str, ...]  # one post, or the numbered posts of a thread
+    rewrites: int = 0  # how many times the model was asked to shorten it
+
+    @property
+    def lengths(self) -> tuple[int, ...]:
+        return tuple(self.target.measure(post) for post in self.posts)
+
+    @property
+    def fits(self) -> bool:
+        return all(length <= self.target.limit for length in self.lengths)
+
+
+def _instructions(request: DraftRequest) -> str:
+    target = request.target
+    tone = TONES.get(request.tone.lower(), request.tone)
+    rules = [
+        f"You write social-media posts for {target.label}.",
+        f"Tone: {tone}.",
+        "Reply with the post text only: no preamble, no quotes, no explanations.",
+        "Never mention @everyone, @here or any user or role.",
+    ]
+    if request.thread:
+        rules.append(
+            f"Write a thread: several short paragraphs; each sentence under {target.limit} characters."
+        )
+    else:
+        rules.append(f"The post must be at most {int(target.limit * MARGIN)} characters.")
+    if target is Target.X:
+        rules.append("On X every link counts as 23 characters, and CJK characters and emoji count double.")
+    rules.append("End with 1-3 relevant hashtags." if request.hashtags else "Use no hashtags.")
+    if request.cta:
+        rules.append(f"Finish with this call to action: {request.cta}")
+    return "\n".join(rules)
+
+
+def _clean(text: str) -> str:
+    """Models sometimes wrap a post in quotes; what is published is the post itself."""
+    text = text.strip()
+    if len(text) >= 2 and text[0] == text[-1] and text[0] in "\"'“”":
+        text = text[1:-1].strip()
+    return text
+
+
+class Drafter:
+    def __init__(self, llm: LLMClient, params: GenerationParams, *, max_rewrites: int = 2) -> None:
+        self._llm = llm
+        self._params = params
+        self._max_rewrites = max_rewrites
+
+    async def draft(self, request: DraftRequest) -> list[Draft]:
+        """`request.variants` drafts, written concurrently (TGI batches them)."""
+        seeds = range(1, request.variants + 1)
+        return list(await asyncio.gather(*(self._one(request, seed) for seed in seeds)))
+
+    async def _one(self, request: DraftRequest, seed: int) -> Draft:
+        params = replace(self._params, seed=seed)
+        messages = [ChatMessage("system", _instructions(request)), ChatMessage("user", request.prompt)]
+        text = _clean(await self._complete(messages, params))
+        target = request.target
+        if request.thread:
+            return Draft(target, tuple(split_thread(text, target)))
+        rewrites = 0
+        while not target.fits(text) and rewrites < self._max_rewrites:
+            rewrites += 1
+            length = target.measure(text)
+            messages += [
+                ChatMessage("assistant", text),
+                ChatMessage(
+                    "user",
+                    f"That post is {length} characters as {target.label} counts them; the limit is "
+                    f"{target.limit}. Rewrite it to at most {int(target.limit * MARGIN)}, keeping its "
+                    "message. Reply with the post only.",
+                ),
+            ]
+            text = _clean(await self._complete(messages, params))
+        if not target.fits(text):
+            raise DraftTooLong(target.measure(text), target.limit, target)
+        return Draft(target, (text,), rewrites)
+
+    async def _complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> str:
+        prompt = await self._llm.prepare(messages)
+        parts = [e.text async for e in self._llm.stream(prompt, params) if isinstance(e, TextDelta)]
+        return "".join(parts)
+
+
+def render(drafts: Sequence[Draft]) -> str:
+    """Drafts as a message: each with its measured length against the limit."""
+    blocks = []
+    for number, draft in enumerate(drafts, 1):
+        target = draft.target
+        heading = (
+            f"**Draft {number} of {len(drafts)} for {target.label}**"
+            if len(drafts) > 1
+            else (f"**Draft for {target.label}**")
+        )
+        if len(draft.posts) == 1:
+            blocks.append(f"{heading} — {draft.lengths[0]}/{target.limit}\n\n{draft.posts[0]}")
+        else:
+            posts = "\n\n".join(
+                f"_Post {i} — {length}/{target.limit}_\n{post}"
+                for i, (post, length) in enumerate(zip(draft.posts, draft.lengths, strict=True), 1)
+            )
+            blocks.append(f"{heading} — a thread of {len(draft.posts)} posts\n\n{posts}")
+    return "\n\n".join(blocks)

@@ -1,0 +1,112 @@
+"""Where a drafted post will be published, and how that place counts its length.
+
+X counts by its own weighted rules (every URL 23, CJK and emoji double), with
+the official twitter-text configuration as ported by `twitter-text-parser`;
+Telegram counts UTF-16 code units; the others count characters.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+from twitter_text import parse_tweet
+
+from core.types import LengthUnit
+
+
+class Target(enum.Enum):
+    X = "x"
+    DISCORD = "discord"
+    TELEGRAM = "telegram"
+    LINKEDIN = "linkedin"
+    GENERIC = "generic"
+
+    @property
+    def limit(self) -> int:
+        return _LIMITS[self]
+
+    @property
+    def label(self) -> str:
+        return _LABELS[self]
+
+    def measure(self, text: str) -> int:
+        if self is Target.X:
+            return int(parse_tweet(text).weightedLength)
+        if self is Target.TELEGRAM:
+            return LengthUnit.UTF16.measure(text)
+        return len(text)
+
+    def fits(self, text: str) -> bool:
+        return self.measure(text) <= self.limit
+
+
+_LIMITS = {
+    Target.X: 280,
+    Target.DISCORD: 2000,
+    Target.TELEGRAM: 4096,
+    Target.LINKEDIN: 3000,
+    Target.GENERIC: 3000,
+}
+_LABELS = {
+    Target.X: "X (Twitter)",
+    Target.DISCORD: "Discord",
+    Target.TELEGRAM: "Telegram",
+    Target.LINKEDIN: "LinkedIn",
+    Target.GENERIC: "a general audience",
+}
+
+_SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+")
+
+
+class ThreadTooLong(Exception):
+    """A thread would need more posts than allowed."""
+
+
+def split_thread(text: str, target: Target, *, max_posts: int = 25) -> list[str]:
+    """Numbered posts (" 1/3" appended), each within the target's limit, cut between sentences.
+
+    A sentence longer than a post is cut between words. The numbering's room is
+    reserved up front, assuming as many posts as could possibly be needed.
+    """
+    sentences = [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
+    suffix_room = target.measure(f" {max_posts}/{max_posts}")
+    room = target.limit - suffix_room
+    pieces: list[str] = []
+    for sentence in sentences:
+        pieces.extend(_fit_words(sentence, target, room))
+    posts: list[str] = []
+    for piece in pieces:
+        joined = f"{posts[-1]} {piece}" if posts else piece
+        if posts and target.measure(joined) <= room:
+            posts[-1] = joined
+        else:
+            posts.append(piece)
+    if len(posts) > max_posts:
+        raise ThreadTooLong(f"{len(posts)} posts, at most {max_posts}")
+    total = len(posts)
+    return [f"{post} {i}/{total}" if total > 1 else post for i, post in enumerate(posts, 1)]
+
+
+def _fit_words(sentence: str, target: Target, room: int) -> list[str]:
+    """Cut a sentence longer than a post between words (a word longer than a post, anywhere)."""
+    if target.measure(sentence) <= room:
+        return [sentence]
+    parts: list[str] = []
+    for word in sentence.split(" "):
+        for chunk in _fit_chars(word, target, room):
+            joined = f"{parts[-1]} {chunk}" if parts else chunk
+            if parts and target.measure(joined) <= room:
+                parts[-1] = joined
+            else:
+                parts.append(chunk)
+    return parts
+
+
+def _fit_chars(word: str, target: Target, room: int) -> list[str]:
+    chunks = [""]
+    for char in word:
+        if chunks[-1] and target.measure(chunks[-1] + char) > room:
+            chunks.append("")
+        chunks[-1] += char
+    return chunks
