@@ -6,14 +6,20 @@ registry, so every adapter offers them without knowing what they do.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from core import messages, personas
+from core.campaigns import CampaignBrief, CampaignFailed, Planner
+from core.campaigns import render as render_campaign
 from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
 from core.drafting import Drafter, DraftRequest, DraftTooLong, render
 from core.engine import CommandContext
 from core.llm.errors import LLMError
 from core.post_targets import Target, ThreadTooLong
+
+#: a campaign plan is one JSON document; it needs more room than a chat answer
+CAMPAIGN_TOKENS = 3000
 
 
 async def _ask(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -84,6 +90,40 @@ async def _draft(ctx: CommandContext, args: dict[str, Any]) -> None:
         await ctx.reply(exc.user_message)
         return
     await ctx.reply(render(drafts))
+
+
+async def _campaign(ctx: CommandContext, args: dict[str, Any]) -> None:
+    try:
+        channels = tuple(
+            Target(c.strip().lower()) for c in str(args.get("channels", "x,linkedin")).split(",")
+        )
+    except ValueError:
+        names = ", ".join(t.value for t in Target)
+        await ctx.reply(f"channels must be a comma-separated list of: {names}.")
+        return
+    brief = CampaignBrief(
+        product=str(args["brief"]),
+        audience=str(args.get("audience", "our community")),
+        goal=str(args.get("goal", "awareness")),
+        duration_days=int(args.get("days", 14)),
+        posts=int(args.get("posts", 6)),
+        channels=channels,
+    )
+    engine = ctx.engine
+    drafter = Drafter(engine.llm, engine.policy.generation)
+    planner = Planner(drafter, replace(engine.policy.generation, max_new_tokens=CAMPAIGN_TOKENS))
+    try:
+        campaign = await planner.plan(brief)
+    except CampaignFailed:
+        await ctx.reply(messages.CAMPAIGN_FAILED)
+        return
+    except DraftTooLong as exc:
+        await ctx.reply(messages.draft_too_long(exc.length, exc.limit, exc.target.label))
+        return
+    except LLMError as exc:
+        await ctx.reply(exc.user_message)
+        return
+    await ctx.reply(render_campaign(campaign))
 
 
 async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -174,6 +214,46 @@ def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
                     "hashtags", "Add hashtags", type=ArgType.CHOICE, choices=("on", "off"), keyword_only=True
                 ),
                 ArgSpec("cta", "A call to action to end with", keyword_only=True, max_length=300),
+            ),
+            generates=True,
+        )
+    )
+    registry.add(
+        CommandSpec(
+            "campaign",
+            "Plan a marketing campaign from a brief",
+            _campaign,
+            args=(
+                ArgSpec(
+                    "brief",
+                    "The product and what the campaign should achieve",
+                    required=True,
+                    max_length=2000,
+                ),
+                ArgSpec("audience", "Who it is for", keyword_only=True, max_length=200),
+                ArgSpec("goal", "What success looks like", keyword_only=True, max_length=200),
+                ArgSpec(
+                    "days",
+                    "How long it runs (days)",
+                    type=ArgType.INTEGER,
+                    min_value=1,
+                    max_value=90,
+                    keyword_only=True,
+                ),
+                ArgSpec(
+                    "posts",
+                    "How many posts (1-20)",
+                    type=ArgType.INTEGER,
+                    min_value=1,
+                    max_value=20,
+                    keyword_only=True,
+                ),
+                ArgSpec(
+                    "channels",
+                    "Targets, comma-separated (x, discord, telegram, linkedin, generic)",
+                    keyword_only=True,
+                    max_length=100,
+                ),
             ),
             generates=True,
         )

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from core.engine import CommandContext
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
+_WORD = re.compile(r'\w+="(?P<quoted>[^"]*)"|\S+')
 _COMMAND_TEXT = re.compile(r"^/([A-Za-z][A-Za-z0-9_-]{0,31})(?:@([A-Za-z0-9_]+))?(?:\s+(.*))?$", re.S)
 
 
@@ -129,15 +130,17 @@ class CommandRegistry:
 
 
 def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
-    """`name=value` words set keyword arguments; other words fill the positional
+    """`name=value` (or `name="a few words"`) set keyword arguments; other words fill the positional
     arguments in order, and the last positional one takes the rest of the text as
     written (line breaks included)."""
     by_name = {arg.name: arg for arg in spec.args}
     positional = [arg for arg in spec.args if not arg.keyword_only]
     values: dict[str, object] = {}
-    words = list(re.finditer(r"\S+", text))
+    words = list(_WORD.finditer(text))
     while words:
         name, sep, value = words[0].group().partition("=")
+        if words[0]["quoted"] is not None:  # name="several words"
+            value = words[0]["quoted"]
         if sep and name in by_name and name not in values:
             values[name] = value
         elif len(positional) > 1:

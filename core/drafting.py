@@ -107,15 +107,28 @@ class Drafter:
     async def _one(self, request: DraftRequest, seed: int) -> Draft:
         params = replace(self._params, seed=seed)
         messages = [ChatMessage("system", _instructions(request)), ChatMessage("user", request.prompt)]
-        text = _clean(await self._complete(messages, params))
+        text = _clean(await self.complete(messages, params))
         target = request.target
         if request.thread:
             return Draft(target, tuple(split_thread(text, target)))
+        text, rewrites = await self.fit(text, target, messages, params)
+        return Draft(target, (text,), rewrites)
+
+    async def fit(
+        self,
+        text: str,
+        target: Target,
+        messages: Sequence[ChatMessage],
+        params: GenerationParams | None = None,
+    ) -> tuple[str, int]:
+        """`text`, rewritten by the model until it fits `target` (bounded); raises
+        `DraftTooLong` with the numbers when it never does."""
+        history = list(messages)
         rewrites = 0
         while not target.fits(text) and rewrites < self._max_rewrites:
             rewrites += 1
             length = target.measure(text)
-            messages += [
+            history += [
                 ChatMessage("assistant", text),
                 ChatMessage(
                     "user",
@@ -124,13 +137,16 @@ class Drafter:
                     "message. Reply with the post only.",
                 ),
             ]
-            text = _clean(await self._complete(messages, params))
+            text = _clean(await self.complete(history, replace(params or self._params, json_schema=None)))
         if not target.fits(text):
             raise DraftTooLong(target.measure(text), target.limit, target)
-        return Draft(target, (text,), rewrites)
+        return text, rewrites
 
-    async def _complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> str:
+    async def complete(self, messages: Sequence[ChatMessage], params: GenerationParams) -> str:
+        """The model's whole answer to `messages`."""
         prompt = await self._llm.prepare(messages)
+        room = self._llm.info.max_total_tokens - prompt.input_tokens  # never a context overflow
+        params = replace(params, max_new_tokens=max(1, min(params.max_new_tokens, room)))
         parts = [e.text async for e in self._llm.stream(prompt, params) if isinstance(e, TextDelta)]
         return "".join(parts)
 

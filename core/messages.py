@@ -13,6 +13,9 @@ RESET_EMPTY = "There was nothing to forget here."
 EMPTY_MESSAGE = "What would you like to ask?"
 ADMINS_ONLY = "Only chat admins can change that here."
 UNEXPECTED = "Something went wrong on my side — try again in a minute."
+CAMPAIGN_FAILED = (
+    "I couldn't put together a valid campaign plan this time — try again, or simplify the brief."
+)
 THREAD_TOO_LONG = "That would be a very long thread — try a shorter brief."
 
 

@@ -296,6 +296,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
         "persona",
         "cancel",
         "draft",
+        "campaign",
         "help",
     }
     ask = next(c for c in discord_emu.global_commands if c["name"] == "ask")
@@ -307,7 +308,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     discord_emu.user_message(dm, ada, "my name is Grace")
     await settled(discord_emu, dm, "You said: my name is Grace")
     await bot.stop()
-    assert len(discord_emu.global_commands) == 6  # shutting down never removes commands
+    assert len(discord_emu.global_commands) == 7  # shutting down never removes commands
     restarted = await start_bot(await make_engine())
     assert discord_emu.command_puts == puts  # unchanged commands are not written again
     discord_emu.user_message(dm, ada, "what is my name?")
@@ -319,6 +320,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
         "persona",
         "cancel",
         "draft",
+        "campaign",
         "help",
     }
 

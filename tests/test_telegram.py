@@ -306,6 +306,7 @@ async def test_command_menu_is_registered(
         "persona",
         "cancel",
         "draft",
+        "campaign",
         "help",
     }
 

@@ -94,7 +94,17 @@ def chat_request_body(
         body["seed"] = params.seed
     if params.stop:
         body["stop"] = list(params.stop)
+    if params.json_schema is not None:
+        body["response_format"] = response_format(model, params.json_schema)
     return body
+
+
+def response_format(model: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    """TGI's chat route takes `{"type": "json_schema", "value": schema}` (TGI.md);
+    other servers (vLLM, SGLang, llama.cpp) take OpenAI's shape."""
+    if model == "tgi":
+        return {"type": "json_schema", "value": dict(schema)}
+    return {"type": "json_schema", "json_schema": {"name": "answer", "schema": dict(schema)}}
 
 
 class ChatStreamDecoder:

@@ -16,7 +16,7 @@ from typing import Any
 
 from pydantic import ValidationError as PydanticValidationError
 from text_generation import errors as tg_errors
-from text_generation.types import Parameters, Request, StreamResponse
+from text_generation.types import Grammar, GrammarType, Parameters, Request, StreamResponse
 
 from core.llm.base import (
     ChatMessage,
@@ -64,6 +64,9 @@ def tgi_parameters(params: GenerationParams, *, max_stop: int | None = None) -> 
             seed=params.seed,
             stop=list(params.stop),
             details=True,
+            grammar=None
+            if params.json_schema is None
+            else Grammar(type=GrammarType.Json, value=dict(params.json_schema)),
         )
     except _INVALID as exc:
         raise InvalidRequest(f"invalid generation parameters: {exc}") from exc

@@ -223,6 +223,7 @@ _CHAT_PARAMS: dict[str, tuple[_ParamKind, bool]] = {
     "top_p": ("float", True),
     "logprobs": ("bool", True),
     "stream_options": ("map", True),
+    "response_format": ("map", True),
 }
 
 
@@ -629,6 +630,12 @@ class TGIEmulator:
             raise _validation(f"`best_of` must be > 0 and <= 2. Given: {best_of}")
         if p.get("decoder_input_details") and spec.stream:
             raise _validation("`decoder_input_details` == true is not supported when streaming tokens")
+        grammar = p.get("grammar")
+        if grammar is not None and grammar.get("type") not in ("json", "regex", "json_schema"):
+            raise _deser_error(
+                f"parameters.grammar: unknown variant `{grammar.get('type')}`, expected "
+                "one of `json`, `regex`, `json_schema`"
+            )
         temperature = p.get("temperature")
         if temperature is not None and temperature <= 0:
             raise _validation("`temperature` must be strictly positive")
