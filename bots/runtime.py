@@ -34,6 +34,8 @@ from core.locks import ConversationLocks
 from core.memory import ConversationStore
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerError, RedisServerProcess
+from core.schedule_commands import register_schedule_commands
+from core.schedules.store import ScheduleStore
 
 
 class StartupError(Exception):
@@ -110,7 +112,11 @@ def build_engine(
             block_messages=settings.context_block_messages,
         ),
         access=AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins),
-        commands=register_builtin_commands(CommandRegistry()),
+        commands=register_schedule_commands(
+            register_builtin_commands(CommandRegistry()),
+            ScheduleStore(redis, keys),
+            default_timezone=settings.default_timezone,
+        ),
         policy=EnginePolicy(
             system_prompt=settings.system_prompt,
             generation=generation_params(settings),

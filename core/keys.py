@@ -51,6 +51,29 @@ class Keys:
         """Digest of the command set last written to a platform (scope: global or a guild)."""
         return f"{self.prefix}:commands:{platform}:{scope}"
 
+    def schedules(self) -> str:
+        """Hash: schedule id → definition (JSON)."""
+        return f"{self.prefix}:schedules"
+
+    def schedules_changed(self) -> str:
+        """Pub/sub channel: a schedule was added, changed or deleted."""
+        return f"{self.prefix}:schedules:changed"
+
+    def schedule_slot(self, schedule_id: str, slot: str) -> str:
+        """Claimed by the one run of a schedule at one fire time (SET NX)."""
+        return f"{self.prefix}:slot:{schedule_id}:{slot}"
+
+    def schedule_runs(self, schedule_id: str) -> str:
+        return f"{self.prefix}:schedule-runs:{schedule_id}"
+
+    def posts(self) -> str:
+        """Hash: post id → post with its lifecycle state (JSON)."""
+        return f"{self.prefix}:posts"
+
+    def scheduler_lease(self) -> str:
+        """Held by the one replica that runs the scheduler."""
+        return f"{self.prefix}:scheduler:leader"
+
     def cancel_channel(self) -> str:
         """Pub/sub channel carrying conversation keys whose generation must stop."""
         return f"{self.prefix}:cancel"

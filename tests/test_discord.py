@@ -297,6 +297,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
         "cancel",
         "draft",
         "campaign",
+        "schedule",
         "help",
     }
     ask = next(c for c in discord_emu.global_commands if c["name"] == "ask")
@@ -308,7 +309,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     discord_emu.user_message(dm, ada, "my name is Grace")
     await settled(discord_emu, dm, "You said: my name is Grace")
     await bot.stop()
-    assert len(discord_emu.global_commands) == 7  # shutting down never removes commands
+    assert len(discord_emu.global_commands) == 8  # shutting down never removes commands
     restarted = await start_bot(await make_engine())
     assert discord_emu.command_puts == puts  # unchanged commands are not written again
     discord_emu.user_message(dm, ada, "what is my name?")
@@ -321,6 +322,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
         "cancel",
         "draft",
         "campaign",
+        "schedule",
         "help",
     }
 

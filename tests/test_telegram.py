@@ -307,6 +307,7 @@ async def test_command_menu_is_registered(
         "cancel",
         "draft",
         "campaign",
+        "schedule",
         "help",
     }
 

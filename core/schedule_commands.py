@@ -1,0 +1,129 @@
+"""The `schedule` command: add, list, pause, resume and delete auto-draft schedules.
+
+Only people who may manage the chat change schedules (Discord Manage Server or
+Manage Channels, Telegram chat administrators, anyone in their own DM) and
+Herald admins; the access policy decides, once, for every platform.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
+from core.engine import CommandContext
+from core.post_targets import Target
+from core.schedules.recurrence import RecurrenceError, parse_recurrence
+from core.schedules.store import Mode, Schedule, ScheduleStore, new_id
+
+ACTIONS = ("add", "list", "pause", "resume", "delete")
+NOT_ALLOWED = "Only people who manage this chat can change its schedules."
+USAGE = (
+    'Usage: /schedule add target=x when="every weekday at 09:00" tz=Europe/Berlin '
+    "mode=approve <what to post about>"
+)
+
+
+def _describe(schedule: Schedule) -> str:
+    state = "paused" if schedule.paused else schedule.mode.value
+    return (
+        f"`{schedule.id}` {schedule.recurrence} ({schedule.timezone}) → {schedule.target}, {state}: "
+        f"{schedule.prompt}"
+    )
+
+
+def register_schedule_commands(
+    registry: CommandRegistry, store: ScheduleStore, *, default_timezone: str = "UTC"
+) -> CommandRegistry:
+    async def handle(ctx: CommandContext, args: dict[str, Any]) -> None:
+        event = ctx.event
+        action = args["action"]
+        if action == "list":
+            schedules = await store.in_chat(event.platform, event.chat_id)
+            lines = [_describe(s) for s in schedules] or ["No schedules in this chat yet. " + USAGE]
+            await ctx.reply("\n".join(lines))
+            return
+        if not ctx.engine.access.may_manage_chat(event):
+            await ctx.reply(NOT_ALLOWED)
+            return
+        if action == "add":
+            await add(ctx, args)
+            return
+        schedule_id = str(args.get("text", "")).strip()
+        schedule = await store.get(schedule_id)
+        if schedule is None or (schedule.platform, schedule.chat_id) != (event.platform, event.chat_id):
+            await ctx.reply(f"There is no schedule `{schedule_id}` in this chat. /schedule list shows them.")
+            return
+        if action == "delete":
+            await store.delete(schedule.id)
+            await ctx.reply(f"Deleted schedule `{schedule.id}`.")
+        else:
+            await store.set_paused(schedule.id, action == "pause")
+            await ctx.reply(f"Schedule `{schedule.id}` {'paused' if action == 'pause' else 'resumed'}.")
+
+    async def add(ctx: CommandContext, args: dict[str, Any]) -> None:
+        prompt = str(args.get("text", "")).strip()
+        when = args.get("when")
+        if not prompt or not when:
+            await ctx.reply(USAGE)
+            return
+        timezone = str(args.get("tz") or default_timezone)
+        try:
+            recurrence = parse_recurrence(str(when), timezone)
+        except RecurrenceError as exc:
+            await ctx.reply(str(exc))
+            return
+        event = ctx.event
+        schedule = Schedule(
+            id=new_id(),
+            platform=event.platform,
+            chat_id=event.chat_id,
+            thread_id=event.thread_id,
+            prompt=prompt,
+            target=str(args.get("target", Target.GENERIC.value)),
+            recurrence=recurrence.text,
+            timezone=recurrence.timezone,
+            created_by=event.author.user_id,
+            mode=Mode(args.get("mode", Mode.APPROVE.value)),
+            tone=str(args.get("tone", "friendly")),
+            created_at=dt.datetime.now(dt.UTC).isoformat(),
+        )
+        await store.save(schedule)
+        first = recurrence.next_fires(dt.datetime.now(dt.UTC), 1)
+        when_next = first[0].strftime("%a %d %b %Y %H:%M %Z") if first else "never"
+        await ctx.reply(f"Scheduled `{schedule.id}`: {_describe(schedule)}\nNext run: {when_next}.")
+
+    registry.add(
+        CommandSpec(
+            "schedule",
+            "Draft posts on a schedule: add, list, pause, resume, delete",
+            handle,
+            args=(
+                ArgSpec("action", "What to do", type=ArgType.CHOICE, choices=ACTIONS, required=True),
+                ArgSpec("text", "For add: what to post about; otherwise the schedule id", max_length=2000),
+                ArgSpec(
+                    "when",
+                    'Cron, or a phrase like "every weekday at 09:00"',
+                    keyword_only=True,
+                    max_length=200,
+                ),
+                ArgSpec("tz", "IANA time zone, e.g. Europe/Berlin", keyword_only=True, max_length=64),
+                ArgSpec(
+                    "target",
+                    "Post format",
+                    type=ArgType.CHOICE,
+                    choices=tuple(t.value for t in Target),
+                    keyword_only=True,
+                ),
+                ArgSpec(
+                    "mode",
+                    "approve (a person approves) or auto",
+                    type=ArgType.CHOICE,
+                    choices=tuple(m.value for m in Mode),
+                    keyword_only=True,
+                ),
+                ArgSpec("tone", "Tone of the drafts", keyword_only=True, max_length=200),
+            ),
+        )
+    )
+    return registry

@@ -1,0 +1,1 @@
+"""Schedules: recurrences for scheduled auto-drafts."""

@@ -1,0 +1,311 @@
+"""Running schedules: claim the slot, draft, then publish or ask for approval.
+
+`Runner.run_slot` is the one thing that happens at a fire time, on whichever
+replica leads. It first claims the slot (schedule id + fire time, `SET NX`), so
+each slot produces at most one post across replicas and leader changes, then
+drafts the post and either publishes it (`auto`) or sends it to the approver.
+
+`SchedulerService` is the leader's in-memory APScheduler 3, rebuilt from the
+definitions in Redis and updated when they change. Time is injectable: the
+service's `catch_up(now)` and the runner's `run_slot(schedule, slot)` take
+explicit times, so tests never wait for wall-clock minutes.
+
+Runs missed while no replica led are not replayed, except those within the
+misfire grace (default 5 minutes) of the moment a replica takes the lead: a
+leader change (≤ 20 s) loses no slot, a day of downtime does not publish a
+day of stale posts at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import replace
+from typing import Protocol
+
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.base import BaseTrigger
+from redis.asyncio import Redis
+from redis.exceptions import RedisError
+
+from core.drafting import Drafter, DraftRequest, DraftTooLong
+from core.keys import Keys
+from core.post_targets import Target
+from core.schedules.leader import LeaderLease
+from core.schedules.recurrence import parse_recurrence
+from core.schedules.store import Mode, Post, PostState, Schedule, ScheduleStore, new_id
+
+Clock = Callable[[], dt.datetime]
+
+
+def utc_now() -> dt.datetime:
+    return dt.datetime.now(dt.UTC)
+
+
+class PublishFailed(Exception):
+    """Nothing was sent: safe to retry."""
+
+
+class PublishUnknown(Exception):
+    """The send may or may not have happened: never retried automatically."""
+
+
+class Publisher(Protocol):
+    """A platform that publishes posts into chats and asks people to approve them."""
+
+    async def publish(self, chat_id: str, thread_id: str | None, text: str) -> str:
+        """Post `text`; return the platform message id. Raise PublishFailed/PublishUnknown."""
+
+    async def request_approval(self, chat_id: str, post: Post) -> None:
+        """Show `post` to its approver with Approve / Edit / Regenerate / Reject."""
+
+    async def notify(self, chat_id: str, text: str) -> None:
+        """Tell the approver something (a failure, an unconfirmed send)."""
+
+
+def last_fire(trigger: BaseTrigger, now: dt.datetime, grace: dt.timedelta) -> dt.datetime | None:
+    """The latest fire time in (now − grace, now], the slot a late job belongs to."""
+    fire = trigger.get_next_fire_time(None, now - grace)
+    latest = None
+    while fire is not None and fire <= now:
+        latest = fire
+        fire = trigger.get_next_fire_time(fire, fire + dt.timedelta(microseconds=1))
+    return latest
+
+
+class Runner:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        drafter: Drafter,
+        publishers: Mapping[str, Publisher],
+        *,
+        owner: str,
+        retry_delays: tuple[float, ...] = (30.0, 120.0, 600.0),
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self.store = store
+        self._drafter = drafter
+        self._publishers = publishers
+        self._owner = owner
+        self._retry_delays = retry_delays
+        self._log = logger or logging.getLogger("herald.scheduler")
+        self._retries: set[asyncio.Task[None]] = set()
+
+    async def run_slot(self, schedule: Schedule, slot: dt.datetime) -> Post | None:
+        """At most one post per (schedule, slot), whoever calls this and how often."""
+        if schedule.paused or schedule.ends_before(slot):
+            return None
+        if not await self.store.claim_slot(schedule.id, slot, self._owner):
+            return None
+        runs = await self.store.count_run(schedule.id)
+        if schedule.max_runs is not None and runs > schedule.max_runs:
+            return None
+        publisher = self._publishers[schedule.platform]
+        approver = schedule.approver_chat or schedule.chat_id
+        target = Target(schedule.target)
+        request = DraftRequest(
+            prompt=schedule.prompt.replace("{date}", slot.date().isoformat()),
+            target=target,
+            tone=schedule.tone,
+        )
+        post = Post(new_id(), schedule.id, slot.isoformat(), schedule.platform, schedule.chat_id, "")
+        try:
+            text = (await self._drafter.draft(request))[0].posts[0]
+        except DraftTooLong as exc:
+            post = replace(post, reason=f"draft of {exc.length} > {exc.limit} characters")
+            await self.store.save_post(post)
+            await publisher.notify(approver, f"Schedule {schedule.id}: {post.reason}; nothing was posted.")
+            return post
+        post = replace(post, text=text, history=(PostState.DRAFT.value,))
+        await self.store.save_post(post)
+        if schedule.mode is Mode.AUTO:
+            post = await self.store.move(post, PostState.SCHEDULED)
+            return await self.publish(post, schedule)
+        post = await self.store.move(post, PostState.PENDING_APPROVAL)
+        await publisher.request_approval(approver, post)
+        return post
+
+    async def approve(self, post_id: str, text: str | None = None) -> Post:
+        """A person approved (optionally with edited text): publish it."""
+        post = await self._existing(post_id)
+        schedule = await self.store.get(post.schedule_id)
+        changes = {} if text is None else {"text": text}
+        post = await self.store.move(post, PostState.SCHEDULED, **changes)
+        if schedule is None:
+            return await self.store.move(post, PostState.CANCELLED, reason="schedule deleted")
+        return await self.publish(post, schedule)
+
+    async def reject(self, post_id: str, reason: str) -> Post:
+        return await self.store.move(await self._existing(post_id), PostState.DRAFT, reason=reason)
+
+    async def publish(self, post: Post, schedule: Schedule) -> Post:
+        """Check once more, then send; the outcome decides the next state."""
+        target = Target(schedule.target)
+        if not target.fits(post.text):  # an edit may have made it too long
+            return await self.store.move(
+                post, PostState.CANCELLED, reason=f"{target.measure(post.text)} > {target.limit}"
+            )
+        publisher = self._publishers[schedule.platform]
+        approver = schedule.approver_chat or schedule.chat_id
+        post = await self.store.move(post, PostState.PUBLISHING, attempts=post.attempts + 1)
+        try:
+            message_id = await publisher.publish(schedule.chat_id, schedule.thread_id, post.text)
+        except PublishUnknown as exc:
+            post = await self.store.move(post, PostState.UNCONFIRMED, reason=str(exc))
+            await publisher.notify(
+                approver, f"Post {post.id} may or may not have been published ({exc}); please check."
+            )
+            return post
+        except PublishFailed as exc:
+            post = await self.store.move(post, PostState.FAILED, reason=str(exc))
+            self._retry_later(post, schedule)
+            return post
+        return await self.store.move(post, PostState.PUBLISHED, message_id=message_id)
+
+    def _retry_later(self, post: Post, schedule: Schedule) -> None:
+        if post.attempts > len(self._retry_delays):
+            return
+        delay = self._retry_delays[post.attempts - 1]
+
+        async def retry() -> None:
+            await asyncio.sleep(delay)
+            current = await self.store.post(post.id)
+            if current is not None and current.state is PostState.FAILED:
+                await self.publish(current, schedule)
+
+        task = asyncio.create_task(retry())
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def close(self) -> None:
+        for task in list(self._retries):
+            task.cancel()
+        await asyncio.gather(*self._retries, return_exceptions=True)
+
+    async def _existing(self, post_id: str) -> Post:
+        post = await self.store.post(post_id)
+        if post is None:
+            raise KeyError(post_id)
+        return post
+
+
+TriggerFactory = Callable[[Schedule], BaseTrigger]
+
+
+def recurrence_trigger(schedule: Schedule) -> BaseTrigger:
+    """Intervals count from the schedule's creation, so a restart does not reset them."""
+    start = dt.datetime.fromisoformat(schedule.created_at) if schedule.created_at else None
+    return parse_recurrence(schedule.recurrence, schedule.timezone).trigger(start=start)
+
+
+class SchedulerService:
+    """The leader's APScheduler, built from the definitions in Redis."""
+
+    def __init__(
+        self,
+        runner: Runner,
+        redis: Redis,
+        keys: Keys,
+        *,
+        lease: LeaderLease,
+        misfire_grace: float = 300.0,
+        trigger_for: TriggerFactory = recurrence_trigger,
+        clock: Clock = utc_now,
+        logger: logging.Logger | None = None,
+    ) -> None:
+        self._runner = runner
+        self._redis = redis
+        self._keys = keys
+        self._lease = lease
+        self._grace = dt.timedelta(seconds=misfire_grace)
+        self._trigger_for = trigger_for
+        self._clock = clock
+        self._log = logger or logging.getLogger("herald.scheduler")
+        self._scheduler: AsyncIOScheduler | None = None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        self._tasks = [
+            asyncio.create_task(self._lease.run(self._elected, self._deposed), name="scheduler-lease"),
+            asyncio.create_task(self._watch_changes(), name="scheduler-watch"),
+        ]
+
+    async def stop(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._runner.close()
+
+    @property
+    def leading(self) -> bool:
+        return self._scheduler is not None
+
+    async def catch_up(self, now: dt.datetime) -> None:
+        """Run each schedule's latest slot within the grace period (claimed at most once)."""
+        for schedule in await self._runner.store.all():
+            slot = last_fire(self._trigger_for(schedule), now, self._grace)
+            if slot is not None:
+                await self._runner.run_slot(schedule, slot)
+
+    async def _elected(self) -> None:
+        scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        self._scheduler = scheduler
+        await self.reload()
+        scheduler.start()
+        await self.catch_up(self._clock())
+
+    async def _deposed(self) -> None:
+        scheduler, self._scheduler = self._scheduler, None
+        if scheduler is not None:
+            scheduler.shutdown(wait=False)
+
+    async def reload(self) -> None:
+        """Make the jobs match the definitions in Redis."""
+        scheduler = self._scheduler
+        if scheduler is None:
+            return
+        scheduler.remove_all_jobs()
+        for schedule in await self._runner.store.all():
+            if schedule.paused:
+                continue
+            scheduler.add_job(
+                self._fire,
+                trigger=self._trigger_for(schedule),
+                args=[schedule.id],
+                id=schedule.id,
+                misfire_grace_time=int(self._grace.total_seconds()),
+                coalesce=True,
+                max_instances=1,
+            )
+
+    async def _fire(self, schedule_id: str) -> None:
+        schedule = await self._runner.store.get(schedule_id)
+        if schedule is None:
+            return
+        slot = last_fire(self._trigger_for(schedule), self._clock(), self._grace)
+        if slot is None:
+            return
+        try:
+            await self._runner.run_slot(schedule, slot)
+        except Exception:
+            self._log.exception("schedule %s failed at %s", schedule_id, slot)
+
+    async def _watch_changes(self) -> None:
+        while True:
+            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self._keys.schedules_changed())
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None:
+                        await self.reload()
+            except (RedisError, OSError) as exc:
+                self._log.warning("schedule watcher lost Redis (%s); retrying", exc)
+                await asyncio.sleep(1.0)
+            finally:
+                with contextlib.suppress(RedisError, OSError):
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]

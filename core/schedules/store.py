@@ -1,0 +1,190 @@
+"""Schedules and their posts, stored in Redis as data.
+
+A schedule is a definition (where, what, when, how); every run of it produces
+at most one post, whose lifecycle is recorded:
+
+    DRAFT → PENDING_APPROVAL → SCHEDULED → PUBLISHING → PUBLISHED
+    FAILED       nothing was sent; retried with backoff
+    UNCONFIRMED  the send's outcome is unknown; never retried automatically
+    CANCELLED    rejected for good or its schedule was deleted
+
+A rejection sends a post back to DRAFT with the reason.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import enum
+import json
+import secrets
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any
+
+from redis.asyncio import Redis
+
+from core.keys import Keys
+
+
+class Mode(enum.Enum):
+    APPROVE = "approve"
+    AUTO = "auto"
+
+
+class PostState(enum.Enum):
+    DRAFT = "draft"
+    PENDING_APPROVAL = "pending_approval"
+    SCHEDULED = "scheduled"
+    PUBLISHING = "publishing"
+    PUBLISHED = "published"
+    FAILED = "failed"
+    UNCONFIRMED = "unconfirmed"
+    CANCELLED = "cancelled"
+
+
+#: which states a post may move to from each state
+TRANSITIONS: dict[PostState, frozenset[PostState]] = {
+    PostState.DRAFT: frozenset({PostState.PENDING_APPROVAL, PostState.SCHEDULED, PostState.CANCELLED}),
+    PostState.PENDING_APPROVAL: frozenset({PostState.SCHEDULED, PostState.DRAFT, PostState.CANCELLED}),
+    PostState.SCHEDULED: frozenset({PostState.PUBLISHING, PostState.CANCELLED}),
+    PostState.PUBLISHING: frozenset({PostState.PUBLISHED, PostState.FAILED, PostState.UNCONFIRMED}),
+    PostState.FAILED: frozenset({PostState.PUBLISHING, PostState.CANCELLED}),
+    PostState.UNCONFIRMED: frozenset({PostState.PUBLISHED, PostState.CANCELLED}),
+    PostState.PUBLISHED: frozenset(),
+    PostState.CANCELLED: frozenset(),
+}
+
+
+class InvalidTransition(Exception):
+    pass
+
+
+@dataclass(frozen=True, slots=True)
+class Schedule:
+    id: str
+    platform: str
+    chat_id: str  # where posts are published
+    prompt: str
+    target: str  # a core.post_targets.Target value
+    recurrence: str
+    timezone: str
+    created_by: str
+    mode: Mode = Mode.APPROVE
+    tone: str = "friendly"
+    thread_id: str | None = None
+    approver_chat: str | None = None  # review channel or DM; default: where it was created
+    end_date: str | None = None  # ISO date, inclusive
+    max_runs: int | None = None
+    paused: bool = False
+    created_at: str | None = None  # ISO time; anchors "every N hours/days" across restarts
+
+    def encode(self) -> str:
+        data = asdict(self)
+        data["mode"] = self.mode.value
+        return json.dumps(data)
+
+    @staticmethod
+    def decode(raw: str | bytes) -> Schedule:
+        data = json.loads(raw)
+        data["mode"] = Mode(data["mode"])
+        return Schedule(**data)
+
+    def ends_before(self, slot: dt.datetime) -> bool:
+        return self.end_date is not None and slot.date() > dt.date.fromisoformat(self.end_date)
+
+
+@dataclass(frozen=True, slots=True)
+class Post:
+    id: str
+    schedule_id: str
+    slot: str  # ISO time of the run that produced it
+    platform: str
+    chat_id: str
+    text: str
+    state: PostState = PostState.DRAFT
+    message_id: str | None = None
+    reason: str | None = None
+    attempts: int = 0
+    history: tuple[str, ...] = field(default=())
+
+    def encode(self) -> str:
+        data: dict[str, Any] = asdict(self)
+        data["state"] = self.state.value
+        data["history"] = list(self.history)
+        return json.dumps(data, ensure_ascii=False)
+
+    @staticmethod
+    def decode(raw: str | bytes) -> Post:
+        data = json.loads(raw)
+        data["state"] = PostState(data["state"])
+        data["history"] = tuple(data.get("history", ()))
+        return Post(**data)
+
+
+def new_id() -> str:
+    return secrets.token_hex(4)
+
+
+class ScheduleStore:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def save(self, schedule: Schedule) -> None:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(self._keys.schedules(), schedule.id, schedule.encode())
+        pipe.publish(self._keys.schedules_changed(), schedule.id)
+        await pipe.execute()
+
+    async def get(self, schedule_id: str) -> Schedule | None:
+        raw = await self._redis.hget(self._keys.schedules(), schedule_id)
+        return None if raw is None else Schedule.decode(raw)
+
+    async def all(self) -> list[Schedule]:
+        raw = await self._redis.hgetall(self._keys.schedules())
+        return sorted((Schedule.decode(v) for v in raw.values()), key=lambda s: s.id)
+
+    async def in_chat(self, platform: str, chat_id: str) -> list[Schedule]:
+        return [s for s in await self.all() if (s.platform, s.chat_id) == (platform, chat_id)]
+
+    async def delete(self, schedule_id: str) -> bool:
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hdel(self._keys.schedules(), schedule_id)
+        pipe.publish(self._keys.schedules_changed(), schedule_id)
+        deleted, _ = await pipe.execute()
+        return bool(deleted)
+
+    async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
+        schedule = await self.get(schedule_id)
+        if schedule is None:
+            return None
+        schedule = replace(schedule, paused=paused)
+        await self.save(schedule)
+        return schedule
+
+    async def claim_slot(self, schedule_id: str, slot: dt.datetime, owner: str) -> bool:
+        """True for exactly one caller per (schedule, fire time), across replicas and restarts."""
+        key = self._keys.schedule_slot(schedule_id, slot.isoformat())
+        return bool(await self._redis.set(key, owner, nx=True, ex=60 * 86400))
+
+    async def count_run(self, schedule_id: str) -> int:
+        return int(await self._redis.incr(self._keys.schedule_runs(schedule_id)))
+
+    async def save_post(self, post: Post) -> None:
+        await self._redis.hset(self._keys.posts(), post.id, post.encode())
+
+    async def post(self, post_id: str) -> Post | None:
+        raw = await self._redis.hget(self._keys.posts(), post_id)
+        return None if raw is None else Post.decode(raw)
+
+    async def posts_of(self, schedule_id: str) -> list[Post]:
+        raw = await self._redis.hgetall(self._keys.posts())
+        posts = (Post.decode(v) for v in raw.values())
+        return sorted((p for p in posts if p.schedule_id == schedule_id), key=lambda p: p.slot)
+
+    async def move(self, post: Post, state: PostState, **changes: Any) -> Post:
+        """Change a post's state, refusing moves the lifecycle does not allow."""
+        if state not in TRANSITIONS[post.state]:
+            raise InvalidTransition(f"{post.state.value} → {state.value}")
+        moved = replace(post, state=state, history=(*post.history, state.value), **changes)
+        await self.save_post(moved)
+        return moved

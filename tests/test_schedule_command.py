@@ -1,0 +1,63 @@
+"""/schedule: managing schedule definitions, with clear errors and the chat's admins only."""
+
+from __future__ import annotations
+
+import re
+
+from core.engine import Outcome
+from tests.conftest import EngineFactory
+from tests.support import RecordingSurface, event
+
+
+async def say(engine: object, text: str, **kw: object) -> str:
+    surface = RecordingSurface()
+    outcome = await engine.handle(event(text, **kw), surface)  # type: ignore[attr-defined]
+    assert outcome is Outcome.COMMAND
+    return surface.last
+
+
+async def test_add_list_pause_resume_delete(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    added = await say(
+        engine,
+        '/schedule add target=x when="every weekday at 09:00" tz=Europe/Berlin mode=auto '
+        "Draft a post about our release notes",
+    )
+    match = re.match(r"Scheduled `(\w+)`: `\w+` every weekday at 09:00 \(Europe/Berlin\) → x, auto", added)
+    assert match is not None, added
+    assert re.search(r"Next run: \w{3} \d{2} \w{3} \d{4} 09:00 CE", added)  # CET or CEST
+    schedule_id = match[1]
+    listed = await say(engine, "/schedule list")
+    assert schedule_id in listed and "Draft a post about our release notes" in listed
+    assert await say(engine, f"/schedule pause {schedule_id}") == f"Schedule `{schedule_id}` paused."
+    assert "paused" in await say(engine, "/schedule list")
+    assert await say(engine, f"/schedule resume {schedule_id}") == f"Schedule `{schedule_id}` resumed."
+    assert await say(engine, f"/schedule delete {schedule_id}") == f"Deleted schedule `{schedule_id}`."
+    assert (await say(engine, "/schedule list")).startswith("No schedules in this chat yet.")
+
+
+async def test_invalid_cron_phrase_and_time_zone_are_explained(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    cron = await say(engine, '/schedule add when="61 * * * *" about things')
+    assert "61 * * * *" in cron
+    phrase = await say(engine, '/schedule add when="whenever you like" about things')
+    assert "whenever you like" in phrase.lower() or "try" in phrase.lower()
+    zone = await say(engine, '/schedule add when="every day at 09:00" tz=Mars/Base about things')
+    assert zone == "Unknown time zone 'Mars/Base'. Use an IANA name such as Europe/Berlin."
+    assert (await say(engine, "/schedule add")).startswith("Usage: /schedule add")
+
+
+async def test_only_chat_managers_and_admins_change_schedules(make_engine: EngineFactory) -> None:
+    engine = await make_engine(admins="test:boss")
+    command = '/schedule add when="every day at 09:00" about the weekly digest'
+    refused = await say(engine, command, private=False, chat="group")
+    assert refused == "Only people who manage this chat can change its schedules."
+    assert (await say(engine, command, private=False, chat="group", chat_admin=True)).startswith("Scheduled")
+    assert (await say(engine, command, private=False, chat="group", user="boss")).startswith("Scheduled")
+    listed = await say(engine, "/schedule list", private=False, chat="group")  # anyone may look
+    schedule_id = re.findall(r"`(\w+)`", listed)[0]
+    assert (await say(engine, f"/schedule delete {schedule_id}", private=False, chat="group")) == (
+        "Only people who manage this chat can change its schedules."
+    )
+    other_chat = await say(engine, f"/schedule delete {schedule_id}", chat="elsewhere")
+    assert other_chat.startswith(f"There is no schedule `{schedule_id}` in this chat.")

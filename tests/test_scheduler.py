@@ -1,0 +1,233 @@
+"""Scheduled posts: exactly one post per slot across replicas and leader changes, the
+post lifecycle, publishing outcomes. Time is injected wherever it can be."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import itertools
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from apscheduler.triggers.interval import IntervalTrigger
+from redis.asyncio import Redis
+
+from core.drafting import Drafter
+from core.keys import Keys
+from core.redis_client import connect_redis
+from core.schedules.leader import LeaderLease
+from core.schedules.runner import (
+    PublishFailed,
+    PublishUnknown,
+    Runner,
+    SchedulerService,
+    last_fire,
+)
+from core.schedules.store import InvalidTransition, Mode, Post, PostState, Schedule, ScheduleStore
+from tests.conftest import EngineFactory
+from tests.emulators.tgi import TGIEmulator
+
+START = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
+
+
+@dataclass
+class RecordingPublisher:
+    """Our `Publisher` protocol, recording; platform publishers are tested with the emulators."""
+
+    published: list[tuple[str, str]] = field(default_factory=list)
+    approvals: list[str] = field(default_factory=list)
+    notices: list[str] = field(default_factory=list)
+    failures: list[Exception] = field(default_factory=list)
+
+    async def publish(self, chat_id: str, thread_id: str | None, text: str) -> str:
+        if self.failures:
+            raise self.failures.pop(0)
+        self.published.append((chat_id, text))
+        return f"m{len(self.published)}"
+
+    async def request_approval(self, chat_id: str, post: Post) -> None:
+        self.approvals.append(post.id)
+
+    async def notify(self, chat_id: str, text: str) -> None:
+        self.notices.append(text)
+
+
+def schedule(**changes: Any) -> Schedule:
+    values: dict[str, Any] = {
+        "id": "s1",
+        "platform": "test",
+        "chat_id": "channel",
+        "prompt": "Post about our release notes for {date}",
+        "target": "x",
+        "recurrence": "every day at 09:00",
+        "timezone": "UTC",
+        "created_by": "u1",
+        "mode": Mode.AUTO,
+    }
+    values.update(changes)
+    return Schedule(**values)
+
+
+async def make_runner(
+    engine: Any, redis: Redis, prefix: str, publisher: RecordingPublisher, owner: str
+) -> Runner:
+    drafter = Drafter(engine.llm, engine.policy.generation)
+    return Runner(
+        ScheduleStore(redis, Keys(prefix)),
+        drafter,
+        {"test": publisher},
+        owner=owner,
+        retry_delays=(0.05, 0.05),
+    )
+
+
+async def test_two_replicas_publish_each_slot_exactly_once(
+    make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.responder = lambda m: m[-1]["content"]  # the post names its date
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    other_redis = connect_redis(redis_url)
+    try:
+        a = await make_runner(engine, redis, prefix, publisher, "a")
+        b = await make_runner(engine, other_redis, prefix, publisher, "b")
+        definition = schedule()
+        slots = [START + dt.timedelta(days=i) for i in range(40)]
+        await asyncio.gather(*(r.run_slot(definition, s) for s in slots for r in (a, b, a)))
+    finally:
+        await other_redis.aclose()
+    texts = sorted(text for _, text in publisher.published)
+    assert len(texts) == 40 and len(set(texts)) == 40
+    posts = await a.store.posts_of("s1")
+    assert [p.state for p in posts] == [PostState.PUBLISHED] * 40
+    assert posts[0].history == ("draft", "scheduled", "publishing", "published")
+
+
+async def test_approval_flow_and_the_lifecycle_rules(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    runner = await make_runner(await make_engine(), redis, prefix, publisher := RecordingPublisher(), "a")
+    await runner.store.save(schedule(mode=Mode.APPROVE))
+    post = await runner.run_slot(schedule(mode=Mode.APPROVE), START)
+    assert post is not None and post.state is PostState.PENDING_APPROVAL
+    assert publisher.approvals == [post.id] and publisher.published == []
+    rejected = await runner.reject(post.id, "too salesy")
+    assert rejected.state is PostState.DRAFT and rejected.reason == "too salesy"
+
+    second = await runner.run_slot(schedule(mode=Mode.APPROVE), START + dt.timedelta(days=1))
+    assert second is not None
+    published = await runner.approve(second.id, text="Release notes, edited. #herald")
+    assert published.state is PostState.PUBLISHED and published.message_id == "m1"
+    assert publisher.published == [("channel", "Release notes, edited. #herald")]
+    with pytest.raises(InvalidTransition):
+        await runner.approve(second.id)  # published once, never again
+    await runner.store.delete("s1")
+    third = await runner.run_slot(schedule(mode=Mode.APPROVE), START + dt.timedelta(days=2))
+    assert third is not None
+    cancelled = await runner.approve(third.id)
+    assert cancelled.state is PostState.CANCELLED and cancelled.reason == "schedule deleted"
+
+
+async def test_failed_sends_are_retried_and_unknown_ones_never(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.responder = lambda m: "Release notes are out!"
+    publisher = RecordingPublisher(failures=[PublishFailed("503 from the platform")])
+    runner = await make_runner(await make_engine(), redis, prefix, publisher, "a")
+    post = await runner.run_slot(schedule(), START)
+    assert post is not None and post.state is PostState.FAILED
+    async with asyncio.timeout(2):
+        while (await runner.store.post(post.id)).state is not PostState.PUBLISHED:  # type: ignore[union-attr]  # noqa: ASYNC110
+            await asyncio.sleep(0.02)
+    assert len(publisher.published) == 1
+
+    publisher.failures = [PublishUnknown("timed out after sending")]
+    unknown = await runner.run_slot(schedule(), START + dt.timedelta(days=1))
+    assert unknown is not None and unknown.state is PostState.UNCONFIRMED
+    await asyncio.sleep(0.2)
+    assert (await runner.store.post(unknown.id)).state is PostState.UNCONFIRMED  # type: ignore[union-attr]
+    assert any("may or may not have been published" in n for n in publisher.notices)
+    await runner.close()
+
+
+async def test_paused_ended_and_counted_schedules(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    runner = await make_runner(await make_engine(), redis, prefix, publisher := RecordingPublisher(), "a")
+    assert await runner.run_slot(schedule(paused=True), START) is None
+    assert await runner.run_slot(schedule(end_date="2026-11-26"), START) is None
+    limited = schedule(id="s2", max_runs=2)
+    for day in range(4):
+        await runner.run_slot(limited, START + dt.timedelta(days=day))
+    assert len(publisher.published) == 2
+
+
+def test_the_slot_of_a_late_job_is_its_latest_fire_time() -> None:
+    trigger = IntervalTrigger(hours=1, start_date=START)
+    grace = dt.timedelta(minutes=5)
+    assert last_fire(trigger, START + dt.timedelta(hours=2, minutes=3), grace) == START + dt.timedelta(
+        hours=2
+    )
+    assert last_fire(trigger, START + dt.timedelta(hours=2, minutes=6), grace) is None  # too late: skipped
+
+
+async def test_killing_the_leader_hands_over_without_duplicates_or_gaps(
+    make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
+) -> None:
+    """Two scheduler services on one Redis, a schedule every second, the leader stopped."""
+    tgi.responder = lambda m: m[-1]["content"]
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    origin = dt.datetime.now(dt.UTC).replace(microsecond=0)
+
+    def every_second(definition: Schedule) -> IntervalTrigger:
+        return IntervalTrigger(seconds=1, start_date=origin)
+
+    store = ScheduleStore(redis, Keys(prefix))
+    await store.save(schedule(prompt="slot {date}", recurrence="every second (test)"))
+    other_redis = connect_redis(redis_url)
+    services = []
+    for client, owner in ((redis, "a"), (other_redis, "b")):
+        runner = await make_runner(engine, client, prefix, publisher, owner)
+        lease = LeaderLease(client, Keys(prefix), ttl=0.5, poll=0.05)
+        services.append(SchedulerService(runner, client, Keys(prefix), lease=lease, trigger_for=every_second))
+    first, second = services
+    try:
+        await first.start()
+        await asyncio.sleep(0.3)
+        await second.start()
+        await asyncio.sleep(2.5)
+        assert first.leading and not second.leading
+        await first.stop()  # the leader goes away
+        await asyncio.sleep(2.5)
+        assert second.leading
+    finally:
+        await second.stop()
+        await other_redis.aclose()
+    posts = await store.posts_of("s1")
+    slots = [dt.datetime.fromisoformat(p.slot) for p in posts]
+    assert len(slots) == len(set(slots)) >= 4  # nothing published twice
+    gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(slots)}
+    assert gaps == {1.0}  # and no slot lost over the hand-over
+
+
+async def test_schedules_survive_a_restart(redis: Redis, redis_url: str, prefix: str) -> None:
+    await ScheduleStore(redis, Keys(prefix)).save(schedule(id="keep"))
+    fresh = connect_redis(redis_url)  # a new process
+    try:
+        loaded = await ScheduleStore(fresh, Keys(prefix)).all()
+    finally:
+        await fresh.aclose()
+    assert [s.id for s in loaded] == ["keep"] and loaded[0].mode is Mode.AUTO
+
+
+def test_interval_schedules_count_from_their_creation() -> None:
+    from core.schedules.runner import recurrence_trigger
+
+    created = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
+    definition = schedule(recurrence="every 3 days", created_at=created.isoformat())
+    after_restart = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
+    fire = recurrence_trigger(definition).get_next_fire_time(None, after_restart)
+    assert fire is not None and (fire - created).total_seconds() % (3 * 86400) == 0
