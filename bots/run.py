@@ -16,6 +16,7 @@ from adapters.telegram.bot import TelegramBot, TelegramStartError, WebhookConfig
 from bots.runtime import Runtime, StartupError, open_runtime
 from core.config import Settings
 from core.keys import Keys
+from core.schedules.runner import Publisher
 
 log = logging.getLogger("herald")
 
@@ -23,6 +24,8 @@ log = logging.getLogger("herald")
 class PlatformBot(Protocol):
     async def start(self) -> None: ...
     async def stop(self) -> None: ...
+    def publisher(self) -> tuple[str, Publisher]:
+        """The platform's name and what publishes scheduled posts there (after start)."""
 
 
 def configured_platforms(settings: Settings) -> list[str]:
@@ -40,6 +43,7 @@ def build_discord(settings: Settings, runtime: Runtime) -> DiscordBot:
         shard_ids=[int(i) for i in settings.discord_shard_ids] or None,
         shard_count=settings.discord_shard_count,
         message_content=settings.discord_message_content,
+        actions=runtime.scheduling.actions,
     )
 
 
@@ -62,6 +66,7 @@ def build_bots(settings: Settings, runtime: Runtime) -> list[PlatformBot]:
                 settings.telegram_token.get_secret_value(),
                 api_url=settings.telegram_api_url,
                 webhook=webhook,
+                actions=runtime.scheduling.actions,
             )
         )
     if settings.discord_token:
@@ -102,9 +107,15 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 for bot in build_bots(settings, runtime):
                     await bot.start()
                     started.append(bot)
+                    publisher = bot.publisher()
+                    runtime.scheduling.publishers[publisher[0]] = publisher[1]
+                await runtime.scheduling.service.start()
                 log.info("Herald is running; stop it with Ctrl-C or SIGTERM")
-                await stop.wait()
-                log.info("stopping: finishing the answers in flight")
+                try:
+                    await stop.wait()
+                finally:
+                    log.info("stopping: finishing the answers in flight")
+                    await runtime.scheduling.service.stop()
             except (TelegramStartError, DiscordStartError) as exc:
                 raise StartupError(str(exc)) from None
             finally:

@@ -25,6 +25,7 @@ from core.cancel import CancelBus
 from core.commands import CommandRegistry
 from core.config import Settings
 from core.context import ContextBuilder
+from core.drafting import Drafter
 from core.engine import Engine, EnginePolicy
 from core.keys import Keys
 from core.llm import create_llm_client
@@ -35,6 +36,9 @@ from core.memory import ConversationStore
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerError, RedisServerProcess
 from core.schedule_commands import register_schedule_commands
+from core.schedules.actions import PostActions
+from core.schedules.leader import LeaderLease
+from core.schedules.runner import Publisher, Runner, SchedulerService
 from core.schedules.store import ScheduleStore
 
 
@@ -48,6 +52,7 @@ class Runtime:
     redis: Redis
     llm: LLMClient
     engine: Engine
+    scheduling: Scheduling
     redis_server: RedisServerProcess | None
 
 
@@ -81,11 +86,43 @@ def build_llm(settings: Settings) -> LLMClient:
     return create_llm_client(settings.llm_api, settings.tgi_url, **common)
 
 
+@dataclass(slots=True)
+class Scheduling:
+    """Scheduled posts: definitions, the runner, approvals and the leader's scheduler.
+
+    `publishers` is filled by the platform bots as they start (one per platform).
+    """
+
+    store: ScheduleStore
+    runner: Runner
+    actions: PostActions
+    service: SchedulerService
+    publishers: dict[str, Publisher]
+
+
+def build_scheduling(
+    settings: Settings, redis: Redis, llm: LLMClient, access: AccessPolicy, keys: Keys
+) -> Scheduling:
+    publishers: dict[str, Publisher] = {}
+    store = ScheduleStore(redis, keys)
+    lease = LeaderLease(redis, keys)
+    runner = Runner(store, Drafter(llm, generation_params(settings)), publishers, owner=lease.owner)
+    service = SchedulerService(runner, redis, keys, lease=lease)
+    return Scheduling(store, runner, PostActions(runner, access), service, publishers)
+
+
 def build_engine(
-    settings: Settings, redis: Redis, llm: LLMClient, *, logger: logging.Logger | None = None
+    settings: Settings,
+    redis: Redis,
+    llm: LLMClient,
+    *,
+    scheduling: Scheduling | None = None,
+    logger: logging.Logger | None = None,
 ) -> Engine:
     keys = Keys(settings.redis_prefix)
     log = logger or logging.getLogger("herald.engine")
+    access = AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins)
+    scheduling = scheduling or build_scheduling(settings, redis, llm, access, keys)
     return Engine(
         memory=ConversationStore(
             redis,
@@ -111,10 +148,11 @@ def build_engine(
             margin=settings.context_margin,
             block_messages=settings.context_block_messages,
         ),
-        access=AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins),
+        access=access,
         commands=register_schedule_commands(
             register_builtin_commands(CommandRegistry()),
-            ScheduleStore(redis, keys),
+            scheduling.store,
+            scheduling.actions,
             default_timezone=settings.default_timezone,
         ),
         policy=EnginePolicy(
@@ -176,10 +214,13 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 "Check HERALD_TGI_URL and HERALD_LLM_API, and that the server is up "
                 "(`herald doctor` shows details)."
             ) from None
-        engine = build_engine(settings, redis, llm)
+        keys = Keys(settings.redis_prefix)
+        access = AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins)
+        scheduling = build_scheduling(settings, redis, llm, access, keys)
+        engine = build_engine(settings, redis, llm, scheduling=scheduling)
         await engine.cancels.start()
         settle_heap()
-        yield Runtime(settings, redis, llm, engine, server)
+        yield Runtime(settings, redis, llm, engine, scheduling, server)
     finally:
         if engine is not None:
             await engine.cancels.stop()

@@ -13,10 +13,11 @@ from typing import Any
 from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
 from core.engine import CommandContext
 from core.post_targets import Target
+from core.schedules.actions import PostActions
 from core.schedules.recurrence import RecurrenceError, parse_recurrence
 from core.schedules.store import Mode, Schedule, ScheduleStore, new_id
 
-ACTIONS = ("add", "list", "pause", "resume", "delete")
+ACTIONS = ("add", "list", "pause", "resume", "delete", "approve", "regenerate", "reject")
 NOT_ALLOWED = "Only people who manage this chat can change its schedules."
 USAGE = (
     'Usage: /schedule add target=x when="every weekday at 09:00" tz=Europe/Berlin '
@@ -33,7 +34,11 @@ def _describe(schedule: Schedule) -> str:
 
 
 def register_schedule_commands(
-    registry: CommandRegistry, store: ScheduleStore, *, default_timezone: str = "UTC"
+    registry: CommandRegistry,
+    store: ScheduleStore,
+    actions: PostActions,
+    *,
+    default_timezone: str = "UTC",
 ) -> CommandRegistry:
     async def handle(ctx: CommandContext, args: dict[str, Any]) -> None:
         event = ctx.event
@@ -48,6 +53,10 @@ def register_schedule_commands(
             return
         if action == "add":
             await add(ctx, args)
+            return
+        if action in ("approve", "regenerate", "reject"):
+            post_id, _, text = str(args.get("text", "")).strip().partition(" ")
+            await ctx.reply(await actions.act(action, post_id, event, text.strip()))
             return
         schedule_id = str(args.get("text", "")).strip()
         schedule = await store.get(schedule_id)
@@ -96,11 +105,15 @@ def register_schedule_commands(
     registry.add(
         CommandSpec(
             "schedule",
-            "Draft posts on a schedule: add, list, pause, resume, delete",
+            "Draft posts on a schedule: add, list, pause, resume, delete, approve, reject",
             handle,
             args=(
                 ArgSpec("action", "What to do", type=ArgType.CHOICE, choices=ACTIONS, required=True),
-                ArgSpec("text", "For add: what to post about; otherwise the schedule id", max_length=2000),
+                ArgSpec(
+                    "text",
+                    "add: what to post about; approve/reject: post id [text]; else schedule id",
+                    max_length=2000,
+                ),
                 ArgSpec(
                     "when",
                     'Cron, or a phrase like "every weekday at 09:00"',

@@ -596,6 +596,134 @@ async def test_invalid_command_definitions_are_refused(emu: DiscordEmulator) -> 
     assert status == 400 and "name" in body["errors"]["0"]
 
 
+# --- message components ------------------------------------------------------------------
+
+
+def approval_view(post_id: int) -> discord.ui.View:
+    view = discord.ui.View(timeout=None)
+    view.add_item(discord.ui.Button(label="Approve", custom_id=f"herald:approve:{post_id}"))
+    view.add_item(
+        discord.ui.Button(
+            label="Reject", style=discord.ButtonStyle.danger, custom_id=f"herald:reject:{post_id}"
+        )
+    )
+    return view
+
+
+class ButtonBot(Bot):
+    """Answers clicks the way Herald's approval flow would, from ``on_interaction``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.clicks: list[tuple[str, int, type, int | None]] = []
+
+    async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is not discord.InteractionType.component or interaction.data is None:
+            return
+        custom_id = str(interaction.data.get("custom_id"))
+        message_id = interaction.message.id if interaction.message else None
+        self.clicks.append((custom_id, interaction.user.id, type(interaction.user), message_id))
+        if custom_id.startswith("herald:approve:"):
+            await interaction.response.edit_message(content="Approved", view=None)
+            await interaction.followup.send("published")
+        elif custom_id.startswith("herald:reject:"):
+            await interaction.response.send_message("Only editors may reject", ephemeral=True)
+        else:
+            await interaction.response.defer()
+            await interaction.edit_original_response(content="seen")
+
+
+async def test_buttons_are_stored_and_a_click_reaches_on_interaction(emu: DiscordEmulator) -> None:
+    async with running(emu, ButtonBot()) as bot:
+        channel = bot.get_channel(CHANNEL)
+        assert isinstance(channel, discord.TextChannel)
+        sent = await channel.send("Publish post 7?", view=approval_view(7))
+        stored = emu.bot_message(sent.id)
+        assert stored is not None
+        [row] = stored.components
+        assert row["type"] == 1
+        assert [(b["type"], b["custom_id"]) for b in row["components"]] == [
+            (2, "herald:approve:7"),
+            (2, "herald:reject:7"),
+        ]
+        wire = emu.message(sent.id)
+        assert wire is not None and wire["components"] == stored.components
+        [parsed] = sent.components  # discord.py parsed the components back from our answer
+        assert isinstance(parsed, discord.ActionRow)
+        assert [b.custom_id for b in parsed.children if isinstance(b, discord.Button)] == [
+            "herald:approve:7",
+            "herald:reject:7",
+        ]
+
+        click = emu.click_button(sent.id, "herald:approve:7", user=emu.user(BOB), permissions=1 << 5)
+        await emu.wait_until(lambda: len(emu.followups(click)) == 1)
+        assert bot.clicks == [("herald:approve:7", BOB, discord.Member, sent.id)]
+        assert [c["type"] for c in emu.interaction_callbacks(click)] == [7]
+        approved = emu.bot_message(sent.id)
+        assert approved is not None and approved.content == "Approved" and approved.components == []
+        assert approved.history == ["Publish post 7?", "Approved"]
+        wire = emu.message(sent.id)
+        assert wire is not None and wire["content"] == "Approved" and wire["components"] == []
+        [published] = emu.followups(click)
+        assert published.content == "published" and emu.interaction_response(click) == approved
+        published_wire = emu.message(published.id)
+        assert published_wire is not None and "message_reference" not in published_wire
+        metadata = published_wire["interaction_metadata"]
+        assert metadata["type"] == 3 and metadata["interacted_message_id"] == str(sent.id)
+        with pytest.raises(ValueError, match="no button"):
+            emu.click_button(sent.id, "herald:approve:7", user=emu.user(BOB))  # the view is gone
+
+
+async def test_ephemeral_answer_defer_raw_components_and_dm_clicks(emu: DiscordEmulator) -> None:
+    async with running(emu, ButtonBot()) as bot:
+        channel = bot.get_channel(CHANNEL)
+        assert isinstance(channel, discord.TextChannel)
+        sent = await channel.send("Publish post 8?", view=approval_view(8))
+        reject = emu.click_button(sent.id, "herald:reject:8", user=emu.user(ADA), guild_id=GUILD)
+        await emu.wait_until(lambda: emu.interaction_response(reject) is not None)
+        assert [(c["type"], c["data"]["flags"]) for c in emu.interaction_callbacks(reject)] == [(4, 64)]
+        answer = emu.interaction_response(reject)
+        assert answer is not None and answer.ephemeral and answer.content == "Only editors may reject"
+        unchanged = emu.bot_message(sent.id)
+        assert (
+            unchanged is not None
+            and unchanged.content == "Publish post 8?"
+            and len(unchanged.components) == 1
+        )
+        with pytest.raises(ValueError, match="no button with custom_id 'herald:approve:9'"):
+            emu.click_button(sent.id, "herald:approve:9", user=emu.user(ADA))
+        with pytest.raises(ValueError, match="not in guild"):
+            emu.click_button(sent.id, "herald:reject:8", user=emu.user(ADA), guild_id=GUILD_B)
+
+        # raw components in the body, in a DM, answered with a deferred update then an edit
+        dm = emu.dm_channel(ADA)
+        button = {"type": 2, "style": 1, "label": "Ack", "custom_id": "herald:ack"}
+        await bot.http.send_message(
+            dm,
+            params=discord.http.MultipartParameters(
+                payload={"content": "ping", "components": [{"type": 1, "components": [button]}]},
+                multipart=None,
+                files=None,
+            ),
+        )
+        [raw_message] = emu.messages_in(dm)
+        assert raw_message.components[0]["components"][0]["custom_id"] == "herald:ack"
+        components = list(raw_message.components)
+        ack = emu.click_button(raw_message.id, "herald:ack", user=emu.user(ADA))
+        await emu.wait_until(lambda: raw_message.content == "seen")  # the live record
+        assert [c["type"] for c in emu.interaction_callbacks(ack)] == [6]
+        assert bot.clicks[-1] == ("herald:ack", ADA, discord.User, raw_message.id)
+        assert raw_message.components == components and raw_message.edits == 1
+
+
+async def test_component_only_callback_types_are_refused_for_slash_commands(emu: DiscordEmulator) -> None:
+    emu.strict_commands = False
+    command = emu.slash_command("ping", channel_id=CHANNEL, user=emu.user(ADA))
+    path = f"/interactions/{command.id}/{command.token}/callback"
+    status, _, body = await raw(emu, "POST", path, {"type": 7, "data": {"content": "x"}})
+    assert status == 400 and body["code"] == 50035
+
+
 # --- gateway -----------------------------------------------------------------------------
 
 

@@ -13,17 +13,19 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import discord
 from redis.asyncio import Redis
 
 from adapters.discord.commands import command_payload, digest
+from adapters.discord.publisher import DiscordPublisher, parse_custom_id
 from adapters.discord.surface import NO_PINGS, ChannelSurface, InteractionSurface
-from adapters.discord.translate import PLATFORM, from_interaction, from_message
+from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
 from core.engine import Engine
 from core.keys import Keys
+from core.schedules.actions import PostActions
 
 RESTARTING = "Herald is restarting — try again in a moment."
 
@@ -58,9 +60,11 @@ class DiscordBot:
         shard_count: int | None = None,
         message_content: bool = False,
         ready_timeout: float = 60.0,
+        actions: PostActions | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._engine = engine
+        self._actions = actions
         self._token = token
         self._redis = redis
         self._keys = keys
@@ -106,6 +110,9 @@ class DiscordBot:
         user = self.client.user
         self._log.info("Discord: %s ready on shards %s", user, self.client.shard_ids)
         await self.sync_commands_if_changed()
+
+    def publisher(self) -> tuple[str, DiscordPublisher]:
+        return PLATFORM, DiscordPublisher(self.client)
 
     async def stop(self) -> None:
         """Stop taking events, let the answers in flight finish, then disconnect."""
@@ -156,6 +163,9 @@ class DiscordBot:
             await self._engine.handle(from_message(message, me), ChannelSurface(message))
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
+        if interaction.type is discord.InteractionType.component:
+            await self._on_button(interaction)
+            return
         if interaction.type is not discord.InteractionType.application_command:
             return
         if not self._accepting:
@@ -169,6 +179,26 @@ class DiscordBot:
                 self._log.warning("Discord: could not acknowledge interaction %s: %s", interaction.id, exc)
                 return
             await self._engine.handle(from_interaction(interaction), InteractionSurface(interaction))
+
+    async def _on_button(self, interaction: discord.Interaction) -> None:
+        """An approval button: the core decides; the draft message shows the outcome."""
+        data: Mapping[str, object] = interaction.data or {}
+        parsed = parse_custom_id(str(data.get("custom_id", "")))
+        if parsed is None or self._actions is None:
+            return
+        action, post_id = parsed
+        with self._tracked():
+            answer = await self._actions.act(action, post_id, from_button(interaction))
+            try:
+                if action == "edit" or answer.startswith("Only people"):
+                    await interaction.response.send_message(answer, ephemeral=True, allowed_mentions=NO_PINGS)
+                else:
+                    content = interaction.message.content if interaction.message else ""
+                    await interaction.response.edit_message(
+                        content=f"{content}\n\n**{answer}**", view=None, allowed_mentions=NO_PINGS
+                    )
+            except discord.HTTPException as exc:
+                self._log.warning("Discord: could not answer a button: %s", exc)
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:

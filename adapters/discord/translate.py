@@ -92,3 +92,19 @@ def from_interaction(interaction: discord.Interaction) -> Inbound:
         is_private=interaction.guild_id is None,
         command=CommandCall(name=str(data.get("name", "")), options=command_options(data)),
     )
+
+
+def from_button(interaction: discord.Interaction) -> Inbound:
+    """Who pressed a button, and where: the core checks whether they may decide."""
+    chat, thread = place(interaction.channel)
+    user = interaction.user
+    return Inbound(
+        platform=PLATFORM,
+        event_id=f"i{interaction.id}",
+        chat_id=chat or str(interaction.channel_id),
+        thread_id=thread,
+        author=Author(str(user.id), user.display_name, _manages(interaction.permissions)),
+        text="",
+        addressed=True,
+        is_private=interaction.guild_id is None,
+    )

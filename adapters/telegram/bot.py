@@ -8,20 +8,32 @@ conversation in order. Stopping waits for the answers in flight.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, Message, Update
-from telegram.constants import ChatMemberStatus
+from telegram import BotCommand, Message, ReplyParameters, Update
+from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import Conflict, InvalidToken, TelegramError
-from telegram.ext import Application, ApplicationBuilder, ContextTypes, MessageHandler, filters
+from telegram.ext import (
+    Application,
+    ApplicationBuilder,
+    CallbackQueryHandler,
+    ContextTypes,
+    MessageHandler,
+    filters,
+)
 
+from adapters.telegram.formatting import markdown_to_telegram
+from adapters.telegram.publisher import TelegramPublisher, parse_callback
 from adapters.telegram.surface import TelegramSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
 from core.engine import Engine
+from core.schedules.actions import PostActions
+from core.types import Author, Inbound
 
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 ADMIN_CACHE_SECONDS = 60.0
@@ -50,9 +62,11 @@ class TelegramBot:
         api_url: str | None = None,
         webhook: WebhookConfig | None = None,
         poll_timeout: int = 30,
+        actions: PostActions | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._engine = engine
+        self._actions = actions
         self._webhook = webhook
         self._poll_timeout = poll_timeout
         self._log = logger or logging.getLogger("herald.telegram")
@@ -65,6 +79,7 @@ class TelegramBot:
         self.app: Application = builder.build()  # type: ignore[type-arg]
         self.app.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, self._on_migrate))
         self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.MESSAGE, self._on_message))
+        self.app.add_handler(CallbackQueryHandler(self._on_button))
         self.app.add_error_handler(self._on_error)
         self._identity: BotIdentity | None = None
         self._admins: dict[tuple[int, int], tuple[float, bool]] = {}
@@ -94,7 +109,7 @@ class TelegramBot:
         if self._webhook is None:
             await updater.start_polling(
                 timeout=self._poll_timeout,
-                allowed_updates=[Update.MESSAGE],
+                allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
                 error_callback=self._on_poll_error,
             )
             self._log.info("Telegram: @%s polling for updates", me.username)
@@ -106,9 +121,12 @@ class TelegramBot:
                 url_path=urlsplit(hook.url).path.lstrip("/"),  # the same path as the public URL
                 webhook_url=hook.url,
                 secret_token=hook.secret,
-                allowed_updates=[Update.MESSAGE],
+                allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
             )
             self._log.info("Telegram: @%s receiving updates by webhook", me.username)
+
+    def publisher(self) -> tuple[str, TelegramPublisher]:
+        return PLATFORM, TelegramPublisher(self.app.bot)
 
     async def stop(self) -> None:
         """Stop taking updates, let the answers in flight finish, then close."""
@@ -161,6 +179,39 @@ class TelegramBot:
         if surface.chat_id != message.chat.id:  # the chat migrated while we answered
             await self._chat_moved(message.chat.id, surface.chat_id)
 
+    async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """An approval button: the core decides; the answer shows as a toast and under the draft."""
+        query = update.callback_query
+        parsed = parse_callback(query.data or "") if query is not None else None
+        if query is None or parsed is None or self._actions is None or query.message is None:
+            return
+        action, post_id = parsed
+        chat = query.message.chat
+        private = chat.type == chat.PRIVATE
+        admin = not private and await self._is_admin(chat.id, query.from_user.id)
+        event = Inbound(
+            platform=PLATFORM,
+            event_id=f"q{query.id}",
+            chat_id=str(chat.id),
+            author=Author(str(query.from_user.id), query.from_user.full_name, admin),
+            text="",
+            addressed=True,
+            is_private=private,
+        )
+        answer = await self._actions.act(action, post_id, event)
+        with contextlib.suppress(TelegramError):
+            await query.answer(answer[:200])
+        if action != "edit":
+            with contextlib.suppress(TelegramError):
+                await query.edit_message_reply_markup(reply_markup=None)  # decided: no more buttons
+            with contextlib.suppress(TelegramError):
+                await self.app.bot.send_message(
+                    chat.id,
+                    markdown_to_telegram(answer).html,
+                    parse_mode=ParseMode.HTML,
+                    reply_parameters=_reply_to(query.message),
+                )
+
     async def _on_migrate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message
         if message is None:
@@ -174,17 +225,18 @@ class TelegramBot:
         await self._engine.chat_moved(PLATFORM, str(old), str(new))
 
     async def _is_chat_admin(self, message: Message) -> bool:
-        """Whether the sender administers the chat (asked once a minute at most)."""
         user = message.from_user
-        if user is None:
-            return False
-        key = (message.chat.id, user.id)
+        return user is not None and await self._is_admin(message.chat.id, user.id)
+
+    async def _is_admin(self, chat_id: int, user_id: int) -> bool:
+        """Whether the user administers the chat (asked once a minute at most)."""
+        key = (chat_id, user_id)
         now = time.monotonic()
         cached = self._admins.get(key)
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            member = await self.app.bot.get_chat_member(message.chat.id, user.id)
+            member = await self.app.bot.get_chat_member(chat_id, user_id)
             admin = member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
         except TelegramError as exc:
             self._log.warning("Telegram: could not check admin rights in %s: %s", key[0], exc)
@@ -205,3 +257,8 @@ class TelegramBot:
             )
         else:
             self._log.warning("Telegram: polling failed (%s); retrying", error)
+
+
+def _reply_to(message: object) -> ReplyParameters | None:
+    message_id = getattr(message, "message_id", None)
+    return ReplyParameters(message_id, allow_sending_without_reply=True) if message_id else None

@@ -142,6 +142,25 @@ class Runner:
     async def reject(self, post_id: str, reason: str) -> Post:
         return await self.store.move(await self._existing(post_id), PostState.DRAFT, reason=reason)
 
+    async def regenerate(self, post_id: str) -> Post:
+        """A new draft for the same slot, sent for approval again."""
+        post = await self._existing(post_id)
+        schedule = await self.store.get(post.schedule_id)
+        if schedule is None:
+            return await self.store.move(post, PostState.CANCELLED, reason="schedule deleted")
+        if post.state is PostState.PENDING_APPROVAL:
+            post = await self.store.move(post, PostState.DRAFT, reason="regenerated")
+        request = DraftRequest(
+            prompt=schedule.prompt.replace("{date}", post.slot[:10]),
+            target=Target(schedule.target),
+            tone=schedule.tone,
+        )
+        text = (await self._drafter.draft(request))[0].posts[0]
+        post = await self.store.move(post, PostState.PENDING_APPROVAL, text=text)
+        approver = schedule.approver_chat or schedule.chat_id
+        await self._publishers[schedule.platform].request_approval(approver, post)
+        return post
+
     async def publish(self, post: Post, schedule: Schedule) -> Post:
         """Check once more, then send; the outcome decides the next state."""
         target = Target(schedule.target)

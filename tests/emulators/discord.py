@@ -160,6 +160,7 @@ class BotMessage:
     interaction_token: str | None = None
     flags: int = 0
     embeds: list[_Json] = field(default_factory=list)
+    components: list[_Json] = field(default_factory=list)
     attachments: list[str] = field(default_factory=list)
     pinged_users: list[int] = field(default_factory=list)
     pinged_roles: list[int] = field(default_factory=list)
@@ -178,7 +179,11 @@ class BotMessage:
 
 @dataclass
 class Interaction:
-    """An application-command interaction the emulator dispatched, and what the bot did with it."""
+    """An interaction the emulator dispatched, and what the bot did with it.
+
+    ``type`` 2 is a slash command (``name``, ``options``); 3 a button click, with
+    ``custom_id`` and the clicked ``message_id`` (``name`` is the custom_id too).
+    """
 
     id: int
     token: str
@@ -194,6 +199,8 @@ class Interaction:
     response_type: int | None = None
     original_id: int | None = None
     followup_ids: list[int] = field(default_factory=list)
+    custom_id: str | None = None
+    message_id: int | None = None
 
 
 class ApiError(Exception):
@@ -385,6 +392,17 @@ def _ids(values: Any) -> list[int]:
 
 def _unique(values: list[int]) -> list[int]:
     return list(dict.fromkeys(values))
+
+
+def _walk_components(components: Any) -> Iterator[_Json]:
+    """Every component, depth first (action rows, containers and sections hold others)."""
+    for component in components if isinstance(components, list) else []:
+        if isinstance(component, dict):
+            yield component
+            yield from _walk_components(component.get("components"))
+            accessory = component.get("accessory")
+            if isinstance(accessory, dict):
+                yield accessory
 
 
 # --- the emulator ------------------------------------------------------------------------
@@ -938,18 +956,8 @@ class DiscordEmulator:
             )
         if command is not None and actual_guild is None and command.get("dm_permission") is False:
             raise ValueError(f"/{name} is guild-only")
-        user = self._known_user(user)
-        user_id = int(user["id"])
-        if actual_guild is not None:
-            guild = self._guilds[actual_guild]
-            if user_id not in guild.members:
-                self.member(actual_guild, user_id)
-            if permissions and permissions & ~self.permissions(actual_guild, user_id):
-                self._grant(guild, user_id, permissions)
-                self._dispatch_member(guild, user_id, "GUILD_MEMBER_UPDATE")
+        user = self._acting_user(user, actual_guild, permissions)
         filled = self._fill_options(list(options), (command or {}).get("options", []), name)
-        interaction_id = self._ids.next()
-        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(60)
         command_id = int(command["id"]) if command else self._ids.next()
         data: _Json = {"id": str(command_id), "name": name, "type": 1}
         if filled:
@@ -959,21 +967,99 @@ class DiscordEmulator:
             data["resolved"] = resolved
         if command_guild is not None:
             data["guild_id"] = str(command_guild)
+        interaction_id = self._ids.next()
+        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(60)
+        loop = asyncio.get_running_loop()
+        handle = Interaction(
+            interaction_id, token, name, channel_id, actual_guild, user, filled, loop.time(), command_id
+        )
+        return self._dispatch_interaction(handle, data)
+
+    def click_button(
+        self,
+        message_id: int,
+        custom_id: str,
+        *,
+        user: _Json,
+        guild_id: int | None = None,
+        permissions: int = 0,
+    ) -> Interaction:
+        """A person clicks a button on a message; dispatch INTERACTION_CREATE (type 3, MESSAGE_COMPONENT).
+
+        The message must exist and carry an enabled button with this ``custom_id`` (else
+        ValueError). ``permissions`` are granted to the clicking member first (see ``member``).
+        """
+        stored = self._messages.get(message_id)
+        if stored is None or stored.deleted:
+            raise ValueError(f"message {message_id} does not exist")
+        channel_id = int(stored.wire["channel_id"])
+        actual_guild = self._guild_of_channel(channel_id)
+        if guild_id is not None and guild_id != actual_guild:
+            raise ValueError(f"message {message_id} is not in guild {guild_id}")
+        buttons = [
+            c
+            for c in _walk_components(stored.wire.get("components") or [])
+            if c.get("type") == 2 and c.get("custom_id") == custom_id
+        ]
+        if not buttons:
+            raise ValueError(f"message {message_id} has no button with custom_id {custom_id!r}")
+        if all(b.get("disabled") for b in buttons):
+            raise ValueError(f"button {custom_id!r} on message {message_id} is disabled")
+        user = self._acting_user(user, actual_guild, permissions)
+        interaction_id = self._ids.next()
+        token = "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(60)
+        handle = Interaction(
+            interaction_id,
+            token,
+            custom_id,
+            channel_id,
+            actual_guild,
+            user,
+            [],
+            asyncio.get_running_loop().time(),
+            0,
+            type=3,
+            custom_id=custom_id,
+            message_id=message_id,
+        )
+        data: _Json = {"custom_id": custom_id, "component_type": 2}
+        return self._dispatch_interaction(handle, data, message=self._rest_message(message_id))
+
+    def _acting_user(self, user: _Json, guild_id: int | None, permissions: int) -> _Json:
+        """The user behind an interaction; in a guild, made a member holding ``permissions``."""
+        user = self._known_user(user)
+        user_id = int(user["id"])
+        if guild_id is not None:
+            guild = self._guilds[guild_id]
+            if user_id not in guild.members:
+                self.member(guild_id, user_id)
+            if permissions and permissions & ~self.permissions(guild_id, user_id):
+                self._grant(guild, user_id, permissions)
+                self._dispatch_member(guild, user_id, "GUILD_MEMBER_UPDATE")
+        return user
+
+    def _dispatch_interaction(
+        self, handle: Interaction, data: _Json, *, message: _Json | None = None
+    ) -> Interaction:
+        channel_id, actual_guild, user = handle.channel_id, handle.guild_id, handle.user
         payload: _Json = {
-            "id": str(interaction_id),
+            "id": str(handle.id),
             "application_id": str(self.application_id),
-            "type": 2,
+            "type": handle.type,
             "data": data,
             "channel_id": str(channel_id),
             "channel": self._channel_object(channel_id),
-            "token": token,
+            "token": handle.token,
             "version": 1,
             "locale": "en-US",
             "entitlements": [],
             "attachment_size_limit": 10 * 1024 * 1024,
         }
+        if message is not None:
+            payload["message"] = message
         if actual_guild is not None:
             guild = self._guilds[actual_guild]
+            user_id = int(user["id"])
             member = copy.deepcopy(guild.members[user_id])
             member["user"] = copy.deepcopy(user)
             member["permissions"] = str(self.permissions(actual_guild, user_id))
@@ -994,12 +1080,8 @@ class DiscordEmulator:
                 authorizing_integration_owners={"0": "0"},  # guild install, used in the bot's DM
                 context=1,
             )
-        loop = asyncio.get_running_loop()
-        handle = Interaction(
-            interaction_id, token, name, channel_id, actual_guild, user, filled, loop.time(), command_id
-        )
-        self._interactions[interaction_id] = handle
-        self._by_token[token] = handle
+        self._interactions[handle.id] = handle
+        self._by_token[handle.token] = handle
         self._dispatch("INTERACTION_CREATE", payload, guild_id=actual_guild)
         return handle
 
@@ -1604,20 +1686,22 @@ class DiscordEmulator:
             metadata: _Json = {
                 "id": str(interaction.id),
                 "type": interaction.type,
-                "name": interaction.name,
-                "command_type": 1,
                 "user": copy.deepcopy(interaction.user),
                 "authorizing_integration_owners": {"0": str(interaction.guild_id or 0)},
             }
+            if interaction.type == 2:
+                metadata.update(name=interaction.name, command_type=1)
+                wire["interaction"] = {
+                    "id": str(interaction.id),
+                    "type": interaction.type,
+                    "name": interaction.name,
+                    "user": copy.deepcopy(interaction.user),
+                }
+            else:
+                metadata["interacted_message_id"] = str(interaction.message_id)
             if followup_of is not None:
                 metadata["original_response_message_id"] = str(followup_of)
             wire["interaction_metadata"] = metadata
-            wire["interaction"] = {
-                "id": str(interaction.id),
-                "type": interaction.type,
-                "name": interaction.name,
-                "user": copy.deepcopy(interaction.user),
-            }
         ephemeral = bool(flags & EPHEMERAL)
         self._store(wire, guild_id, reference_id, ephemeral=ephemeral)
         message = BotMessage(
@@ -1631,6 +1715,7 @@ class DiscordEmulator:
             interaction_token=interaction.token if interaction is not None else None,
             flags=flags,
             embeds=copy.deepcopy(wire["embeds"]),
+            components=copy.deepcopy(wire["components"]),
             attachments=[name for name, _, _ in files],
             pinged_users=users,
             pinged_roles=roles,
@@ -1662,7 +1747,9 @@ class DiscordEmulator:
             raise ApiError(403, 50005, "Cannot edit a message authored by another user")
         content = str(body["content"] or "") if "content" in body else str(wire["content"])
         embeds = (body.get("embeds") or []) if "embeds" in body else wire["embeds"]
-        if not content.strip() and not embeds and not wire["attachments"] and not body.get("attachments"):
+        components = (body.get("components") or []) if "components" in body else wire["components"]
+        has_files = bool(wire["attachments"] or body.get("attachments"))
+        if not content.strip() and not embeds and not components and not has_files:
             raise ApiError(400, 50006, "Cannot send an empty message")
         was_loading = bool(wire["flags"] & LOADING)
         wire["content"] = content
@@ -1678,6 +1765,7 @@ class DiscordEmulator:
         if message is not None:
             message.content = content
             message.embeds = copy.deepcopy(wire["embeds"])
+            message.components = copy.deepcopy(wire["components"])
             message.flags = wire["flags"]
             message.edits += 1
             message.history.append(content)
@@ -2068,10 +2156,21 @@ class DiscordEmulator:
             raise ApiError(400, 50109, "The request body contains invalid JSON.")
         kind = req.body.get("type")
         data = req.body.get("data") or {}
-        if kind not in (4, 5, 9) or not isinstance(data, dict):
-            raise _invalid_form(["type"], "BASE_TYPE_CHOICES", "Value must be one of {4, 5, 9}.")
+        allowed = (4, 5, 9) if interaction.type == 2 else (4, 5, 6, 7, 9)
+        if kind not in allowed or not isinstance(data, dict):
+            choices = "{" + ", ".join(map(str, allowed)) + "}"
+            raise _invalid_form(["type"], "BASE_TYPE_CHOICES", f"Value must be one of {choices}.")
         message: BotMessage | None = None
-        if kind == 4:
+        if kind in (6, 7):  # the clicked message becomes @original
+            clicked = self._messages.get(interaction.message_id or 0)
+            if clicked is None or clicked.deleted:
+                raise _not_found(*_UNKNOWN_MESSAGE)
+            clicked_id = int(clicked.wire["id"])
+            if kind == 7:
+                self._edit_bot_message(clicked_id, data, ["data"])
+            message = self._bot_messages.get(clicked_id)
+            interaction.original_id = clicked_id
+        elif kind == 4:
             self._check_body(data, ["data"], files=len(req.files))
             message = self._create_bot_message(
                 interaction.channel_id, data, files=req.files, interaction=interaction
@@ -2082,7 +2181,7 @@ class DiscordEmulator:
                 interaction.channel_id, {"flags": flags}, interaction=interaction, loading=True
             )
         interaction.response_type = kind
-        if message is not None:
+        if message is not None and kind in (4, 5):
             interaction.original_id = message.id
         if req.query.get("with_response", "").lower() not in ("1", "true"):
             return 204, None
@@ -2090,14 +2189,14 @@ class DiscordEmulator:
             "interaction": {
                 "id": str(interaction.id),
                 "type": interaction.type,
-                "response_message_id": str(message.id) if message else None,
+                "response_message_id": str(interaction.original_id) if kind in (4, 5, 7) else None,
                 "response_message_loading": kind == 5,
                 "response_message_ephemeral": bool(message and message.ephemeral),
             },
             "resource": {"type": kind},
         }
-        if message is not None:
-            answer["resource"]["message"] = self._rest_message(message.id)
+        if interaction.original_id is not None and kind in (4, 5, 7):
+            answer["resource"]["message"] = self._rest_message(interaction.original_id)
         return 200, answer
 
     def _webhook_interaction(self, req: _Request) -> Interaction:
@@ -2125,8 +2224,9 @@ class DiscordEmulator:
                 body,
                 files=req.files,
                 interaction=interaction,
+                # a reply to the interaction's own response, not to a clicked message
                 reference_id=interaction.original_id
-                if original is not None and not original.deleted
+                if original is not None and not original.deleted and interaction.response_type in (4, 5)
                 else None,
                 followup_of=interaction.original_id,
             )

@@ -1,0 +1,104 @@
+"""The full approval flow through a platform emulator: draft → buttons → approve →
+published exactly once. The schedule is made with /schedule and its run is
+triggered with an injected slot time."""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import AsyncIterator
+
+import pytest
+
+from adapters.telegram.bot import TelegramBot
+from bots.runtime import Scheduling, build_engine, build_llm, build_scheduling
+from core.access import AccessPolicy
+from core.keys import Keys
+from core.redis_client import connect_redis
+from core.schedules.store import PostState
+from tests.conftest import SettingsFactory
+from tests.emulators.telegram import TelegramEmulator
+from tests.emulators.tgi import TGIEmulator
+
+pytestmark = pytest.mark.timeout(60)
+
+ADMIN = {"id": 701, "is_bot": False, "first_name": "Ada", "username": "ada"}
+MEMBER = {"id": 702, "is_bot": False, "first_name": "Bob", "username": "bob"}
+GROUP = -1005
+SLOT = dt.datetime(2026, 11, 30, 8, 0, tzinfo=dt.UTC)
+
+
+@pytest.fixture
+async def herald(
+    make_settings: SettingsFactory, tgi: TGIEmulator
+) -> AsyncIterator[tuple[TelegramEmulator, Scheduling]]:
+    settings = make_settings()
+    redis = connect_redis(settings.redis_url or "")
+    llm = build_llm(settings)
+    await llm.start()
+    access = AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins)
+    scheduling = build_scheduling(settings, redis, llm, access, Keys(settings.redis_prefix))
+    engine = build_engine(settings, redis, llm, scheduling=scheduling)
+    async with TelegramEmulator() as telegram:
+        bot = TelegramBot(
+            engine, telegram.token, api_url=telegram.url, poll_timeout=1, actions=scheduling.actions
+        )
+        await bot.start()
+        name, publisher = bot.publisher()
+        scheduling.publishers[name] = publisher
+        try:
+            yield telegram, scheduling
+        finally:
+            await bot.stop()
+            await scheduling.runner.close()
+            await llm.close()
+            await redis.aclose()
+
+
+def last_text(telegram: TelegramEmulator) -> str:
+    messages = telegram.messages_in(GROUP)
+    return messages[-1].text if messages else ""
+
+
+async def test_telegram_approval_flow_publishes_once(
+    herald: tuple[TelegramEmulator, Scheduling], tgi: TGIEmulator
+) -> None:
+    telegram, scheduling = herald
+    tgi.responder = lambda m: "Release notes are out: faster answers and fewer bugs. #herald"
+    group = telegram.group(GROUP, "Team", supergroup=True)
+    telegram.set_admin(GROUP, ADMIN["id"])
+    telegram.send_user_message(
+        group,
+        ADMIN,
+        '/schedule add target=telegram when="every day at 09:00" tz=Europe/Berlin mode=approve '
+        "Post about our release notes",
+    )
+    await telegram.wait_until(lambda: last_text(telegram).startswith("Scheduled "))
+    schedule_id = re.match(r"Scheduled (\w+)", last_text(telegram))[1]  # type: ignore[index]
+    schedule = await scheduling.store.get(schedule_id)
+    assert schedule is not None
+
+    post = await scheduling.runner.run_slot(schedule, SLOT)  # the slot fires
+    assert post is not None and post.state is PostState.PENDING_APPROVAL
+    await telegram.wait_until(lambda: last_text(telegram).startswith(f"Draft {post.id}"))
+    request = telegram.messages_in(GROUP)[-1]
+    buttons = [b["callback_data"] for row in request.reply_markup["inline_keyboard"] for b in row]  # type: ignore[index]
+    assert buttons == [f"herald:{a}:{post.id}" for a in ("approve", "edit", "regenerate", "reject")]
+
+    telegram.send_callback_query(group, MEMBER, request.message_id, f"herald:approve:{post.id}")
+    await telegram.wait_until(lambda: "Only people who manage" in last_text(telegram))
+    assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
+
+    telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:approve:{post.id}")
+    await telegram.wait_until(lambda: last_text(telegram) == f"Approved and published post {post.id}.")
+    published = await scheduling.store.post(post.id)
+    assert published is not None and published.state is PostState.PUBLISHED
+    texts = [m.text for m in telegram.messages_in(GROUP)]
+    assert texts.count("Release notes are out: faster answers and fewer bugs. #herald") == 1
+    assert published.message_id is not None
+
+    telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:approve:{post.id}")
+    await telegram.wait_until(lambda: last_text(telegram) == f"Post {post.id} is already published.")
+    texts = [m.text for m in telegram.messages_in(GROUP)]
+    assert texts.count("Release notes are out: faster answers and fewer bugs. #herald") == 1
+    assert await scheduling.runner.run_slot(schedule, SLOT) is None  # the slot was claimed
