@@ -102,3 +102,98 @@ async def test_telegram_approval_flow_publishes_once(
     texts = [m.text for m in telegram.messages_in(GROUP)]
     assert texts.count("Release notes are out: faster answers and fewer bugs. #herald") == 1
     assert await scheduling.runner.run_slot(schedule, SLOT) is None  # the slot was claimed
+
+
+async def test_discord_approval_flow_publishes_once(make_settings: SettingsFactory, tgi: TGIEmulator) -> None:
+    from adapters.discord.bot import DiscordBot
+    from tests.emulators.discord import DiscordEmulator, point_discord_py_at
+
+    guild, channel = 7000, 7001
+    manage_guild = 1 << 5
+    tgi.responder = lambda m: "Release notes are out: faster answers and fewer bugs. #herald"
+    settings = make_settings()
+    redis = connect_redis(settings.redis_url or "")
+    llm = build_llm(settings)
+    await llm.start()
+    access = AccessPolicy.of()
+    keys = Keys(settings.redis_prefix)
+    scheduling = build_scheduling(settings, redis, llm, access, keys)
+    engine = build_engine(settings, redis, llm, scheduling=scheduling)
+    async with DiscordEmulator() as emu:
+        with point_discord_py_at(emu):
+            emu.guild(guild, "Team", channels=[channel])
+            ada = emu.user(801, "ada")
+            bob = emu.user(802, "bob")
+            emu.member(guild, 801, permissions=manage_guild)
+            emu.member(guild, 802)
+            bot = DiscordBot(
+                engine, emu.token, redis=redis, keys=keys, ready_timeout=10, actions=scheduling.actions
+            )
+            await bot.start()
+            name, publisher = bot.publisher()
+            scheduling.publishers[name] = publisher
+            try:
+                interaction = emu.slash_command(
+                    "schedule",
+                    [
+                        {"name": "action", "type": 3, "value": "add"},
+                        {"name": "text", "type": 3, "value": "Post about our release notes"},
+                        {"name": "when", "type": 3, "value": "every weekday at 09:00"},
+                        {"name": "target", "type": 3, "value": "discord"},
+                    ],
+                    channel_id=channel,
+                    user=ada,
+                    guild_id=guild,
+                    permissions=manage_guild,
+                )
+
+                def response_text() -> str:
+                    response = emu.interaction_response(interaction)
+                    return response.content if response is not None else ""
+
+                await emu.wait_until(lambda: response_text().startswith("Scheduled `"), 10)
+                schedule_id = re.match(r"Scheduled `(\w+)`", response_text())[1]  # type: ignore[index]
+                schedule = await scheduling.store.get(schedule_id)
+                assert schedule is not None and schedule.mode.value == "approve"
+
+                post = await scheduling.runner.run_slot(schedule, SLOT)
+                assert post is not None
+                request = next(
+                    m for m in emu.messages_in(channel) if m.content.startswith(f"Draft `{post.id}`")
+                )
+                custom_ids = [c["custom_id"] for row in request.components for c in row["components"]]
+                assert custom_ids == [
+                    f"herald:{a}:{post.id}" for a in ("approve", "edit", "regenerate", "reject")
+                ]
+
+                refused = emu.click_button(request.id, f"herald:approve:{post.id}", user=bob, guild_id=guild)
+                await emu.wait_until(lambda: bool(emu.interaction_callbacks(refused)), 10)
+                assert (
+                    emu.interaction_callbacks(refused)[0]["data"]["flags"] == 64
+                )  # only the clicker sees it
+                assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
+
+                emu.click_button(
+                    request.id,
+                    f"herald:approve:{post.id}",
+                    user=ada,
+                    guild_id=guild,
+                    permissions=manage_guild,
+                )
+                await emu.wait_until(
+                    lambda: emu.message(request.id)["content"].endswith(
+                        f"**Approved and published post `{post.id}`.**"
+                    ),
+                    10,
+                )
+                published = await scheduling.store.post(post.id)
+                assert published is not None and published.state is PostState.PUBLISHED
+                posted = [m for m in emu.messages_in(channel) if m.content == tgi.responder([])]
+                assert len(posted) == 1 and str(posted[0].id) == published.message_id
+                assert emu.message(request.id)["components"] == []  # decided: the buttons are gone
+                assert await scheduling.runner.run_slot(schedule, SLOT) is None
+            finally:
+                await bot.stop()
+                await scheduling.runner.close()
+                await llm.close()
+                await redis.aclose()
