@@ -77,6 +77,13 @@ def register_schedule_commands(
             await ctx.reply(USAGE)
             return
         timezone = str(args.get("tz") or default_timezone)
+        until = args.get("until")
+        if until is not None:
+            try:
+                until = dt.date.fromisoformat(str(until)).isoformat()
+            except ValueError:
+                await ctx.reply(f"until must be a date like 2026-12-31, not {until!r}.")
+                return
         try:
             recurrence = parse_recurrence(str(when), timezone)
         except RecurrenceError as exc:
@@ -96,6 +103,8 @@ def register_schedule_commands(
             mode=Mode(args.get("mode", Mode.APPROVE.value)),
             tone=str(args.get("tone", "friendly")),
             created_at=dt.datetime.now(dt.UTC).isoformat(),
+            end_date=until,
+            max_runs=args.get("count"),
         )
         await store.save(schedule)
         first = recurrence.next_fires(dt.datetime.now(dt.UTC), 1)
@@ -136,6 +145,15 @@ def register_schedule_commands(
                     keyword_only=True,
                 ),
                 ArgSpec("tone", "Tone of the drafts", keyword_only=True, max_length=200),
+                ArgSpec("until", "Last day to post (YYYY-MM-DD)", keyword_only=True, max_length=10),
+                ArgSpec(
+                    "count",
+                    "Stop after this many posts",
+                    type=ArgType.INTEGER,
+                    min_value=1,
+                    max_value=10_000,
+                    keyword_only=True,
+                ),
             ),
         )
     )

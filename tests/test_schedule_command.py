@@ -61,3 +61,18 @@ async def test_only_chat_managers_and_admins_change_schedules(make_engine: Engin
     )
     other_chat = await say(engine, f"/schedule delete {schedule_id}", chat="elsewhere")
     assert other_chat.startswith(f"There is no schedule `{schedule_id}` in this chat.")
+
+
+async def test_end_date_and_count(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    added = await say(engine, '/schedule add when="every day at 09:00" until=2026-12-31 count=10 digest')
+    assert added.startswith("Scheduled")
+    schedule_id = re.findall(r"`(\w+)`", added)[0]
+    from core.keys import Keys
+    from core.schedules.store import ScheduleStore
+
+    stored = await ScheduleStore(engine.memory._redis, Keys(engine.memory._keys.prefix)).get(schedule_id)  # type: ignore[attr-defined]
+    assert stored is not None and (stored.end_date, stored.max_runs) == ("2026-12-31", 10)
+    assert (await say(engine, '/schedule add when="every day at 09:00" until=soon x')).startswith(
+        "until must be"
+    )
