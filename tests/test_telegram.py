@@ -450,3 +450,14 @@ async def test_answer_follows_a_chat_that_migrated_while_answering(
     async with asyncio.timeout(5):
         while len(await engine.memory.history(new_conversation)) < 2:  # noqa: ASYNC110
             await asyncio.sleep(0.01)
+
+
+async def test_model_output_mentions_ping_nobody(
+    start_bot: BotFactory, telegram: TelegramEmulator, tgi: TGIEmulator
+) -> None:
+    await start_bot()
+    tgi.responder = lambda messages: "Ask @bob_smith or @admins about it."
+    group = telegram.group(GROUP_ID, "Team", supergroup=True)
+    telegram.send_user_message(group, ADA, "@HeraldBot who knows?")
+    # a fullwidth "＠" is not a mention: Telegram notifies nobody
+    await settled(telegram, GROUP_ID, "Ask ＠bob_smith or ＠admins about it.")

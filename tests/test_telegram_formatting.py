@@ -124,7 +124,7 @@ def render(markdown: str) -> TelegramText:
 # ---------------------------------------------------------------- properties
 
 # Characters that render differently from the input, and what they stand for there.
-REPLACES = {"•": "-*+", "—": "-*_"}
+REPLACES = {"•": "-*+", "—": "-*_", "＠": "@"}
 
 
 def is_content(ch: str) -> bool:
@@ -392,3 +392,9 @@ def test_pathological_lines_are_fast(line: str) -> None:
     start = time.perf_counter()
     render(line)
     assert time.perf_counter() - start < 0.5
+
+
+def test_mentions_never_notify_anyone() -> None:
+    result = markdown_to_telegram("Hi @john_doe and @everyone, mail a@b.com, `@decorator` stays")
+    assert result.plain == "Hi ＠john_doe and ＠everyone, mail a@b.com, @decorator stays"
+    assert utf16_len(result.plain) <= utf16_len("Hi @john_doe and @everyone, mail a@b.com, @decorator stays")

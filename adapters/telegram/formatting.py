@@ -14,7 +14,8 @@ Two small passes:
   literal text, so a construct still being streamed shows as typed. Emphasis
   never spans lines, which also keeps a growing line from restyling earlier ones.
 
-Every character of the input reaches the output escaped; the only markup is
+Every character of the input reaches the output escaped (an @mention outside
+code with a fullwidth "＠", so the model's text never notifies anyone); the only markup is
 generated here (b, i, s, code, pre, a href, blockquote, nested as Telegram
 allows). The visible text never grows: markers are dropped or replaced by
 characters no longer than themselves ("• ", "———"), so the splitter can count
@@ -41,6 +42,15 @@ _HEADING = re.compile(r" {0,3}#{1,6}(?:[ \t]+|$)")
 _RULE = re.compile(r" {0,3}([-*_])(?:[ \t]*\1){2,}[ \t]*")
 _BULLET = re.compile(r"([ \t]*)[-*+][ \t]+")
 _LANGUAGE = re.compile(r"[A-Za-z0-9_+#.-]{1,32}")
+
+# "@username" in text would notify that user: model output never pings anyone, so the
+# "@" becomes a fullwidth "＠" (same length), which Telegram does not read as a mention.
+_MENTION = re.compile(r"(?<![\w@])@(?=[A-Za-z][A-Za-z0-9_]{3,31}\b)")
+
+
+def quiet_mentions(text: str) -> str:
+    return _MENTION.sub("＠", text)
+
 
 # Inline syntax.
 _TOKEN = re.compile(r"`+|\*+|_+|~+|[\[\]]")
@@ -261,7 +271,7 @@ class _Inline:
 
     def _literal(self, start: int, end: int) -> None:
         if start < end:
-            segment = self.text[start:end]
+            segment = quiet_mentions(self.text[start:end])
             self.html.append(escape(segment, quote=False))
             self.plain.append(segment)
 

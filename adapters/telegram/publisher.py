@@ -10,7 +10,7 @@ from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPrevie
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, TelegramError
 
-from adapters.telegram.formatting import markdown_to_telegram
+from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
 from core.schedules.runner import PublishFailed, PublishUnknown
 from core.schedules.store import Post
 
@@ -54,7 +54,10 @@ class TelegramPublisher:
                 if "can't parse entities" not in exc.message.lower():
                     raise
                 message = await self._bot.send_message(
-                    int(chat_id), text, message_thread_id=thread, link_preview_options=NO_PREVIEW
+                    int(chat_id),
+                    quiet_mentions(text),
+                    message_thread_id=thread,
+                    link_preview_options=NO_PREVIEW,
                 )
         except NetworkError as exc:  # timed out or cut off: it may have been sent
             raise PublishUnknown(f"Telegram: {exc}") from exc

@@ -16,7 +16,7 @@ from telegram import Bot, LinkPreviewOptions, Message, ReplyParameters
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
-from adapters.telegram.formatting import markdown_to_telegram
+from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
 from core.types import (
     Capabilities,
     LengthUnit,
@@ -112,7 +112,7 @@ class TelegramSurface:
             rendered = markdown_to_telegram(text)
             if rendered.plain.strip():  # a streamed "```py" alone renders as nothing
                 return rendered.html, ParseMode.HTML
-        return text, None
+        return quiet_mentions(text), None
 
     async def _formatted(self, attempt: Callable[[bool], Awaitable[T]]) -> T:
         """HTML first; the same text without a parse mode if Telegram rejects the markup."""
