@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping
+from dataclasses import replace
 
 import discord
 
@@ -76,8 +77,8 @@ def command_options(data: Mapping[str, object]) -> dict[str, object]:
     return {str(o["name"]): o.get("value") for o in options if isinstance(o, dict)}
 
 
-def from_interaction(interaction: discord.Interaction) -> Inbound:
-    data: Mapping[str, object] = interaction.data or {}
+def from_button(interaction: discord.Interaction) -> Inbound:
+    """Who acted (a button, a slash command), and where; the core decides what they may do."""
     chat, thread = place(interaction.channel)
     user = interaction.user
     return Inbound(
@@ -90,21 +91,11 @@ def from_interaction(interaction: discord.Interaction) -> Inbound:
         text="",
         addressed=True,
         is_private=interaction.guild_id is None,
-        command=CommandCall(name=str(data.get("name", "")), options=command_options(data)),
     )
 
 
-def from_button(interaction: discord.Interaction) -> Inbound:
-    """Who pressed a button, and where: the core checks whether they may decide."""
-    chat, thread = place(interaction.channel)
-    user = interaction.user
-    return Inbound(
-        platform=PLATFORM,
-        event_id=f"i{interaction.id}",
-        chat_id=chat or str(interaction.channel_id),
-        thread_id=thread,
-        author=Author(str(user.id), user.display_name, _manages(interaction.permissions)),
-        text="",
-        addressed=True,
-        is_private=interaction.guild_id is None,
-    )
+def from_interaction(interaction: discord.Interaction) -> Inbound:
+    """A slash command with its typed options."""
+    data: Mapping[str, object] = interaction.data or {}
+    command = CommandCall(name=str(data.get("name", "")), options=command_options(data))
+    return replace(from_button(interaction), command=command)
