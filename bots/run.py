@@ -107,8 +107,8 @@ async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
                 for bot in build_bots(settings, runtime):
                     await bot.start()
                     started.append(bot)
-                    publisher = bot.publisher()
-                    runtime.scheduling.publishers[publisher[0]] = publisher[1]
+                    platform, publisher = bot.publisher()
+                    runtime.scheduling.publishers[platform] = publisher
                 await runtime.scheduling.service.start()
                 log.info("Herald is running; stop it with Ctrl-C or SIGTERM")
                 try:

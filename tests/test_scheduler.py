@@ -231,3 +231,13 @@ def test_interval_schedules_count_from_their_creation() -> None:
     after_restart = dt.datetime(2026, 11, 27, 12, 0, tzinfo=dt.UTC)
     fire = recurrence_trigger(definition).get_next_fire_time(None, after_restart)
     assert fire is not None and (fire - created).total_seconds() % (3 * 86400) == 0
+
+
+async def test_a_platform_that_is_not_running_leaves_the_slot_unclaimed(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    runner = await make_runner(await make_engine(), redis, prefix, publisher := RecordingPublisher(), "a")
+    elsewhere = schedule(platform="discord")
+    assert await runner.run_slot(elsewhere, START) is None
+    assert await runner.store.claim_slot(elsewhere.id, START, "later")  # still free for a replica that can
+    assert publisher.published == []

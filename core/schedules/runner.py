@@ -99,12 +99,15 @@ class Runner:
         """At most one post per (schedule, slot), whoever calls this and how often."""
         if schedule.paused or schedule.ends_before(slot):
             return None
+        publisher = self._publishers.get(schedule.platform)
+        if publisher is None:  # leave the slot unclaimed: nothing here can publish there
+            self._log.warning("schedule %s: %s is not running here", schedule.id, schedule.platform)
+            return None
         if not await self.store.claim_slot(schedule.id, slot, self._owner):
             return None
         runs = await self.store.count_run(schedule.id)
         if schedule.max_runs is not None and runs > schedule.max_runs:
             return None
-        publisher = self._publishers[schedule.platform]
         approver = schedule.approver_chat or schedule.chat_id
         target = Target(schedule.target)
         request = DraftRequest(
