@@ -35,6 +35,7 @@ from core.locks import ConversationLocks
 from core.memory import ConversationStore
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerError, RedisServerProcess
+from core.saved import SavedContent
 from core.schedule_commands import register_schedule_commands
 from core.schedules.actions import PostActions
 from core.schedules.leader import LeaderLease
@@ -98,6 +99,7 @@ class Scheduling:
     actions: PostActions
     service: SchedulerService
     publishers: dict[str, Publisher]
+    saved: SavedContent
 
 
 def build_scheduling(
@@ -108,7 +110,8 @@ def build_scheduling(
     lease = LeaderLease(redis, keys)
     runner = Runner(store, Drafter(llm, generation_params(settings)), publishers, owner=lease.owner)
     service = SchedulerService(runner, redis, keys, lease=lease)
-    return Scheduling(store, runner, PostActions(runner, access), service, publishers)
+    saved = SavedContent(redis, keys)
+    return Scheduling(store, runner, PostActions(runner, access), service, publishers, saved)
 
 
 def build_engine(
@@ -150,9 +153,10 @@ def build_engine(
         ),
         access=access,
         commands=register_schedule_commands(
-            register_builtin_commands(CommandRegistry()),
+            register_builtin_commands(CommandRegistry(), scheduling.saved),
             scheduling.store,
             scheduling.actions,
+            scheduling.saved,
             default_timezone=settings.default_timezone,
         ),
         policy=EnginePolicy(

@@ -7,6 +7,7 @@ registry, so every adapter offers them without knowing what they do.
 from __future__ import annotations
 
 from dataclasses import replace
+from functools import partial
 from typing import Any
 
 from core import messages, personas
@@ -17,6 +18,7 @@ from core.drafting import Drafter, DraftRequest, DraftTooLong, render
 from core.engine import CommandContext
 from core.llm.errors import LLMError
 from core.post_targets import Target, ThreadTooLong
+from core.saved import SavedContent
 
 #: a campaign plan is one JSON document; it needs more room than a chat answer
 CAMPAIGN_TOKENS = 3000
@@ -67,7 +69,7 @@ async def _cancel(ctx: CommandContext, args: dict[str, Any]) -> None:
     await ctx.reply(messages.CANCELLING if busy else messages.NOTHING_TO_CANCEL)
 
 
-async def _draft(ctx: CommandContext, args: dict[str, Any]) -> None:
+async def _draft(saved: SavedContent | None, ctx: CommandContext, args: dict[str, Any]) -> None:
     request = DraftRequest(
         prompt=str(args["prompt"]),
         target=Target(args["target"]),
@@ -89,10 +91,11 @@ async def _draft(ctx: CommandContext, args: dict[str, Any]) -> None:
     except LLMError as exc:
         await ctx.reply(exc.user_message)
         return
-    await ctx.reply(render(drafts))
+    ids = [await saved.save_draft(d) for d in drafts] if saved is not None else None
+    await ctx.reply(render(drafts, ids))
 
 
-async def _campaign(ctx: CommandContext, args: dict[str, Any]) -> None:
+async def _campaign(saved: SavedContent | None, ctx: CommandContext, args: dict[str, Any]) -> None:
     try:
         channels = tuple(
             Target(c.strip().lower()) for c in str(args.get("channels", "x,linkedin")).split(",")
@@ -123,7 +126,8 @@ async def _campaign(ctx: CommandContext, args: dict[str, Any]) -> None:
     except LLMError as exc:
         await ctx.reply(exc.user_message)
         return
-    await ctx.reply(render_campaign(campaign))
+    campaign_id = await saved.save_campaign(campaign) if saved is not None else None
+    await ctx.reply(render_campaign(campaign, campaign_id))
 
 
 async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -143,7 +147,10 @@ async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:
     await ctx.reply("\n".join(lines))
 
 
-def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
+def register_builtin_commands(
+    registry: CommandRegistry, saved: SavedContent | None = None
+) -> CommandRegistry:
+    """`saved` keeps drafts and campaigns so `/schedule draft|campaign` can use them."""
     registry.add(
         CommandSpec(
             "ask",
@@ -179,7 +186,7 @@ def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
         CommandSpec(
             "draft",
             "Turn a short prompt into a ready-to-post draft",
-            _draft,
+            partial(_draft, saved),
             args=(
                 ArgSpec(
                     "target",
@@ -222,7 +229,7 @@ def register_builtin_commands(registry: CommandRegistry) -> CommandRegistry:
         CommandSpec(
             "campaign",
             "Plan a marketing campaign from a brief",
-            _campaign,
+            partial(_campaign, saved),
             args=(
                 ArgSpec(
                     "brief",

@@ -151,8 +151,9 @@ def publishable(post: CampaignPost) -> str:
     return f"{post.text}\n\n{tags}" if tags else post.text
 
 
-def render(campaign: Campaign) -> str:
-    lines = [f"**Campaign: {campaign.name}** — for {campaign.audience}", "", "Key messages:"]
+def render(campaign: Campaign, campaign_id: str | None = None) -> str:
+    saved = f" `{campaign_id}`" if campaign_id else ""
+    lines = [f"**Campaign{saved}: {campaign.name}** — for {campaign.audience}", "", "Key messages:"]
     lines += [f"• {message}" for message in campaign.key_messages]
     for number, post in enumerate(campaign.posts, 1):
         target = post.target
@@ -165,4 +166,6 @@ def render(campaign: Campaign) -> str:
         ]
         if post.call_to_action and post.call_to_action not in post.text:
             lines.append(f"→ {post.call_to_action}")
+    if campaign_id:
+        lines += ["", f"To schedule a post: /schedule campaign {campaign_id} <post number>"]
     return "\n".join(lines)

@@ -130,27 +130,27 @@ class CommandRegistry:
 
 
 def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
-    """`name=value` (or `name="a few words"`) set keyword arguments; other words fill the positional
-    arguments in order, and the last positional one takes the rest of the text as
-    written (line breaks included)."""
-    by_name = {arg.name: arg for arg in spec.args}
-    positional = [arg for arg in spec.args if not arg.keyword_only]
+    """`name=value` (or `name="a few words"`) words set keyword-only arguments wherever
+    they stand; the other words fill the positional arguments in order, and the last
+    positional one takes the rest of the text as written (line breaks included)."""
+    keyword = {arg.name for arg in spec.args if arg.keyword_only}
     values: dict[str, object] = {}
-    words = list(_WORD.finditer(text))
-    while words:
-        name, sep, value = words[0].group().partition("=")
-        if words[0]["quoted"] is not None:  # name="several words"
-            value = words[0]["quoted"]
-        if sep and name in by_name and name not in values:
-            values[name] = value
-        elif len(positional) > 1:
-            values[positional.pop(0).name] = words[0].group()
-        else:
-            break
-        words.pop(0)
+    kept: list[str] = []
+    last = 0
+    for word in _WORD.finditer(text):
+        name, sep, value = word.group().partition("=")
+        if sep and name in keyword and name not in values:
+            values[name] = word["quoted"] if word["quoted"] is not None else value
+            kept.append(text[last : word.start()])
+            last = word.end()
+    rest = "".join(kept) + text[last:]
+    positional = [arg for arg in spec.args if not arg.keyword_only]
+    words = list(re.finditer(r"\S+", rest))
+    while words and len(positional) > 1:
+        values[positional.pop(0).name] = words.pop(0).group()
     if words:
-        rest = text[words[0].start() :].strip()
-        values[positional[0].name if positional else "extra words"] = rest
+        remainder = rest[words[0].start() :].strip()
+        values[positional[0].name if positional else "extra words"] = remainder
     return values
 
 

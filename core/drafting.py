@@ -151,16 +151,16 @@ class Drafter:
         return "".join(parts)
 
 
-def render(drafts: Sequence[Draft]) -> str:
-    """Drafts as a message: each with its measured length against the limit."""
+def render(drafts: Sequence[Draft], ids: Sequence[str] | None = None) -> str:
+    """Drafts as a message: each with its measured length against the limit, and its id
+    when it was saved (so it can be scheduled)."""
     blocks = []
     for number, draft in enumerate(drafts, 1):
         target = draft.target
-        heading = (
-            f"**Draft {number} of {len(drafts)} for {target.label}**"
-            if len(drafts) > 1
-            else (f"**Draft for {target.label}**")
-        )
+        name = f"Draft {number} of {len(drafts)}" if len(drafts) > 1 else "Draft"
+        if ids is not None:
+            name = f"{name} `{ids[number - 1]}`"
+        heading = f"**{name} for {target.label}**"
         if len(draft.posts) == 1:
             blocks.append(f"{heading} — {draft.lengths[0]}/{target.limit}\n\n{draft.posts[0]}")
         else:
@@ -169,4 +169,6 @@ def render(drafts: Sequence[Draft]) -> str:
                 for i, (post, length) in enumerate(zip(draft.posts, draft.lengths, strict=True), 1)
             )
             blocks.append(f"{heading} — a thread of {len(draft.posts)} posts\n\n{posts}")
+    if ids is not None and any(len(d.posts) == 1 for d in drafts):
+        blocks.append(f'To publish one later: /schedule draft {ids[0]} at="2026-12-01 09:00"')
     return "\n\n".join(blocks)

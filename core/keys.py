@@ -70,6 +70,10 @@ class Keys:
         """Hash: post id → post with its lifecycle state (JSON)."""
         return f"{self.prefix}:posts"
 
+    def saved(self, kind: str, item_id: str) -> str:
+        """A draft or a campaign plan kept so that it can be scheduled later."""
+        return f"{self.prefix}:saved:{kind}:{item_id}"
+
     def scheduler_lease(self) -> str:
         """Held by the one replica that runs the scheduler."""
         return f"{self.prefix}:scheduler:leader"

@@ -10,14 +10,27 @@ from __future__ import annotations
 import datetime as dt
 from typing import Any
 
+from core.campaigns import publishable
 from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
 from core.engine import CommandContext
 from core.post_targets import Target
+from core.saved import SavedContent
 from core.schedules.actions import PostActions
 from core.schedules.recurrence import RecurrenceError, parse_recurrence
 from core.schedules.store import Mode, Schedule, ScheduleStore, new_id
 
-ACTIONS = ("add", "list", "pause", "resume", "delete", "approve", "regenerate", "reject")
+ACTIONS = (
+    "add",
+    "draft",
+    "campaign",
+    "list",
+    "pause",
+    "resume",
+    "delete",
+    "approve",
+    "regenerate",
+    "reject",
+)
 NOT_ALLOWED = "Only people who manage this chat can change its schedules."
 USAGE = (
     'Usage: /schedule add target=x when="every weekday at 09:00" tz=Europe/Berlin '
@@ -37,6 +50,7 @@ def register_schedule_commands(
     registry: CommandRegistry,
     store: ScheduleStore,
     actions: PostActions,
+    saved: SavedContent,
     *,
     default_timezone: str = "UTC",
 ) -> CommandRegistry:
@@ -53,6 +67,9 @@ def register_schedule_commands(
             return
         if action == "add":
             await add(ctx, args)
+            return
+        if action in ("draft", "campaign"):
+            await schedule_saved(ctx, args)
             return
         if action in ("approve", "regenerate", "reject"):
             post_id, _, text = str(args.get("text", "")).strip().partition(" ")
@@ -111,10 +128,59 @@ def register_schedule_commands(
         when_next = first[0].strftime("%a %d %b %Y %H:%M %Z") if first else "never"
         await ctx.reply(f"Scheduled `{schedule.id}`: {_describe(schedule)}\nNext run: {when_next}.")
 
+    async def schedule_saved(ctx: CommandContext, args: dict[str, Any]) -> None:
+        """A saved draft, or one post of a saved campaign, published once at its time."""
+        words = str(args.get("text", "")).split()
+        timezone = str(args.get("tz") or default_timezone)
+        if args["action"] == "draft":
+            draft = await saved.draft(words[0]) if words else None
+            if draft is None or not args.get("at"):
+                await ctx.reply(
+                    'Usage: /schedule draft <draft id> at="2026-12-01 09:00" (drafts are kept 30 days)'
+                )
+                return
+            if len(draft.posts) != 1:
+                await ctx.reply("Threads can't be scheduled yet; draft it without thread=yes.")
+                return
+            target, text, when = draft.target, draft.posts[0], str(args["at"])
+        else:
+            campaign = await saved.campaign(words[0]) if words else None
+            number = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
+            if campaign is None or not 1 <= number <= len(campaign.posts):
+                await ctx.reply(
+                    "Usage: /schedule campaign <campaign id> <post number> (campaigns are kept 30 days)"
+                )
+                return
+            post = campaign.posts[number - 1]
+            target, text, when = post.target, publishable(post), f"{post.date.isoformat()} {post.time}"
+        try:
+            recurrence = parse_recurrence(f"once at {when}", timezone)
+        except RecurrenceError as exc:
+            await ctx.reply(str(exc))
+            return
+        event = ctx.event
+        schedule = Schedule(
+            id=new_id(),
+            platform=event.platform,
+            chat_id=event.chat_id,
+            thread_id=event.thread_id,
+            prompt=f"(saved {args['action']} {words[0]})",
+            target=target.value,
+            recurrence=recurrence.text,
+            timezone=timezone,
+            created_by=event.author.user_id,
+            mode=Mode(args.get("mode", Mode.APPROVE.value)),
+            created_at=dt.datetime.now(dt.UTC).isoformat(),
+            max_runs=1,
+            fixed_text=text,
+        )
+        await store.save(schedule)
+        await ctx.reply(f"Scheduled `{schedule.id}`: {_describe(schedule)}")
+
     registry.add(
         CommandSpec(
             "schedule",
-            "Draft posts on a schedule: add, list, pause, resume, delete, approve, reject",
+            "Draft posts on a schedule, or schedule a saved draft or campaign post",
             handle,
             args=(
                 ArgSpec("action", "What to do", type=ArgType.CHOICE, choices=ACTIONS, required=True),
@@ -146,6 +212,9 @@ def register_schedule_commands(
                 ),
                 ArgSpec("tone", "Tone of the drafts", keyword_only=True, max_length=200),
                 ArgSpec("until", "Last day to post (YYYY-MM-DD)", keyword_only=True, max_length=10),
+                ArgSpec(
+                    "at", "For draft: when to publish (YYYY-MM-DD HH:MM)", keyword_only=True, max_length=16
+                ),
                 ArgSpec(
                     "count",
                     "Stop after this many posts",

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import re
 from typing import Any
 
 import pytest
@@ -121,7 +122,8 @@ async def test_campaign_command_end_to_end(make_engine: EngineFactory, tgi: TGIE
     text = '/campaign posts=2 days=7 channels=x,telegram audience="community managers" Herald 2.0 launch'
     assert await engine.handle(event(text), surface) is Outcome.COMMAND
     reply = "\n".join(surface.texts)
-    assert "**Campaign: Herald 2.0 launch** — for community managers" in reply
+    assert re.search(r"\*\*Campaign `\w+`: Herald 2.0 launch\*\* — for community managers", reply)
+    assert re.search(r"To schedule a post: /schedule campaign \w+ <post number>", reply)
     assert "**1. 2026-11-28 09:00 · X (Twitter)** — 28/280" in reply
     assert "**2. 2026-11-29 09:00 · Telegram** — 28/4096" in reply
     brief = tgi.prompts[0]

@@ -95,8 +95,9 @@ async def test_draft_command_with_options(make_engine: EngineFactory, tgi: TGIEm
     text = "/draft x tone=witty variants=2 hashtags=on cta=Try it now\nAnnounce Herald 2.0"
     assert await engine.handle(event(text), surface) is Outcome.COMMAND
     reply = surface.last
-    assert "**Draft 1 of 2 for X (Twitter)** — 43/280" in reply
-    assert "**Draft 2 of 2 for X (Twitter)** — 43/280" in reply
+    assert re.search(r"\*\*Draft 1 of 2 `\w+` for X \(Twitter\)\*\* — 43/280", reply)
+    assert re.search(r"\*\*Draft 2 of 2 `\w+` for X \(Twitter\)\*\* — 43/280", reply)
+    assert "/schedule draft " in reply  # saved, so it can be scheduled
     system = tgi.prompts[-1]
     assert "clever and playful" in system and "hashtags" in system
     seeds = {r.body["parameters"]["seed"] for r in tgi.requests if r.path == "/generate_stream"}

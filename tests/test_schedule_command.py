@@ -76,3 +76,56 @@ async def test_end_date_and_count(make_engine: EngineFactory) -> None:
     assert (await say(engine, '/schedule add when="every day at 09:00" until=soon x')).startswith(
         "until must be"
     )
+
+
+async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
+    make_engine: EngineFactory, tgi: object
+) -> None:
+    import datetime as dt
+    import json
+
+    from core.schedules.recurrence import parse_recurrence
+
+    engine = await make_engine()
+    tgi.responder = lambda m: "Herald 2.0 ships today! #herald"  # type: ignore[attr-defined]
+    drafted = await say(engine, "/draft x announce the release")
+    draft_id = re.search(r"/schedule draft (\w+)", drafted)[1]  # type: ignore[index]
+    added = await say(engine, f'/schedule draft {draft_id} at="2026-12-01 09:00" tz=Europe/Berlin mode=auto')
+    assert added.startswith("Scheduled `") and "once at 2026-12-01 09:00 (Europe/Berlin) → x, auto" in added
+    schedule_id = re.match(r"Scheduled `(\w+)`", added)[1]  # type: ignore[index]
+    from core.keys import Keys
+    from core.schedules.store import ScheduleStore
+
+    store = ScheduleStore(engine.memory._redis, Keys(engine.memory._keys.prefix))  # type: ignore[attr-defined]
+    stored = await store.get(schedule_id)
+    assert (
+        stored is not None and stored.fixed_text == "Herald 2.0 ships today! #herald" and stored.max_runs == 1
+    )
+    fires = parse_recurrence(stored.recurrence, stored.timezone).next_fires(
+        dt.datetime(2026, 11, 27, tzinfo=dt.UTC), 3
+    )
+    assert [f.isoformat() for f in fires] == ["2026-12-01T09:00:00+01:00"]  # exactly once
+
+    plan = {
+        "name": "Launch",
+        "audience": "devs",
+        "key_messages": ["fast"],
+        "posts": [
+            {
+                "date": "2026-12-02",
+                "time": "10:30",
+                "target": "telegram",
+                "text": "Day one!",
+                "hashtags": ["go"],
+            }
+        ],
+    }
+    tgi.responder = lambda m: json.dumps(plan)  # type: ignore[attr-defined]
+    planned = await say(engine, "/campaign posts=1 channels=telegram Launch")
+    campaign_id = re.search(r"/schedule campaign (\w+)", planned)[1]  # type: ignore[index]
+    added = await say(engine, f"/schedule campaign {campaign_id} 1")
+    assert "once at 2026-12-02 10:30 (UTC) → telegram, approve" in added
+    assert (await say(engine, f"/schedule campaign {campaign_id} 7")).startswith("Usage: /schedule campaign")
+    assert (await say(engine, '/schedule draft nope at="2026-12-01 09:00"')).startswith(
+        "Usage: /schedule draft"
+    )

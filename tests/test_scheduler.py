@@ -241,3 +241,17 @@ async def test_a_platform_that_is_not_running_leaves_the_slot_unclaimed(
     assert await runner.run_slot(elsewhere, START) is None
     assert await runner.store.claim_slot(elsewhere.id, START, "later")  # still free for a replica that can
     assert publisher.published == []
+
+
+async def test_a_saved_text_is_published_as_it_was_approved(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    runner = await make_runner(await make_engine(), redis, prefix, publisher := RecordingPublisher(), "a")
+    once = schedule(
+        id="once", fixed_text="Exactly this text. #herald", recurrence="once at 2026-11-27 09:00", max_runs=1
+    )
+    post = await runner.run_slot(once, START)
+    assert post is not None and post.state is PostState.PUBLISHED
+    assert publisher.published == [("channel", "Exactly this text. #herald")]
+    assert tgi.prompts == []  # nothing was drafted
+    assert await runner.run_slot(once, START + dt.timedelta(days=1)) is None  # max_runs=1

@@ -44,6 +44,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from apscheduler.triggers.base import BaseTrigger  # type: ignore[import-untyped, unused-ignore]
 from apscheduler.triggers.calendarinterval import CalendarIntervalTrigger  # type: ignore[import-untyped, unused-ignore]
 from apscheduler.triggers.cron import CronTrigger  # type: ignore[import-untyped, unused-ignore]
+from apscheduler.triggers.date import DateTrigger  # type: ignore[import-untyped, unused-ignore]
 from apscheduler.triggers.interval import IntervalTrigger  # type: ignore[import-untyped, unused-ignore]
 
 __all__ = ["Recurrence", "RecurrenceError", "check_timezone", "parse_recurrence"]
@@ -133,11 +134,12 @@ def _is_repeated(moment: datetime) -> bool:
 class Recurrence:
     text: str
     timezone: str
-    kind: Literal["cron", "interval"]
+    kind: Literal["cron", "interval", "once"]
     cron: str = ""  # cron kind: an APScheduler crontab, weekdays as names ("0 9 * * mon-fri")
     every_days: int = 0  # interval kind: N days, or
     every_hours: int = 0  # ... N hours
     at: time | None = None  # interval kind, days only: local wall-clock time
+    when: datetime | None = None  # once kind: the local date and time
 
     @property
     def zone(self) -> ZoneInfo:
@@ -148,6 +150,8 @@ class Recurrence:
         zone = self.zone
         if self.kind == "cron":
             return _CronTrigger.from_crontab(self.cron, timezone=zone)
+        if self.kind == "once" and self.when is not None:
+            return DateTrigger(run_date=self.when, timezone=zone)
         start = datetime.now(zone) if start is None else start
         if self.at is None:
             return IntervalTrigger(
@@ -185,12 +189,23 @@ class Recurrence:
         return fires
 
 
+_ONCE = re.compile(r"once at (?P<date>\d{4}-\d{2}-\d{2})[ t](?P<time>\d{1,2}:\d{2})")
+
+
 def parse_recurrence(text: str, timezone: str) -> Recurrence:
     """Parse what a user wrote into a Recurrence; RecurrenceError says what was wrong."""
     check_timezone(timezone)
     text = " ".join(text.split())
     if not text:
         raise RecurrenceError(f"The schedule is empty. Try {EXAMPLES}.")
+    if once := _ONCE.fullmatch(text.lower()):
+        try:
+            moment = datetime.fromisoformat(f"{once['date']}T{once['time'].zfill(5)}")
+        except ValueError:
+            raise RecurrenceError(
+                f"{text!r} is not a real date and time, e.g. 'once at 2026-12-01 09:00'."
+            ) from None
+        return Recurrence(text, timezone, "once", when=moment.replace(tzinfo=ZoneInfo(timezone)))
     if text[0].isdigit() or text[0] == "*":
         return _parse_cron(text, timezone)
     phrase = text.lower()

@@ -117,7 +117,7 @@ class Runner:
         )
         post = Post(new_id(), schedule.id, slot.isoformat(), schedule.platform, schedule.chat_id, "")
         try:
-            text = (await self._drafter.draft(request))[0].posts[0]
+            text = schedule.fixed_text or (await self._drafter.draft(request))[0].posts[0]
         except DraftTooLong as exc:
             post = replace(post, reason=f"draft of {exc.length} > {exc.limit} characters")
             await self.store.save_post(post)

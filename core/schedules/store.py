@@ -76,6 +76,7 @@ class Schedule:
     max_runs: int | None = None
     paused: bool = False
     created_at: str | None = None  # ISO time; anchors "every N hours/days" across restarts
+    fixed_text: str | None = None  # publish this text (a saved draft) instead of drafting one
 
     def encode(self) -> str:
         data = asdict(self)

@@ -1,0 +1,49 @@
+"""Drafts and campaign plans kept for a while, so a later command can schedule them.
+
+Each is stored under its own short id with an expiry (30 days): "schedule
+draft 3fa2c1d0 at 2026-12-01 09:00" needs the text exactly as it was shown.
+"""
+
+from __future__ import annotations
+
+import json
+
+from redis.asyncio import Redis
+
+from core.campaigns import Campaign
+from core.drafting import Draft
+from core.keys import Keys
+from core.post_targets import Target
+from core.schedules.store import new_id
+
+KEEP_SECONDS = 30 * 86400
+
+
+class SavedContent:
+    def __init__(self, redis: Redis, keys: Keys) -> None:
+        self._redis = redis
+        self._keys = keys
+
+    async def save_draft(self, draft: Draft) -> str:
+        draft_id = new_id()
+        data = {"target": draft.target.value, "posts": list(draft.posts)}
+        await self._redis.set(self._keys.saved("draft", draft_id), json.dumps(data), ex=KEEP_SECONDS)
+        return draft_id
+
+    async def draft(self, draft_id: str) -> Draft | None:
+        raw = await self._redis.get(self._keys.saved("draft", draft_id))
+        if raw is None:
+            return None
+        data = json.loads(raw)
+        return Draft(Target(data["target"]), tuple(data["posts"]))
+
+    async def save_campaign(self, campaign: Campaign) -> str:
+        campaign_id = new_id()
+        await self._redis.set(
+            self._keys.saved("campaign", campaign_id), campaign.model_dump_json(), ex=KEEP_SECONDS
+        )
+        return campaign_id
+
+    async def campaign(self, campaign_id: str) -> Campaign | None:
+        raw = await self._redis.get(self._keys.saved("campaign", campaign_id))
+        return None if raw is None else Campaign.model_validate_json(raw)
