@@ -27,6 +27,7 @@ ACTIONS = (
     "pause",
     "resume",
     "delete",
+    "run-now",
     "approve",
     "regenerate",
     "reject",
@@ -83,6 +84,8 @@ def register_schedule_commands(
         if action == "delete":
             await store.delete(schedule.id)
             await ctx.reply(f"Deleted schedule `{schedule.id}`.")
+        elif action == "run-now":
+            await ctx.reply(await actions.run_now(schedule))
         else:
             await store.set_paused(schedule.id, action == "pause")
             await ctx.reply(f"Schedule `{schedule.id}` {'paused' if action == 'pause' else 'resumed'}.")

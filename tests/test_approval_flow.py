@@ -103,6 +103,13 @@ async def test_telegram_approval_flow_publishes_once(
     assert texts.count("Release notes are out: faster answers and fewer bugs. #herald") == 1
     assert await scheduling.runner.run_slot(schedule, SLOT) is None  # the slot was claimed
 
+    telegram.send_user_message(group, ADMIN, f"/schedule run-now {schedule_id}")
+    await telegram.wait_until(lambda: "is waiting for approval" in last_text(telegram))
+    extra = re.search(r"Drafted post (\w+)", last_text(telegram))[1]  # type: ignore[index]
+    await telegram.wait_until(
+        lambda: any(m.text.startswith(f"Draft {extra}") for m in telegram.messages_in(GROUP))
+    )
+
 
 async def test_discord_approval_flow_publishes_once(make_settings: SettingsFactory, tgi: TGIEmulator) -> None:
     from adapters.discord.bot import DiscordBot

@@ -4,14 +4,16 @@ both come here."""
 
 from __future__ import annotations
 
+import datetime as dt
 import logging
+from dataclasses import replace
 
 from core.access import AccessPolicy
 from core.drafting import DraftTooLong
 from core.llm.errors import LLMError
 from core.post_targets import Target
 from core.schedules.runner import Runner
-from core.schedules.store import InvalidTransition, PostState
+from core.schedules.store import InvalidTransition, PostState, Schedule
 from core.types import Inbound
 
 ACTIONS = ("approve", "edit", "regenerate", "reject")
@@ -59,6 +61,20 @@ class PostActions:
             self._log.warning("regenerating post %s failed: %r", post_id, exc)
             return "I couldn't write a new draft right now — try again in a minute."
         return f"Unknown action {action!r}."
+
+    async def run_now(self, schedule: Schedule) -> str:
+        """One extra run at this moment (its own slot), approval rules as usual."""
+        slot = dt.datetime.now(dt.UTC).replace(microsecond=0)
+        try:
+            post = await self._runner.run_slot(replace(schedule, paused=False), slot)
+        except (DraftTooLong, LLMError) as exc:
+            self._log.warning("run-now of %s failed: %r", schedule.id, exc)
+            return "I couldn't write the draft right now — try again in a minute."
+        if post is None:
+            return f"Schedule `{schedule.id}` did not run (it ended, or its platform is not running here)."
+        if post.state is PostState.PENDING_APPROVAL:
+            return f"Drafted post `{post.id}`; it is waiting for approval."
+        return f"Post `{post.id}` is {post.state.value.replace('_', ' ')}."
 
     async def _target_of(self, schedule_id: str) -> Target | None:
         schedule = await self._runner.store.get(schedule_id)
