@@ -16,7 +16,7 @@ from core.engine import CommandContext
 from core.post_targets import Target
 from core.saved import SavedContent
 from core.schedules.actions import PostActions
-from core.schedules.recurrence import RecurrenceError, parse_recurrence
+from core.schedules.recurrence import Recurrence, RecurrenceError, parse_recurrence
 from core.schedules.store import Mode, Schedule, ScheduleStore, new_id
 
 ACTIONS = (
@@ -109,25 +109,37 @@ def register_schedule_commands(
         except RecurrenceError as exc:
             await ctx.reply(str(exc))
             return
+        await create(
+            ctx,
+            args,
+            recurrence,
+            prompt=prompt,
+            target=str(args.get("target", Target.GENERIC.value)),
+            tone=str(args.get("tone", "friendly")),
+            end_date=until,
+            max_runs=args.get("count"),
+        )
+
+    async def create(
+        ctx: CommandContext, args: dict[str, Any], recurrence: Recurrence, **fields: Any
+    ) -> None:
+        """Save a schedule for the chat the command came from, and say when it runs first."""
         event = ctx.event
+        now = dt.datetime.now(dt.UTC)
         schedule = Schedule(
             id=new_id(),
             platform=event.platform,
             chat_id=event.chat_id,
             thread_id=event.thread_id,
-            prompt=prompt,
-            target=str(args.get("target", Target.GENERIC.value)),
             recurrence=recurrence.text,
             timezone=recurrence.timezone,
             created_by=event.author.user_id,
             mode=Mode(args.get("mode", Mode.APPROVE.value)),
-            tone=str(args.get("tone", "friendly")),
-            created_at=dt.datetime.now(dt.UTC).isoformat(),
-            end_date=until,
-            max_runs=args.get("count"),
+            created_at=now.isoformat(),
+            **fields,
         )
         await store.save(schedule)
-        first = recurrence.next_fires(dt.datetime.now(dt.UTC), 1)
+        first = recurrence.next_fires(now, 1)
         when_next = first[0].strftime("%a %d %b %Y %H:%M %Z") if first else "never"
         await ctx.reply(f"Scheduled `{schedule.id}`: {_describe(schedule)}\nNext run: {when_next}.")
 
@@ -161,24 +173,15 @@ def register_schedule_commands(
         except RecurrenceError as exc:
             await ctx.reply(str(exc))
             return
-        event = ctx.event
-        schedule = Schedule(
-            id=new_id(),
-            platform=event.platform,
-            chat_id=event.chat_id,
-            thread_id=event.thread_id,
+        await create(
+            ctx,
+            args,
+            recurrence,
             prompt=f"(saved {args['action']} {words[0]})",
             target=target.value,
-            recurrence=recurrence.text,
-            timezone=timezone,
-            created_by=event.author.user_id,
-            mode=Mode(args.get("mode", Mode.APPROVE.value)),
-            created_at=dt.datetime.now(dt.UTC).isoformat(),
             max_runs=1,
             fixed_text=text,
         )
-        await store.save(schedule)
-        await ctx.reply(f"Scheduled `{schedule.id}`: {_describe(schedule)}")
 
     registry.add(
         CommandSpec(
