@@ -11,12 +11,12 @@ import asyncio
 import sys
 import threading
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
 from core.commands import parse_command_text
 from core.engine import Engine
-from core.types import Author, Capabilities, Inbound, MessageRef
+from core.types import Author, Button, Capabilities, Inbound, MessageRef
 
 PLATFORM = "console"
 EXIT_WORDS = frozenset({"/quit", "/exit"})
@@ -37,7 +37,9 @@ class ConsoleSurface:
     async def typing(self) -> None:
         return None
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         ref = MessageRef(str(len(self._texts) + 1))
         if self._last is not None:
             self._out.write("\n")

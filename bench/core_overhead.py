@@ -80,7 +80,7 @@ from core.llm.base import (
 )
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerProcess, free_port
-from core.types import Author, Capabilities, Inbound, MessageRef
+from core.types import Author, Button, Capabilities, Inbound, MessageRef
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python -m bench.core_overhead"
@@ -250,7 +250,9 @@ class BenchSurface:
     async def typing(self) -> None:
         return None
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         if not self._msg.first_send:
             self._msg.first_send = time.perf_counter()
         self._sent += 1

@@ -16,13 +16,14 @@ import asyncio
 import itertools
 import os
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bots.runtime import build_engine, build_llm
 from core.config import load_settings
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerProcess
-from core.types import Author, Capabilities, Inbound, MessageRef
+from core.types import Author, Button, Capabilities, Inbound, MessageRef
 from tests.emulators.tgi import TGIEmulator
 
 SENTENCE = "the quick brown fox jumps over the lazy dog again and again today"
@@ -36,7 +37,9 @@ class _NullSurface:
     async def typing(self) -> None:
         return None
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         return MessageRef("1")
 
     async def edit(self, ref: MessageRef, text: str) -> None:

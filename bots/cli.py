@@ -7,7 +7,6 @@ message and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import asyncio
-import logging
 import sys
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import click
 
 from adapters.console import ConsoleAdapter, read_lines
 from bots.doctor import run_doctor
+from bots.logs import setup_logging
 from bots.run import run as run_bots
 from bots.run import sync_discord_commands
 from bots.runtime import StartupError, open_runtime
@@ -30,14 +30,6 @@ def _settings(env_file: Path | None) -> Settings:
     except ConfigError as exc:
         click.echo(exc.render(), err=True)
         sys.exit(EXIT_CONFIG)
-
-
-def _setup_logging(level: str) -> None:
-    logging.basicConfig(
-        level=level,
-        stream=sys.stderr,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
 
 
 @click.group()
@@ -61,7 +53,7 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
 def console(env_file: Path | None, user: str, chat: str, verbose: bool) -> None:
     """Chat with Herald in the terminal (one message per line when piped)."""
     settings = _settings(env_file)
-    _setup_logging(settings.log_level if verbose else "WARNING")
+    setup_logging(settings, None if verbose else "WARNING")
     interactive = sys.stdin.isatty()
     try:
         asyncio.run(_console(settings, user, chat, interactive))
@@ -88,7 +80,7 @@ async def _console(settings: Settings, user: str, chat: str, interactive: bool) 
 def run(env_file: Path | None) -> None:
     """Run the platform bots that have tokens configured (Telegram), until stopped."""
     settings = _settings(env_file)
-    _setup_logging(settings.log_level)
+    setup_logging(settings)
     try:
         asyncio.run(run_bots(settings))
     except StartupError as exc:
@@ -107,7 +99,7 @@ def discord() -> None:
 def sync_commands(env_file: Path | None, guild: int | None) -> None:
     """Write Herald's slash commands to Discord now."""
     settings = _settings(env_file)
-    _setup_logging("WARNING")
+    setup_logging(settings, "WARNING")
     try:
         count = asyncio.run(sync_discord_commands(settings, guild))
     except StartupError as exc:
@@ -121,6 +113,6 @@ def sync_commands(env_file: Path | None, guild: int | None) -> None:
 def doctor(env_file: Path | None) -> None:
     """Check the configuration, Redis and the model server, and say what was found."""
     settings = _settings(env_file)
-    _setup_logging("WARNING")
+    setup_logging(settings, "WARNING")
     ok = asyncio.run(run_doctor(settings, click.echo))
     sys.exit(0 if ok else 1)

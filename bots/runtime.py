@@ -31,8 +31,10 @@ from core.keys import Keys
 from core.llm import create_llm_client
 from core.llm.base import GenerationParams, LLMClient
 from core.llm.errors import LLMError
+from core.llm.metered import MeteredLLM
 from core.locks import ConversationLocks
 from core.memory import ConversationStore
+from core.metrics import Metrics
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerError, RedisServerProcess
 from core.saved import SavedContent
@@ -55,6 +57,7 @@ class Runtime:
     engine: Engine
     scheduling: Scheduling
     redis_server: RedisServerProcess | None
+    metrics: Metrics
 
 
 def default_data_dir(settings: Settings) -> Path:
@@ -120,11 +123,12 @@ def build_engine(
     llm: LLMClient,
     *,
     scheduling: Scheduling | None = None,
+    metrics: Metrics | None = None,
     logger: logging.Logger | None = None,
 ) -> Engine:
     keys = Keys(settings.redis_prefix)
     log = logger or logging.getLogger("herald.engine")
-    access = AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins)
+    access = AccessPolicy.from_settings(settings)
     scheduling = scheduling or build_scheduling(settings, redis, llm, access, keys)
     return Engine(
         memory=ConversationStore(
@@ -164,6 +168,7 @@ def build_engine(
             generation=generation_params(settings),
             conversation_wait=settings.conversation_wait_timeout,
         ),
+        metrics=metrics,
         logger=log,
     )
 
@@ -207,7 +212,8 @@ async def start_redis(settings: Settings) -> tuple[Redis, RedisServerProcess | N
 @contextlib.asynccontextmanager
 async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     redis, server = await start_redis(settings)
-    llm = build_llm(settings)
+    metrics = Metrics()
+    llm: LLMClient = MeteredLLM(build_llm(settings), metrics)
     engine: Engine | None = None
     try:
         try:
@@ -219,12 +225,18 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
                 "(`herald doctor` shows details)."
             ) from None
         keys = Keys(settings.redis_prefix)
-        access = AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins)
+        access = AccessPolicy.from_settings(settings)
         scheduling = build_scheduling(settings, redis, llm, access, keys)
-        engine = build_engine(settings, redis, llm, scheduling=scheduling)
+        engine = build_engine(settings, redis, llm, scheduling=scheduling, metrics=metrics)
+        running = engine
+        metrics.bind(
+            waiting=lambda: running.locks.waiting,
+            generating=lambda: running.generating,
+            leader=lambda: float(scheduling.service.leading),
+        )
         await engine.cancels.start()
         settle_heap()
-        yield Runtime(settings, redis, llm, engine, scheduling, server)
+        yield Runtime(settings, redis, llm, engine, scheduling, server, metrics)
     finally:
         if engine is not None:
             await engine.cancels.stop()

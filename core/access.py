@@ -2,6 +2,8 @@
 
 Entries are `platform:id`; `platform:*` matches the whole platform. Empty
 allow-lists allow everyone. Herald admins pass every allow-list and limit.
+Manager roles (`discord:<role id>`) manage chats like the platform's own
+chat administrators do.
 """
 
 from __future__ import annotations
@@ -9,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+from core.config import Settings
 from core.types import Author, Inbound
 
 
@@ -21,12 +24,21 @@ class AccessPolicy:
     allowed_chats: frozenset[str] = frozenset()
     allowed_users: frozenset[str] = frozenset()
     admins: frozenset[str] = frozenset()
+    manager_roles: frozenset[str] = frozenset()
 
     @classmethod
     def of(
-        cls, chats: Iterable[str] = (), users: Iterable[str] = (), admins: Iterable[str] = ()
+        cls,
+        chats: Iterable[str] = (),
+        users: Iterable[str] = (),
+        admins: Iterable[str] = (),
+        manager_roles: Iterable[str] = (),
     ) -> AccessPolicy:
-        return cls(_entries(chats), _entries(users), _entries(admins))
+        return cls(_entries(chats), _entries(users), _entries(admins), _entries(manager_roles))
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> AccessPolicy:
+        return cls.of(settings.allowed_chats, settings.allowed_users, settings.admins, settings.manager_roles)
 
     @staticmethod
     def _matches(entries: frozenset[str], platform: str, ident: str) -> bool:
@@ -45,5 +57,12 @@ class AccessPolicy:
         return chat_ok and user_ok
 
     def may_manage_chat(self, event: Inbound) -> bool:
-        """Chat-wide settings: anyone in a private chat, else chat admins and Herald admins."""
-        return event.is_private or event.author.is_chat_admin or self.is_admin(event.platform, event.author)
+        """Chat-wide settings: anyone in a private chat, else chat admins, holders of a
+        manager role, and Herald admins."""
+        author, platform = event.author, event.platform
+        return (
+            event.is_private
+            or author.is_chat_admin
+            or any(f"{platform}:{role}" in self.manager_roles for role in author.roles)
+            or self.is_admin(platform, author)
+        )

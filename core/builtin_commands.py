@@ -1,27 +1,32 @@
-"""Herald's conversation commands: ask, reset, persona, cancel, help.
+"""Herald's own commands: ask, reset, persona, cancel, help; draft (with copy,
+regenerate and shorten for a draft shown earlier) and campaign.
 
-Later features (drafts, campaigns, schedules) add their specs to the same
-registry, so every adapter offers them without knowing what they do.
+The schedule commands add their specs to the same registry, so every adapter
+offers them without knowing what they do.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from functools import partial
-from typing import Any
+from typing import Any, TypeVar
 
 from core import messages, personas
 from core.campaigns import CampaignBrief, CampaignFailed, Planner
 from core.campaigns import render as render_campaign
 from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
-from core.drafting import Drafter, DraftRequest, DraftTooLong, render
+from core.drafting import Draft, Drafter, DraftRequest, DraftTooLong, copy_ready, render
 from core.engine import CommandContext
 from core.llm.errors import LLMError
 from core.post_targets import Target, ThreadTooLong
-from core.saved import SavedContent
+from core.saved import SavedContent, SavedDraft
+from core.types import Button
 
 #: a campaign plan is one JSON document; it needs more room than a chat answer
 CAMPAIGN_TOKENS = 3000
+
+T = TypeVar("T")
 
 
 async def _ask(ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -79,20 +84,84 @@ async def _draft(saved: SavedContent | None, ctx: CommandContext, args: dict[str
         hashtags=args.get("hashtags", "on") == "on",
         cta=args.get("cta"),
     )
-    drafter = Drafter(ctx.engine.llm, ctx.engine.policy.generation)
+    drafts = await _drafting(ctx, lambda drafter: drafter.draft(request))
+    for number, draft in enumerate(drafts or (), 1):
+        await _show(ctx, saved, draft, request, number=number, of=len(drafts or ()))
+
+
+async def _drafting(ctx: CommandContext, write: Callable[[Drafter], Awaitable[T]]) -> T | None:
+    """Run `write` with a drafter; a draft that cannot fit or a model failure is
+    explained to the user (with the numbers), and gives None."""
     try:
-        drafts = await drafter.draft(request)
+        return await write(Drafter(ctx.engine.llm, ctx.engine.policy.generation))
     except DraftTooLong as exc:
         await ctx.reply(messages.draft_too_long(exc.length, exc.limit, exc.target.label))
-        return
     except ThreadTooLong:
         await ctx.reply(messages.THREAD_TOO_LONG)
-        return
     except LLMError as exc:
         await ctx.reply(exc.user_message)
+    return None
+
+
+async def _show(
+    ctx: CommandContext,
+    saved: SavedContent | None,
+    draft: Draft,
+    request: DraftRequest,
+    *,
+    number: int = 1,
+    of: int = 1,
+    note: str = "",
+) -> None:
+    """One draft, saved under an id, with what can be done with it next."""
+    if saved is None:
+        await ctx.reply(render(draft, number=number, of=of) + note)
         return
-    ids = [await saved.save_draft(d) for d in drafts] if saved is not None else None
-    await ctx.reply(render(drafts, ids))
+    draft_id = await saved.save_draft(draft, request)
+    await ctx.reply(render(draft, draft_id, number=number, of=of) + note, draft_buttons(draft_id))
+
+
+def draft_buttons(draft_id: str) -> tuple[Button, ...]:
+    return (
+        Button("📋 Copy", f"copy {draft_id}"),
+        Button("🔁 Regenerate", f"regenerate {draft_id}"),
+        Button("✂️ Shorten", f"shorten {draft_id}"),
+        Button("🗓 Schedule", f"schedule draft {draft_id}"),
+    )
+
+
+async def _saved_draft(saved: SavedContent, ctx: CommandContext, args: dict[str, Any]) -> SavedDraft | None:
+    found = await saved.draft(str(args["id"]))
+    if found is None:
+        await ctx.reply(f"There is no draft `{args['id']}` (drafts are kept 30 days). /draft writes one.")
+    return found
+
+
+async def _copy(saved: SavedContent, ctx: CommandContext, args: dict[str, Any]) -> None:
+    found = await _saved_draft(saved, ctx, args)
+    if found is not None:
+        await ctx.reply(copy_ready(found.draft))
+
+
+async def _regenerate(saved: SavedContent, ctx: CommandContext, args: dict[str, Any]) -> None:
+    found = await _saved_draft(saved, ctx, args)
+    if found is None:
+        return
+    draft = await _drafting(ctx, lambda drafter: drafter.regenerate(found.request))
+    if draft is not None:
+        await _show(ctx, saved, draft, found.request)
+
+
+async def _shorten(saved: SavedContent, ctx: CommandContext, args: dict[str, Any]) -> None:
+    found = await _saved_draft(saved, ctx, args)
+    if found is None:
+        return
+    draft = await _drafting(ctx, lambda drafter: drafter.shorten(found.draft, found.request))
+    if draft is None:
+        return
+    before, after = sum(found.draft.lengths), sum(draft.lengths)
+    note = "" if after < before else f"\n\n(The model could not make it shorter: {before} → {after}.)"
+    await _show(ctx, saved, draft, found.request, note=note)
 
 
 async def _campaign(saved: SavedContent | None, ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -225,6 +294,16 @@ def register_builtin_commands(
             generates=True,
         )
     )
+    if saved is not None:
+        draft_id = ArgSpec("id", "The draft's id (shown with it)", required=True, max_length=32)
+        for name, description, handler, generates in (
+            ("copy", "A draft's text exactly as it would be posted", _copy, False),
+            ("regenerate", "Write a draft again, differently", _regenerate, True),
+            ("shorten", "Make a draft noticeably shorter", _shorten, True),
+        ):
+            registry.add(
+                CommandSpec(name, description, partial(handler, saved), args=(draft_id,), generates=generates)
+            )
     registry.add(
         CommandSpec(
             "campaign",

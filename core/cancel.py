@@ -21,14 +21,17 @@ from core.types import ConversationKey
 
 @dataclass(slots=True)
 class Generation:
-    """A running generation; `cancelled` tells a requested stop from other cancellation."""
+    """A running generation; `cancelled` tells a requested stop from other cancellation,
+    `interrupted` a stop because the process is shutting down."""
 
     task: asyncio.Task[object]
     cancelled: bool = False
+    interrupted: bool = False
 
-    def cancel(self) -> None:
+    def cancel(self, *, shutdown: bool = False) -> None:
         if not self.task.done():
             self.cancelled = True
+            self.interrupted = shutdown
             self.task.cancel()
 
 
@@ -53,6 +56,13 @@ class CancelBus:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._listener
             self._listener = None
+
+    def interrupt_all(self) -> int:
+        """Stop every generation of this process (shutdown); returns how many."""
+        running = list(self._running.values())
+        for generation in running:
+            generation.cancel(shutdown=True)
+        return len(running)
 
     @contextlib.contextmanager
     def track(self, conv: ConversationKey, task: asyncio.Task[object]) -> Iterator[Generation]:

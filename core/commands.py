@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.types import CommandCall
+from core.types import BUTTON_PREFIX, CommandCall
 
 if TYPE_CHECKING:
     from core.engine import CommandContext
@@ -91,6 +91,14 @@ def parse_command_text(text: str, bot_username: str | None = None) -> CommandCal
     if target and bot_username and target.lower() != bot_username.lower():
         return None
     return CommandCall(name=name.lower(), raw_args=(rest or "").strip() or None)
+
+
+def clicked_command(data: str) -> CommandCall | None:
+    """The command a clicked `Button` carries (the data the platform sent back), or
+    None for buttons that are not Herald's command buttons."""
+    if not data.startswith(BUTTON_PREFIX):
+        return None
+    return parse_command_text("/" + data.removeprefix(BUTTON_PREFIX))
 
 
 class CommandRegistry:

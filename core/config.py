@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     allowed_chats: CsvList = Field(default_factory=list)
     allowed_users: CsvList = Field(default_factory=list)
     admins: CsvList = Field(default_factory=list)
+    manager_roles: CsvList = Field(default_factory=list)
 
     # Platforms
     discord_token: SecretStr | None = None
@@ -115,15 +116,25 @@ class Settings(BaseSettings):
     telegram_webhook_secret: SecretStr | None = None
     telegram_webhook_listen: str = "0.0.0.0:8443"
 
-    default_timezone: str = "UTC"
-    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    discord_gateway: bool = True
+    scheduler: bool = True
 
-    @field_validator("allowed_chats", "allowed_users", "admins", "discord_shard_ids", mode="before")
+    default_timezone: str = "UTC"
+
+    # Operations
+    http_addr: str = "0.0.0.0:8787"
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
+
+    @field_validator(
+        "allowed_chats", "allowed_users", "admins", "manager_roles", "discord_shard_ids", mode="before"
+    )
     @classmethod
     def _csv(cls, value: Any) -> Any:
         return _split_csv(value)
 
-    @field_validator("allowed_chats", "allowed_users", "admins")
+    @field_validator("allowed_chats", "allowed_users", "admins", "manager_roles")
     @classmethod
     def _platform_ids(cls, value: list[str]) -> list[str]:
         for item in value:
@@ -172,7 +183,7 @@ class Settings(BaseSettings):
             raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
         return value
 
-    @field_validator("telegram_webhook_listen")
+    @field_validator("telegram_webhook_listen", "http_addr")
     @classmethod
     def _listen(cls, value: str) -> str:
         host, sep, port = value.rpartition(":")
@@ -193,6 +204,11 @@ class Settings(BaseSettings):
     @classmethod
     def _upper(cls, value: Any) -> Any:
         return value.upper() if isinstance(value, str) else value
+
+    @field_validator("log_format", mode="before")
+    @classmethod
+    def _lower(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
 
     @model_validator(mode="after")
     def _fits_together(self) -> Settings:

@@ -10,11 +10,12 @@ the text into numbered posts between sentences, each within the limit.
 from __future__ import annotations
 
 import asyncio
+import secrets
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from core.llm.base import ChatMessage, GenerationParams, LLMClient, TextDelta
-from core.post_targets import Target, split_thread
+from core.post_targets import Target, split_thread, unnumbered
 
 TONES: dict[str, str] = {
     "friendly": "warm, upbeat and approachable",
@@ -24,6 +25,8 @@ TONES: dict[str, str] = {
 }
 #: drafts aim this far below the limit so the model's estimate leaves room
 MARGIN = 0.9
+#: "Shorten" asks for about this share of the current length
+SHORTEN_TO = 0.6
 
 
 class DraftTooLong(Exception):
@@ -104,9 +107,36 @@ class Drafter:
         seeds = range(1, request.variants + 1)
         return list(await asyncio.gather(*(self._one(request, seed) for seed in seeds)))
 
+    async def regenerate(self, request: DraftRequest) -> Draft:
+        """A fresh draft for the same request, sampled differently from the last."""
+        return await self._one(request, secrets.randbelow(2**31) + 1)
+
+    async def shorten(self, draft: Draft, request: DraftRequest) -> Draft:
+        """The same post, rewritten noticeably shorter, and still measured to fit."""
+        target = draft.target
+        text = unnumbered(draft.posts)
+        length = target.measure(text)
+        goal = max(20, int(min(length, target.limit) * SHORTEN_TO))
+        messages = [
+            ChatMessage("system", _instructions(request)),
+            ChatMessage("user", request.prompt),
+            ChatMessage("assistant", text),
+            ChatMessage(
+                "user",
+                f"Make it shorter: at most {goal} characters as {target.label} counts them "
+                f"(it is {length} now), keeping its message. Reply with the post only.",
+            ),
+        ]
+        return await self._finish(request, messages, self._params)
+
     async def _one(self, request: DraftRequest, seed: int) -> Draft:
-        params = replace(self._params, seed=seed)
         messages = [ChatMessage("system", _instructions(request)), ChatMessage("user", request.prompt)]
+        return await self._finish(request, messages, replace(self._params, seed=seed))
+
+    async def _finish(
+        self, request: DraftRequest, messages: list[ChatMessage], params: GenerationParams
+    ) -> Draft:
+        """The model's answer to `messages` as a draft that fits: a thread, or one post."""
         text = _clean(await self.complete(messages, params))
         target = request.target
         if request.thread:
@@ -151,24 +181,27 @@ class Drafter:
         return "".join(parts)
 
 
-def render(drafts: Sequence[Draft], ids: Sequence[str] | None = None) -> str:
-    """Drafts as a message: each with its measured length against the limit, and its id
-    when it was saved (so it can be scheduled)."""
-    blocks = []
-    for number, draft in enumerate(drafts, 1):
-        target = draft.target
-        name = f"Draft {number} of {len(drafts)}" if len(drafts) > 1 else "Draft"
-        if ids is not None:
-            name = f"{name} `{ids[number - 1]}`"
-        heading = f"**{name} for {target.label}**"
-        if len(draft.posts) == 1:
-            blocks.append(f"{heading} — {draft.lengths[0]}/{target.limit}\n\n{draft.posts[0]}")
-        else:
-            posts = "\n\n".join(
-                f"_Post {i} — {length}/{target.limit}_\n{post}"
-                for i, (post, length) in enumerate(zip(draft.posts, draft.lengths, strict=True), 1)
-            )
-            blocks.append(f"{heading} — a thread of {len(draft.posts)} posts\n\n{posts}")
-    if ids is not None and any(len(d.posts) == 1 for d in drafts):
-        blocks.append(f'To publish one later: /schedule draft {ids[0]} at="2026-12-01 09:00"')
-    return "\n\n".join(blocks)
+def render(draft: Draft, draft_id: str | None = None, *, number: int = 1, of: int = 1) -> str:
+    """A draft as a message: its measured length against the limit, and its id when it
+    was saved (the id its buttons and commands use)."""
+    target = draft.target
+    name = f"Draft {number} of {of}" if of > 1 else "Draft"
+    if draft_id is not None:
+        name = f"{name} `{draft_id}`"
+    heading = f"**{name} for {target.label}**"
+    if len(draft.posts) == 1:
+        return f"{heading} — {draft.lengths[0]}/{target.limit}\n\n{draft.posts[0]}"
+    posts = "\n\n".join(
+        f"_Post {i} — {length}/{target.limit}_\n{post}"
+        for i, (post, length) in enumerate(zip(draft.posts, draft.lengths, strict=True), 1)
+    )
+    return f"{heading} — a thread of {len(draft.posts)} posts\n\n{posts}"
+
+
+def copy_ready(draft: Draft) -> str:
+    """Each post exactly as it would be published, in a code block: nothing rendered,
+    nothing lost (Telegram copies a code block with one tap)."""
+    fence = "```"
+    while fence in "".join(draft.posts):
+        fence += "`"
+    return "\n\n".join(f"{fence}\n{post}\n{fence}" for post in draft.posts)

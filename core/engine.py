@@ -12,7 +12,8 @@ from __future__ import annotations
 import asyncio
 import enum
 import logging
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -27,9 +28,10 @@ from core.llm.base import Finished, GenerationParams, LLMClient, TextDelta
 from core.llm.errors import ContextTooLong, LLMError
 from core.locks import ConversationLocks, LockTimeout
 from core.memory import ConversationStore, Turn
+from core.metrics import MeteredSurface, Metrics
 from core.render import StreamRenderer
 from core.splitting import split_message
-from core.types import ConversationKey, Inbound, PlatformError, Surface
+from core.types import Button, ConversationKey, Inbound, MessageRef, PlatformError, Surface
 
 
 class Outcome(enum.Enum):
@@ -46,6 +48,7 @@ class Outcome(enum.Enum):
     INVALID = "invalid"
     BUSY = "busy"
     FAILED = "failed"
+    SHUTTING_DOWN = "shutting_down"
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,12 +70,14 @@ class CommandContext:
     event: Inbound
     surface: Surface
 
-    async def reply(self, text: str) -> None:
-        await self.engine.say(self.surface, text)
+    async def reply(self, text: str, buttons: Sequence[Button] = ()) -> None:
+        await self.engine.say(self.surface, text, buttons)
 
 
 @dataclass(slots=True)
 class _Stream:
+    started: float  # when the message was taken (monotonic)
+    platform: str
     text: str = ""
     tokens: int = 0
     finished: Finished | None = None
@@ -110,6 +115,7 @@ class Engine:
         commands: CommandRegistry,
         policy: EnginePolicy,
         renderer: RendererFactory = StreamRenderer,
+        metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self.memory = memory
@@ -122,10 +128,17 @@ class Engine:
         self.commands = commands
         self.policy = policy
         self._renderer = renderer
+        self.metrics = metrics or Metrics()
+        self.generating = 0  # answers being generated in this process
+        self.closing = False  # set by `drain`: no new answers start
+        self._idle = asyncio.Event()  # set while nothing is being generated
+        self._idle.set()
         self._log = logger or logging.getLogger("herald.engine")
 
     async def handle(self, event: Inbound, surface: Surface) -> Outcome:
         """Process one event to the end; never raises for bad input or failing services."""
+        self.metrics.events_received.labels(event.platform).inc()
+        surface = MeteredSurface(surface, event.platform, self.metrics)
         try:
             outcome = await self._handle(event, surface)
         except RedisError as exc:
@@ -136,12 +149,19 @@ class Engine:
             self._log.exception("unexpected error handling %s", event.event_id)
             await self.say(surface, messages.UNEXPECTED)
             outcome = Outcome.FAILED
+        self.metrics.events.labels(event.platform, outcome.value).inc()
         self._log.info(
             "event platform=%s conv=%s event=%s outcome=%s",
             event.platform,
             event.conversation,
             event.event_id,
             outcome.value,
+            extra={
+                "platform": event.platform,
+                "conversation": str(event.conversation),
+                "event_id": event.event_id,
+                "outcome": outcome.value,
+            },
         )
         return outcome
 
@@ -199,12 +219,23 @@ class Engine:
         if not text:
             await self.say(surface, messages.EMPTY_MESSAGE)
             return Outcome.INVALID
+        started = time.monotonic()
+        if isinstance(surface, MeteredSurface):
+            watched = surface.fresh()
+        else:
+            watched = MeteredSurface(surface, event.platform, self.metrics)
         # Counting the message's tokens needs no history: it overlaps the wait
         # for the conversation's turn and the memory load.
         counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
             async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
-                return await self._answer_in_turn(event, surface, text, counting)
+                outcome = await self._answer_in_turn(event, watched, text, counting, started)
+            if watched.first_output_at is not None:
+                self.metrics.time_to_first_output.labels(event.platform).observe(
+                    watched.first_output_at - started
+                )
+            self.metrics.answer_time.labels(event.platform).observe(time.monotonic() - started)
+            return outcome
         except LockTimeout:
             await self.say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
@@ -212,9 +243,12 @@ class Engine:
             _settle(counting)
 
     async def _answer_in_turn(
-        self, event: Inbound, surface: Surface, text: str, counting: asyncio.Future[int]
+        self, event: Inbound, surface: Surface, text: str, counting: asyncio.Future[int], started: float
     ) -> Outcome:
         conv = event.conversation
+        if self.closing:  # it waited for its turn while the process began to stop
+            await self.say(surface, messages.RESTARTING)
+            return Outcome.SHUTTING_DOWN
         persona, history = await self.memory.load(conv)
         system = persona or self.policy.system_prompt
         renderer = self._renderer(surface)
@@ -226,7 +260,11 @@ class Engine:
                     system, history, text, user_tokens=user_tokens, skip_blocks=skip
                 )
                 result = await self._generate(
-                    conv, built, renderer, may_retry=skip < self.policy.overflow_retries
+                    conv,
+                    built,
+                    renderer,
+                    _Stream(started, event.platform),
+                    may_retry=skip < self.policy.overflow_retries,
                 )
                 break
             except MessageTooLong as exc:
@@ -255,16 +293,43 @@ class Engine:
         return result.outcome
 
     async def _generate(
-        self, conv: ConversationKey, built: BuiltContext, renderer: StreamRenderer, *, may_retry: bool
+        self,
+        conv: ConversationKey,
+        built: BuiltContext,
+        renderer: StreamRenderer,
+        state: _Stream,
+        *,
+        may_retry: bool,
     ) -> _Generated:
-        state = _Stream()
         pump = asyncio.create_task(self._pump(built, renderer, state))
+        self.generating += 1
+        self._idle.clear()
+        try:
+            return await self._follow(conv, pump, renderer, state, may_retry=may_retry)
+        finally:
+            self.generating -= 1
+            if not self.generating:
+                self._idle.set()
+
+    async def _follow(
+        self,
+        conv: ConversationKey,
+        pump: asyncio.Task[None],
+        renderer: StreamRenderer,
+        state: _Stream,
+        *,
+        may_retry: bool,
+    ) -> _Generated:
         with self.cancels.track(conv, pump) as generation:
             try:
                 await pump
             except asyncio.CancelledError:
                 if not generation.cancelled:
                     raise
+                if generation.interrupted:
+                    self._log.info("generation for %s interrupted by shutdown", conv)
+                    await self._end(renderer, state, messages.interrupted(messages.RESTARTING))
+                    return _Generated(state.text, state.tokens, Outcome.SHUTTING_DOWN)
                 self._log.info("generation for %s stopped on request", conv)
                 await self._end(renderer, state, messages.STOPPED)
                 return _Generated(state.text, state.tokens, Outcome.STOPPED)
@@ -283,6 +348,10 @@ class Engine:
     async def _pump(self, built: BuiltContext, renderer: StreamRenderer, state: _Stream) -> None:
         async for item in self.llm.stream(built.prompt, self.policy.generation):
             if isinstance(item, TextDelta):
+                if not state.tokens:
+                    self.metrics.time_to_first_token.labels(state.platform).observe(
+                        time.monotonic() - state.started
+                    )
                 state.text += item.text
                 state.tokens += 1
                 await renderer.feed(item.text)
@@ -297,6 +366,26 @@ class Engine:
         else:
             await renderer.fail(note)
 
+    async def drain(self, grace: float) -> int:
+        """Shutdown: start no new answers; let those being generated finish for up to
+        `grace` seconds, then stop them, marked interrupted for the user (what was
+        written so far is kept). Returns how many were interrupted."""
+        self.closing = True
+        if await self._wait_idle(grace):
+            return 0
+        interrupted = self.cancels.interrupt_all()
+        self._log.warning("stopped %d answers still running after %.0f s", interrupted, grace)
+        await self._wait_idle(10.0)  # at once: each writes its note and returns
+        return interrupted
+
+    async def _wait_idle(self, seconds: float) -> bool:
+        try:
+            async with asyncio.timeout(seconds):
+                await self._idle.wait()
+        except TimeoutError:
+            return False
+        return True
+
     async def chat_moved(self, platform: str, old_chat: str, new_chat: str) -> None:
         """A chat got a new id (Telegram group → supergroup): its memory follows it."""
         try:
@@ -306,14 +395,20 @@ class Engine:
             return
         self._log.info("chat %s:%s is now %s (%d keys moved)", platform, old_chat, new_chat, moved)
 
-    async def say(self, surface: Surface, text: str) -> None:
-        """Send a message of Herald's own, in parts if the platform needs them; a
-        platform failure is logged, not raised."""
+    async def say(self, surface: Surface, text: str, buttons: Sequence[Button] = ()) -> None:
+        """Send a message of Herald's own, in parts if the platform needs them, with
+        `buttons` under the last part — or, where there are no buttons, the commands
+        they stand for. A platform failure is logged, not raised."""
         caps = surface.capabilities
-        previous = None
+        if buttons and not caps.has_buttons:
+            text += "\n\n" + " · ".join(f"/{button.command}" for button in buttons)
+            buttons = ()
+        parts = split_message(text, caps.max_length, caps.measure)
+        previous: MessageRef | None = None
         try:
-            for part in split_message(text, caps.max_length, caps.measure):
-                previous = await surface.send(part, reply_to=previous)
+            for number, part in enumerate(parts, 1):
+                last = number == len(parts)
+                previous = await surface.send(part, reply_to=previous, buttons=buttons if last else ())
         except PlatformError as exc:
             self._log.warning("could not send a message: %s", exc)
 

@@ -74,6 +74,10 @@ class Keys:
         """A draft or a campaign plan kept so that it can be scheduled later."""
         return f"{self.prefix}:saved:{kind}:{item_id}"
 
+    def chat_timezone(self, platform: str, chat_id: str) -> str:
+        """The time zone a chat's schedules use unless a command names one."""
+        return f"{self.prefix}:tz:{platform}:{chat_id}"
+
     def scheduler_lease(self) -> str:
         """Held by the one replica that runs the scheduler."""
         return f"{self.prefix}:scheduler:leader"

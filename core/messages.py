@@ -17,6 +17,7 @@ CAMPAIGN_FAILED = (
     "I couldn't put together a valid campaign plan this time — try again, or simplify the brief."
 )
 THREAD_TOO_LONG = "That would be a very long thread — try a shorter brief."
+RESTARTING = "Herald is restarting — try again in a moment."
 
 
 def rate_limited(seconds: float) -> str:

@@ -9,8 +9,14 @@ from __future__ import annotations
 
 import enum
 import re
+import warnings
+from collections.abc import Sequence
 
-from twitter_text import parse_tweet
+with warnings.catch_warnings():
+    # twitter-text reads its emoji table through pkg_resources, which setuptools
+    # deprecates with a warning at import; nothing for Herald's users to act on.
+    warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
+    from twitter_text import parse_tweet
 
 from core.types import LengthUnit
 
@@ -57,6 +63,7 @@ _LABELS = {
 }
 
 _SENTENCE_END = re.compile(r"(?<=[.!?…。！？])\s+")
+_NUMBERING = re.compile(r" \d+/\d+$")
 
 
 class ThreadTooLong(Exception):
@@ -86,6 +93,13 @@ def split_thread(text: str, target: Target, *, max_posts: int = 25) -> list[str]
         raise ThreadTooLong(f"{len(posts)} posts, at most {max_posts}")
     total = len(posts)
     return [f"{post} {i}/{total}" if total > 1 else post for i, post in enumerate(posts, 1)]
+
+
+def unnumbered(posts: Sequence[str]) -> str:
+    """The text of a thread without the numbering `split_thread` added."""
+    if len(posts) < 2:
+        return "".join(posts)
+    return " ".join(_NUMBERING.sub("", post) for post in posts)
 
 
 def _fit_words(sentence: str, target: Target, room: int) -> list[str]:

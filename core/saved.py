@@ -7,11 +7,12 @@ draft 3fa2c1d0 at 2026-12-01 09:00" needs the text exactly as it was shown.
 from __future__ import annotations
 
 import json
+from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
 from core.campaigns import Campaign
-from core.drafting import Draft
+from core.drafting import Draft, DraftRequest
 from core.keys import Keys
 from core.post_targets import Target
 from core.schedules.store import new_id
@@ -19,23 +20,35 @@ from core.schedules.store import new_id
 KEEP_SECONDS = 30 * 86400
 
 
+@dataclass(frozen=True, slots=True)
+class SavedDraft:
+    draft: Draft
+    request: DraftRequest  # what it was drafted from: Regenerate and Shorten need it
+
+
 class SavedContent:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
 
-    async def save_draft(self, draft: Draft) -> str:
+    async def save_draft(self, draft: Draft, request: DraftRequest) -> str:
         draft_id = new_id()
-        data = {"target": draft.target.value, "posts": list(draft.posts)}
+        data = {
+            "target": draft.target.value,
+            "posts": list(draft.posts),
+            "request": asdict(request) | {"target": request.target.value},
+        }
         await self._redis.set(self._keys.saved("draft", draft_id), json.dumps(data), ex=KEEP_SECONDS)
         return draft_id
 
-    async def draft(self, draft_id: str) -> Draft | None:
+    async def draft(self, draft_id: str) -> SavedDraft | None:
         raw = await self._redis.get(self._keys.saved("draft", draft_id))
         if raw is None:
             return None
         data = json.loads(raw)
-        return Draft(Target(data["target"]), tuple(data["posts"]))
+        draft = Draft(Target(data["target"]), tuple(data["posts"]))
+        request = data.get("request") or {"prompt": "", "target": draft.target.value}
+        return SavedDraft(draft, DraftRequest(**(request | {"target": Target(request["target"])})))
 
     async def save_campaign(self, campaign: Campaign) -> str:
         campaign_id = new_id()

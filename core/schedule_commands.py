@@ -1,14 +1,17 @@
 """The `schedule` command: add, list, pause, resume and delete auto-draft schedules.
 
 Only people who may manage the chat change schedules (Discord Manage Server or
-Manage Channels, Telegram chat administrators, anyone in their own DM) and
-Herald admins; the access policy decides, once, for every platform.
+Manage Channels or a configured role, Telegram chat administrators, anyone in
+their own DM) and Herald admins; the access policy decides, once, for every
+platform. Times are in the zone a command names, else the chat's own
+(`/schedule timezone`), else the configured default.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.campaigns import publishable
 from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
@@ -31,6 +34,7 @@ ACTIONS = (
     "approve",
     "regenerate",
     "reject",
+    "timezone",
 )
 NOT_ALLOWED = "Only people who manage this chat can change its schedules."
 USAGE = (
@@ -55,6 +59,13 @@ def register_schedule_commands(
     *,
     default_timezone: str = "UTC",
 ) -> CommandRegistry:
+    async def zone_for(ctx: CommandContext, args: dict[str, Any]) -> str:
+        """The zone a command names, else the chat's, else the configured default."""
+        if args.get("tz"):
+            return str(args["tz"])
+        event = ctx.event
+        return await store.chat_timezone(event.platform, event.chat_id) or default_timezone
+
     async def handle(ctx: CommandContext, args: dict[str, Any]) -> None:
         event = ctx.event
         action = args["action"]
@@ -63,8 +74,17 @@ def register_schedule_commands(
             lines = [_describe(s) for s in schedules] or ["No schedules in this chat yet. " + USAGE]
             await ctx.reply("\n".join(lines))
             return
+        if action == "timezone" and not args.get("text"):
+            await ctx.reply(
+                f"This chat's schedules use {await zone_for(ctx, {})}. "
+                "Change it with /schedule timezone Europe/Berlin (any IANA zone)."
+            )
+            return
         if not ctx.engine.access.may_manage_chat(event):
             await ctx.reply(NOT_ALLOWED)
+            return
+        if action == "timezone":
+            await set_timezone(ctx, str(args["text"]).strip())
             return
         if action == "add":
             await add(ctx, args)
@@ -90,13 +110,22 @@ def register_schedule_commands(
             await store.set_paused(schedule.id, action == "pause")
             await ctx.reply(f"Schedule `{schedule.id}` {'paused' if action == 'pause' else 'resumed'}.")
 
+    async def set_timezone(ctx: CommandContext, zone: str) -> None:
+        try:
+            ZoneInfo(zone)
+        except (ZoneInfoNotFoundError, ValueError):
+            await ctx.reply(f"{zone!r} is not an IANA time zone; try one like Europe/Berlin or UTC.")
+            return
+        await store.set_chat_timezone(ctx.event.platform, ctx.event.chat_id, zone)
+        await ctx.reply(f"New schedules in this chat use {zone}; existing ones keep their zone.")
+
     async def add(ctx: CommandContext, args: dict[str, Any]) -> None:
         prompt = str(args.get("text", "")).strip()
         when = args.get("when")
         if not prompt or not when:
             await ctx.reply(USAGE)
             return
-        timezone = str(args.get("tz") or default_timezone)
+        timezone = await zone_for(ctx, args)
         until = args.get("until")
         if until is not None:
             try:
@@ -146,12 +175,20 @@ def register_schedule_commands(
     async def schedule_saved(ctx: CommandContext, args: dict[str, Any]) -> None:
         """A saved draft, or one post of a saved campaign, published once at its time."""
         words = str(args.get("text", "")).split()
-        timezone = str(args.get("tz") or default_timezone)
+        timezone = await zone_for(ctx, args)
         if args["action"] == "draft":
-            draft = await saved.draft(words[0]) if words else None
-            if draft is None or not args.get("at"):
+            kept = await saved.draft(words[0]) if words else None
+            if kept is None:
                 await ctx.reply(
                     'Usage: /schedule draft <draft id> at="2026-12-01 09:00" (drafts are kept 30 days)'
+                )
+                return
+            draft = kept.draft
+            if not args.get("at"):
+                tomorrow = dt.datetime.now(ZoneInfo(timezone)).date() + dt.timedelta(days=1)
+                await ctx.reply(
+                    f'When should it go out? /schedule draft {words[0]} at="{tomorrow} 09:00" '
+                    f"(time in {timezone}; add tz=… for another zone, mode=auto to skip approval)"
                 )
                 return
             if len(draft.posts) != 1:
@@ -192,7 +229,8 @@ def register_schedule_commands(
                 ArgSpec("action", "What to do", type=ArgType.CHOICE, choices=ACTIONS, required=True),
                 ArgSpec(
                     "text",
-                    "add: what to post about; approve/reject: post id [text]; else schedule id",
+                    "add: what to post about; approve/reject: post id [text]; timezone: a zone; "
+                    "else schedule id",
                     max_length=2000,
                 ),
                 ArgSpec(

@@ -8,7 +8,7 @@ core's. Nothing in here knows about Discord or Telegram.
 from __future__ import annotations
 
 import enum
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -28,11 +28,13 @@ class ConversationKey:
 
 @dataclass(frozen=True, slots=True)
 class Author:
-    """Who sent an event. `is_chat_admin` is what the platform says about this chat."""
+    """Who sent an event. `is_chat_admin` is what the platform says about this chat;
+    what `roles` allow is the core's decision."""
 
     user_id: str
     display_name: str = ""
     is_chat_admin: bool = False
+    roles: frozenset[str] = frozenset()  # the platform's role ids, where it has roles
 
 
 @dataclass(frozen=True, slots=True)
@@ -103,6 +105,31 @@ class MessageRef:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class Button:
+    """A button under a message that runs `command` (a command line without the
+    slash, e.g. "shorten 3fa2c1d0") as whoever clicks it, through the same checks
+    as a typed command. Where a platform has no buttons, the command is shown."""
+
+    label: str
+    command: str
+
+    #: Telegram's callback data holds 64 bytes; this leaves room for the prefix
+    MAX_COMMAND_BYTES = 56
+
+    def __post_init__(self) -> None:
+        if len(self.command.encode()) > self.MAX_COMMAND_BYTES:
+            raise ValueError(f"button command too long for every platform: {self.command!r}")
+
+    @property
+    def data(self) -> str:
+        """What the platform carries back when the button is clicked."""
+        return BUTTON_PREFIX + self.command
+
+
+BUTTON_PREFIX = "cmd:"
+
+
 class PlatformError(Exception):
     """A platform API call failed; `user_visible` is never set from platform text."""
 
@@ -128,8 +155,11 @@ class Surface(Protocol):
     async def typing(self) -> None:
         """Show that an answer is being prepared (best effort)."""
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
-        """Send a new message; `reply_to` chains continuation parts."""
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
+        """Send a new message; `reply_to` chains continuation parts. `buttons` only
+        arrive where `capabilities.has_buttons`."""
 
     async def edit(self, ref: MessageRef, text: str) -> None:
         """Replace the text of a message this surface sent."""

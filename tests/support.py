@@ -3,12 +3,28 @@
 from __future__ import annotations
 
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.commands import parse_command_text
-from core.types import Author, Capabilities, Inbound, MessageRef
+from core.types import Author, Button, Capabilities, Inbound, MessageRef
 
 _ids = itertools.count(1)
+
+#: every command Herald offers, as the platforms list them
+COMMAND_NAMES = {
+    "ask",
+    "reset",
+    "persona",
+    "cancel",
+    "draft",
+    "copy",
+    "regenerate",
+    "shorten",
+    "campaign",
+    "schedule",
+    "help",
+}
 
 
 @dataclass
@@ -18,6 +34,7 @@ class RecordingSurface:
     caps: Capabilities = field(default_factory=lambda: Capabilities(max_length=2000, min_edit_interval=0.0))
     messages: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
+    buttons: dict[str, tuple[Button, ...]] = field(default_factory=dict)  # by message id
 
     @property
     def capabilities(self) -> Capabilities:
@@ -26,10 +43,15 @@ class RecordingSurface:
     async def typing(self) -> None:
         self.calls.append(("typing", ""))
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         ref = MessageRef(str(len(self.messages) + 1))
         self.messages[ref.id] = text
         self.calls.append(("send", text))
+        if buttons:
+            assert self.caps.has_buttons, "buttons sent to a surface without buttons"
+            self.buttons[ref.id] = tuple(buttons)
         return ref
 
     async def edit(self, ref: MessageRef, text: str) -> None:

@@ -1,6 +1,7 @@
 """The full approval flow through a platform emulator: draft → buttons → approve →
 published exactly once. The schedule is made with /schedule and its run is
-triggered with an injected slot time."""
+triggered with an injected slot time. Also a draft's own buttons (Copy, Shorten…),
+clicked through each platform."""
 
 from __future__ import annotations
 
@@ -36,7 +37,7 @@ async def herald(
     redis = connect_redis(settings.redis_url or "")
     llm = build_llm(settings)
     await llm.start()
-    access = AccessPolicy.of(settings.allowed_chats, settings.allowed_users, settings.admins)
+    access = AccessPolicy.from_settings(settings)
     scheduling = build_scheduling(settings, redis, llm, access, Keys(settings.redis_prefix))
     engine = build_engine(settings, redis, llm, scheduling=scheduling)
     async with TelegramEmulator() as telegram:
@@ -111,9 +112,43 @@ async def test_telegram_approval_flow_publishes_once(
     )
 
 
+async def test_telegram_draft_buttons_run_their_commands(
+    herald: tuple[TelegramEmulator, Scheduling], tgi: TGIEmulator
+) -> None:
+    telegram, _ = herald
+    long_post = "Herald 2.0 ships today, with streamed answers in every chat! #herald"
+    tgi.responder = lambda m: "Herald 2.0 is out! #herald" if "shorter" in str(m) else long_post
+    group = telegram.group(GROUP, "Team", supergroup=True)
+    telegram.send_user_message(group, MEMBER, "/draft x announce v2")
+    await telegram.wait_until(lambda: last_text(telegram).startswith("Draft "))
+    shown = telegram.messages_in(GROUP)[-1]
+    draft_id = re.match(r"Draft (\w+) for X", shown.text)[1]  # type: ignore[index]
+    assert shown.text.endswith(long_post)
+    keyboard = shown.reply_markup["inline_keyboard"]  # type: ignore[index]
+    assert [[b["callback_data"] for b in row] for row in keyboard] == [
+        [f"cmd:copy {draft_id}", f"cmd:regenerate {draft_id}"],
+        [f"cmd:shorten {draft_id}", f"cmd:schedule draft {draft_id}"],
+    ]
+
+    telegram.send_callback_query(group, MEMBER, shown.message_id, f"cmd:shorten {draft_id}")
+    await telegram.wait_until(lambda: last_text(telegram).endswith("Herald 2.0 is out! #herald"))
+    shorter = telegram.messages_in(GROUP)[-1]
+    assert shorter.reply_to_message_id == shown.message_id and "— 26/280" in shorter.text
+    assert shorter.reply_markup is not None  # the new draft has its own buttons
+    assert len(telegram.calls_to("answerCallbackQuery")) == 1  # the click's spinner stopped
+
+    telegram.send_callback_query(group, MEMBER, shown.message_id, f"cmd:copy {draft_id}")
+    await telegram.wait_until(lambda: last_text(telegram) == long_post)
+    copied = telegram.messages_in(GROUP)[-1]
+    assert [e["type"] for e in copied.entities] == ["pre"]  # one tap copies it
+
+    telegram.send_callback_query(group, MEMBER, shown.message_id, f"cmd:schedule draft {draft_id}")
+    await telegram.wait_until(lambda: "can change its schedules" in last_text(telegram))
+
+
 async def test_discord_approval_flow_publishes_once(make_settings: SettingsFactory, tgi: TGIEmulator) -> None:
     from adapters.discord.bot import DiscordBot
-    from tests.emulators.discord import DiscordEmulator, point_discord_py_at
+    from tests.emulators.discord import DiscordEmulator, Interaction, point_discord_py_at
 
     guild, channel = 7000, 7001
     manage_guild = 1 << 5
@@ -122,7 +157,8 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
     redis = connect_redis(settings.redis_url or "")
     llm = build_llm(settings)
     await llm.start()
-    access = AccessPolicy.of()
+    social_team = 9001  # a role that manages schedules by configuration, with no permissions
+    access = AccessPolicy.of(manager_roles=[f"discord:{social_team}"])
     keys = Keys(settings.redis_prefix)
     scheduling = build_scheduling(settings, redis, llm, access, keys)
     engine = build_engine(settings, redis, llm, scheduling=scheduling)
@@ -133,6 +169,9 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
             bob = emu.user(802, "bob")
             emu.member(guild, 801, permissions=manage_guild)
             emu.member(guild, 802)
+            emu.role(guild, social_team, "Social team")
+            cy = emu.user(803, "cy")
+            emu.member(guild, 803, roles=[social_team])
             bot = DiscordBot(
                 engine, emu.token, redis=redis, keys=keys, ready_timeout=10, actions=scheduling.actions
             )
@@ -154,9 +193,12 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                     permissions=manage_guild,
                 )
 
-                def response_text() -> str:
-                    response = emu.interaction_response(interaction)
+                def response_of(handle: Interaction) -> str:
+                    response = emu.interaction_response(handle)
                     return response.content if response is not None else ""
+
+                def response_text() -> str:
+                    return response_of(interaction)
 
                 await emu.wait_until(lambda: response_text().startswith("Scheduled `"), 10)
                 schedule_id = re.match(r"Scheduled `(\w+)`", response_text())[1]  # type: ignore[index]
@@ -180,13 +222,8 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 )  # only the clicker sees it
                 assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
 
-                emu.click_button(
-                    request.id,
-                    f"herald:approve:{post.id}",
-                    user=ada,
-                    guild_id=guild,
-                    permissions=manage_guild,
-                )
+                # cy holds neither Manage Server nor Manage Channels, only the configured role
+                emu.click_button(request.id, f"herald:approve:{post.id}", user=cy, guild_id=guild)
                 await emu.wait_until(
                     lambda: emu.message(request.id)["content"].endswith(
                         f"**Approved and published post `{post.id}`.**"
@@ -199,6 +236,31 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 assert len(posted) == 1 and str(posted[0].id) == published.message_id
                 assert emu.message(request.id)["components"] == []  # decided: the buttons are gone
                 assert await scheduling.runner.run_slot(schedule, SLOT) is None
+
+                # a draft's own buttons run their commands for whoever clicks
+                drafting = emu.slash_command(
+                    "draft",
+                    [
+                        {"name": "target", "type": 3, "value": "x"},
+                        {"name": "prompt", "type": 3, "value": "announce v2"},
+                    ],
+                    channel_id=channel,
+                    user=bob,
+                    guild_id=guild,
+                )
+                await emu.wait_until(lambda: response_of(drafting).startswith("**Draft `"), 10)
+                shown = emu.interaction_response(drafting)
+                assert shown is not None
+                draft_id = re.match(r"\*\*Draft `(\w+)`", shown.content)[1]  # type: ignore[index]
+                custom_ids = [c["custom_id"] for row in shown.components for c in row["components"]]
+                assert custom_ids == [
+                    f"cmd:{c} {draft_id}" for c in ("copy", "regenerate", "shorten", "schedule draft")
+                ]
+                copying = emu.click_button(shown.id, f"cmd:copy {draft_id}", user=bob, guild_id=guild)
+                await emu.wait_until(lambda: response_of(copying).startswith("```"), 10)
+                assert response_of(copying) == f"```\n{tgi.responder([])}\n```"
+                assert emu.interaction_callbacks(copying)[0]["type"] == 5  # a new message, not an edit
+                assert emu.message(shown.id)["content"] == shown.content  # the draft stays as it was
             finally:
                 await bot.stop()
                 await scheduling.runner.close()

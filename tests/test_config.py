@@ -44,3 +44,25 @@ def test_dotenv_file(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.Monke
     assert settings.max_new_tokens == 64
     assert settings.discord_token is not None
     assert "abc.def" not in repr(settings)
+
+
+def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = load_settings(env_file=None)
+    assert (settings.http_addr, settings.log_format, settings.shutdown_grace_seconds) == (
+        "0.0.0.0:8787",
+        "text",
+        20.0,
+    )
+    assert settings.discord_gateway and settings.scheduler
+    monkeypatch.setenv("HERALD_HTTP_ADDR", "8787")
+    monkeypatch.setenv("HERALD_LOG_FORMAT", "yaml")
+    monkeypatch.setenv("HERALD_SHUTDOWN_GRACE_SECONDS", "-1")
+    monkeypatch.setenv("HERALD_MANAGER_ROLES", "12345")
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    problems = "\n".join(caught.value.problems)
+    assert "HERALD_HTTP_ADDR: must be host:port" in problems
+    assert "HERALD_LOG_FORMAT: Input should be 'text' or 'json'" in problems
+    assert "HERALD_SHUTDOWN_GRACE_SECONDS" in problems
+    assert "HERALD_MANAGER_ROLES: '12345' must be written platform:id" in problems
+    assert len(caught.value.problems) == 4

@@ -18,6 +18,7 @@ from core.splitting import closing_fence
 from tests.conftest import EngineFactory
 from tests.emulators.discord import DiscordEmulator, point_discord_py_at
 from tests.emulators.tgi import TGIEmulator
+from tests.support import COMMAND_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -290,16 +291,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], make_engine: EngineFactory
 ) -> None:
     bot = await start_bot()
-    assert {c["name"] for c in discord_emu.global_commands} == {
-        "ask",
-        "reset",
-        "persona",
-        "cancel",
-        "draft",
-        "campaign",
-        "schedule",
-        "help",
-    }
+    assert {c["name"] for c in discord_emu.global_commands} == COMMAND_NAMES
     ask = next(c for c in discord_emu.global_commands if c["name"] == "ask")
     assert ask["options"][0]["required"] is True and ask["options"][0]["type"] == 3
     persona = next(c for c in discord_emu.global_commands if c["name"] == "persona")
@@ -309,24 +301,38 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     discord_emu.user_message(dm, ada, "my name is Grace")
     await settled(discord_emu, dm, "You said: my name is Grace")
     await bot.stop()
-    assert len(discord_emu.global_commands) == 8  # shutting down never removes commands
+    assert len(discord_emu.global_commands) == 11  # shutting down never removes commands
     restarted = await start_bot(await make_engine())
     assert discord_emu.command_puts == puts  # unchanged commands are not written again
     discord_emu.user_message(dm, ada, "what is my name?")
     await settled(discord_emu, dm, "Your name is Grace.")
     await restarted.sync_commands(guild_id=GUILD)  # what `herald discord sync-commands --guild` does
-    assert {c["name"] for c in discord_emu.guild_commands[GUILD]} == {
-        "ask",
-        "reset",
-        "persona",
-        "cancel",
-        "draft",
-        "campaign",
-        "schedule",
-        "help",
-    }
+    assert {c["name"] for c in discord_emu.guild_commands[GUILD]} == COMMAND_NAMES
 
 
 async def test_shards_split_the_guilds(start_bot: BotFactory, discord_emu: DiscordEmulator) -> None:
     await start_bot(shard_ids=[1], shard_count=2)
     assert [i["shard"] for i in discord_emu.identifies] == [[1, 2]]
+
+
+async def test_without_the_gateway_it_only_publishes(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any]
+) -> None:
+    """HERALD_DISCORD_GATEWAY=false: a replica that publishes scheduled posts over REST
+    while another process holds the gateway shards."""
+    bot = await start_bot(gateway=False)
+    assert discord_emu.identifies == [] and discord_emu.connected() == []
+    assert await bot.ready()
+    _, publisher = bot.publisher()
+    message_id = await publisher.publish(str(CHANNEL), None, "Release notes are out @everyone")
+    [posted] = [m for m in discord_emu.messages_in(CHANNEL) if str(m.id) == message_id]
+    assert posted.content == "Release notes are out @everyone" and not posted.pinged_everyone
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> hi", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+    )
+    await asyncio.sleep(0.5)
+    assert [m.content for m in discord_emu.messages_in(CHANNEL)] == [
+        "Release notes are out @everyone"
+    ]  # no gateway: the mention never reached it, so nothing answered
+    await bot.stop()
+    assert not await bot.ready()

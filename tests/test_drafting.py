@@ -94,7 +94,8 @@ async def test_draft_command_with_options(make_engine: EngineFactory, tgi: TGIEm
     surface = RecordingSurface()
     text = "/draft x tone=witty variants=2 hashtags=on cta=Try it now\nAnnounce Herald 2.0"
     assert await engine.handle(event(text), surface) is Outcome.COMMAND
-    reply = surface.last
+    reply = "\n".join(surface.texts)  # one message per variant, each with its own actions
+    assert len(surface.texts) == 2
     assert re.search(r"\*\*Draft 1 of 2 `\w+` for X \(Twitter\)\*\* — 43/280", reply)
     assert re.search(r"\*\*Draft 2 of 2 `\w+` for X \(Twitter\)\*\* — 43/280", reply)
     assert "/schedule draft " in reply  # saved, so it can be scheduled

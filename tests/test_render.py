@@ -7,7 +7,7 @@ import heapq
 import itertools
 import logging
 import re
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Sequence
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -16,6 +16,7 @@ import pytest
 from core.render import RenderResult, StreamRenderer
 from core.splitting import split_message
 from core.types import (
+    Button,
     Capabilities,
     LengthUnit,
     MessageNotModified,
@@ -121,7 +122,9 @@ class FakeSurface:
             call.error = type(exc).__name__
             raise exc
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         if self.latency:
             await self.vt.sleep(self.latency)
         call = Call("send", self.vt.now, text, reply_to=reply_to.id if reply_to else None)

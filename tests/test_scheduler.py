@@ -213,6 +213,39 @@ async def test_killing_the_leader_hands_over_without_duplicates_or_gaps(
     assert gaps == {1.0}  # and no slot lost over the hand-over
 
 
+async def test_stopping_lets_a_run_under_way_finish(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    """A graceful stop in the middle of drafting: the claimed slot still gets its post."""
+    tgi.responder = lambda m: "Release notes: " + " ".join(f"item{i}" for i in range(20))
+    tgi.token_delay = 0.05  # about a second of drafting
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    origin = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    store = ScheduleStore(redis, Keys(prefix))
+    await store.save(schedule(prompt="slot {date}"))
+    runner = await make_runner(engine, redis, prefix, publisher, "a")
+    service = SchedulerService(
+        runner,
+        redis,
+        Keys(prefix),
+        lease=LeaderLease(redis, Keys(prefix), ttl=0.5, poll=0.05),
+        trigger_for=lambda d: IntervalTrigger(seconds=1, start_date=origin),
+    )
+    await service.start()
+    claimed = f"{prefix}:slot:s1:*"
+    for _ in range(100):  # until a slot is claimed: its draft is being written
+        if [key async for key in redis.scan_iter(match=claimed)]:
+            break
+        await asyncio.sleep(0.05)
+    assert not publisher.published
+    await service.stop()
+    slots = [key async for key in redis.scan_iter(match=claimed)]
+    posts = await store.posts_of("s1")
+    assert len(slots) == len(posts) >= 1 and len(publisher.published) == len(posts)
+    assert not await redis.exists(Keys(prefix).scheduler_lease())  # and the lease is free
+
+
 async def test_schedules_survive_a_restart(redis: Redis, redis_url: str, prefix: str) -> None:
     await ScheduleStore(redis, Keys(prefix)).save(schedule(id="keep"))
     fresh = connect_redis(redis_url)  # a new process

@@ -20,6 +20,7 @@ from core.types import ConversationKey
 from tests.conftest import EngineFactory
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
+from tests.support import COMMAND_NAMES
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -300,16 +301,7 @@ async def test_command_menu_is_registered(
     start_bot: BotFactory, telegram: TelegramEmulator, caplog: pytest.LogCaptureFixture
 ) -> None:
     await start_bot()
-    assert {c["command"] for c in telegram.my_commands} == {
-        "ask",
-        "reset",
-        "persona",
-        "cancel",
-        "draft",
-        "campaign",
-        "schedule",
-        "help",
-    }
+    assert {c["command"] for c in telegram.my_commands} == COMMAND_NAMES
 
 
 async def test_command_menu_failure_is_not_fatal(

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import Iterator, Mapping
+from dataclasses import replace
 from typing import Any
 
 import discord
@@ -23,9 +24,11 @@ from adapters.discord.commands import command_payload, digest
 from adapters.discord.publisher import DiscordPublisher, parse_custom_id
 from adapters.discord.surface import NO_PINGS, ChannelSurface, InteractionSurface
 from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
+from core.commands import clicked_command
 from core.engine import Engine
 from core.keys import Keys
 from core.schedules.actions import PostActions
+from core.types import Inbound
 
 RESTARTING = "Herald is restarting — try again in a moment."
 
@@ -60,6 +63,7 @@ class DiscordBot:
         shard_count: int | None = None,
         message_content: bool = False,
         ready_timeout: float = 60.0,
+        gateway: bool = True,
         actions: PostActions | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -69,6 +73,7 @@ class DiscordBot:
         self._redis = redis
         self._keys = keys
         self._ready_timeout = ready_timeout
+        self._gateway = gateway
         self._log = logger or logging.getLogger("herald.discord")
         intents = discord.Intents.default()
         # Privileged, and only needed to read messages that mention the bot's role
@@ -97,6 +102,9 @@ class DiscordBot:
 
     async def start(self) -> None:
         await self.login()
+        if not self._gateway:
+            self._log.info("Discord: %s logged in without the gateway (publishing only)", self.client.user)
+            return
         self._runner = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
@@ -113,6 +121,20 @@ class DiscordBot:
 
     def publisher(self) -> tuple[str, DiscordPublisher]:
         return PLATFORM, DiscordPublisher(self.client)
+
+    async def pause(self) -> None:
+        """Stop taking events; what is running goes on."""
+        self._accepting = False
+
+    async def ready(self) -> bool:
+        """Logged in and, with the gateway, every shard of this process connected."""
+        client = self.client
+        if client.user is None or client.is_closed():
+            return False
+        if not self._gateway:
+            return True
+        shards = client.shards.values()
+        return client.is_ready() and bool(shards) and not any(s.is_closed() for s in shards)
 
     async def stop(self) -> None:
         """Stop taking events, let the answers in flight finish, then disconnect."""
@@ -166,23 +188,31 @@ class DiscordBot:
         if interaction.type is discord.InteractionType.component:
             await self._on_button(interaction)
             return
-        if interaction.type is not discord.InteractionType.application_command:
-            return
+        if interaction.type is discord.InteractionType.application_command:
+            await self._run_command(interaction, from_interaction(interaction))
+
+    async def _run_command(self, interaction: discord.Interaction, event: Inbound) -> None:
         if not self._accepting:
             with contextlib.suppress(discord.HTTPException):
                 await interaction.response.send_message(RESTARTING, ephemeral=True)
             return
         with self._tracked():
             try:
-                await interaction.response.defer()  # inside Discord's 3-second window
+                # inside Discord's 3-second window; "thinking" makes a new message for the answer
+                await interaction.response.defer(thinking=True)
             except discord.HTTPException as exc:
                 self._log.warning("Discord: could not acknowledge interaction %s: %s", interaction.id, exc)
                 return
-            await self._engine.handle(from_interaction(interaction), InteractionSurface(interaction))
+            await self._engine.handle(event, InteractionSurface(interaction))
 
     async def _on_button(self, interaction: discord.Interaction) -> None:
-        """An approval button: the core decides; the draft message shows the outcome."""
+        """A button: one of the core's command buttons (run like the slash command, its
+        answer a new message), or an approval button (the draft message shows the outcome)."""
         data: Mapping[str, object] = interaction.data or {}
+        command = clicked_command(str(data.get("custom_id", "")))
+        if command is not None:
+            await self._run_command(interaction, replace(from_button(interaction), command=command))
+            return
         parsed = parse_custom_id(str(data.get("custom_id", "")))
         if parsed is None or self._actions is None:
             return

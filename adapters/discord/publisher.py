@@ -69,7 +69,11 @@ class DiscordPublisher:
 
     async def request_approval(self, chat_id: str, post: Post) -> None:
         channel = await self._channel(chat_id)
-        await channel.send(approval_text(post), view=approval_view(post.id), allowed_mentions=NO_PINGS)
+        view = approval_view(post.id)
+        try:
+            await channel.send(approval_text(post), view=view, allowed_mentions=NO_PINGS)
+        finally:
+            view.stop()  # the buttons stay on the message; clicks reach the bot's on_interaction
 
     async def notify(self, chat_id: str, text: str) -> None:
         channel = await self._channel(chat_id)

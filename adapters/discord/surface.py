@@ -8,12 +8,12 @@ what still fails becomes the core's platform errors.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
 import discord
 
-from core.types import Capabilities, MessageRef, PlatformError, PlatformRateLimited
+from core.types import Button, Capabilities, MessageRef, PlatformError, PlatformRateLimited
 
 MAX_LENGTH = 2000
 EDIT_INTERVAL = 1.2
@@ -23,6 +23,27 @@ CAPABILITIES = Capabilities(
 )
 
 T = TypeVar("T")
+
+
+def button_view(buttons: Sequence[Button]) -> discord.ui.View:
+    """The core's buttons as message components; clicks arrive as component interactions
+    that the bot turns back into commands (the view itself handles nothing)."""
+    view = discord.ui.View(timeout=None)
+    for button in buttons:
+        view.add_item(
+            discord.ui.Button(label=button.label, style=discord.ButtonStyle.secondary, custom_id=button.data)
+        )
+    return view
+
+
+async def sending(view: discord.ui.View | None, send: Callable[[], Awaitable[T]]) -> T:
+    """Send with `view`, then stop it: the buttons stay on the message, but discord.py's
+    view store does not keep one view per message sent for as long as the bot runs."""
+    try:
+        return await _call(send)
+    finally:
+        if view is not None:
+            view.stop()
 
 
 async def _call(call: Callable[[], Awaitable[T]]) -> T:
@@ -50,13 +71,21 @@ class ChannelSurface:
     async def typing(self) -> None:
         await _call(lambda: self._channel.typing())
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         target = self._message.to_reference(fail_if_not_exists=False)
         if reply_to is not None:
             target = discord.MessageReference(
                 message_id=int(reply_to.id), channel_id=self._channel.id, fail_if_not_exists=False
             )
-        sent = await _call(lambda: self._channel.send(text, reference=target, allowed_mentions=NO_PINGS))
+        view = button_view(buttons) if buttons else None
+        sent = await sending(
+            view,
+            lambda: self._channel.send(
+                text, reference=target, allowed_mentions=NO_PINGS, view=view or discord.utils.MISSING
+            ),
+        )
         return MessageRef(str(sent.id))
 
     async def edit(self, ref: MessageRef, text: str) -> None:
@@ -81,13 +110,24 @@ class InteractionSurface:
     async def typing(self) -> None:
         return None  # the deferred response already shows "thinking…"
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
+        view = button_view(buttons) if buttons else None
+        components = view or discord.utils.MISSING
         if not self._original_used:
             self._original_used = True
-            await self.edit(MessageRef(self.ORIGINAL), text)
+            await sending(
+                view,
+                lambda: self._interaction.edit_original_response(
+                    content=text, allowed_mentions=NO_PINGS, view=components
+                ),
+            )
             return MessageRef(self.ORIGINAL)
         followup = self._interaction.followup
-        sent = await _call(lambda: followup.send(text, allowed_mentions=NO_PINGS, wait=True))
+        sent = await sending(
+            view, lambda: followup.send(text, allowed_mentions=NO_PINGS, wait=True, view=components)
+        )
         return MessageRef(str(sent.id))
 
     async def edit(self, ref: MessageRef, text: str) -> None:

@@ -44,6 +44,11 @@ def _without_mentions(text: str, me: discord.ClientUser, role_ids: set[int]) -> 
     return re.sub(pattern, "", text).strip()
 
 
+def _roles(user: discord.abc.User) -> frozenset[str]:
+    """A guild member's role ids (the core decides what they allow)."""
+    return frozenset(str(role.id) for role in getattr(user, "roles", ()))
+
+
 def _manages(perms: discord.Permissions | None) -> bool:
     """Manage Server or Manage Channels (or Administrator) may change chat-wide settings."""
     return bool(perms and (perms.manage_guild or perms.manage_channels or perms.administrator))
@@ -63,6 +68,7 @@ def from_message(message: discord.Message, me: discord.ClientUser) -> Inbound:
             str(message.author.id),
             message.author.display_name,
             _manages(getattr(message.author, "guild_permissions", None)),
+            _roles(message.author),
         ),
         text=_without_mentions(message.content, me, role_ids),
         addressed=private or mentioned or _replies_to_bot(message, me),
@@ -87,7 +93,7 @@ def from_button(interaction: discord.Interaction) -> Inbound:
         chat_id=chat or str(interaction.channel_id),
         thread_id=thread,
         # the permissions Discord resolved for this user in this channel
-        author=Author(str(user.id), user.display_name, _manages(interaction.permissions)),
+        author=Author(str(user.id), user.display_name, _manages(interaction.permissions), _roles(user)),
         text="",
         addressed=True,
         is_private=interaction.guild_id is None,

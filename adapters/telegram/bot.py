@@ -12,10 +12,10 @@ import contextlib
 import logging
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, Message, ReplyParameters, Update
+from telegram import BotCommand, CallbackQuery, Message, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import Conflict, InvalidToken, TelegramError
 from telegram.ext import (
@@ -31,9 +31,10 @@ from adapters.telegram.formatting import markdown_to_telegram
 from adapters.telegram.publisher import TelegramPublisher, parse_callback
 from adapters.telegram.surface import TelegramSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
+from core.commands import clicked_command
 from core.engine import Engine
 from core.schedules.actions import PostActions
-from core.types import Author, Inbound
+from core.types import Author, CommandCall, Inbound
 
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 ADMIN_CACHE_SECONDS = 60.0
@@ -128,11 +129,23 @@ class TelegramBot:
     def publisher(self) -> tuple[str, TelegramPublisher]:
         return PLATFORM, TelegramPublisher(self.app.bot)
 
-    async def stop(self) -> None:
-        """Stop taking updates, let the answers in flight finish, then close."""
+    async def pause(self) -> None:
+        """Stop taking updates (polling or webhook); what is running goes on."""
         updater = self.app.updater
         if updater is not None and updater.running:
             await updater.stop()
+
+    async def ready(self) -> bool:
+        """The Bot API answers, and updates are being received."""
+        updater = self.app.updater
+        if updater is None or not updater.running:
+            return False
+        await self.app.bot.get_me()
+        return True
+
+    async def stop(self) -> None:
+        """Stop taking updates, let the answers in flight finish, then close."""
+        await self.pause()
         if self.app.running:
             await self.app.stop()  # waits for the handlers still running
         await self.app.shutdown()
@@ -180,24 +193,21 @@ class TelegramBot:
             await self._chat_moved(message.chat.id, surface.chat_id)
 
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """An approval button: the core decides; the answer shows as a toast and under the draft."""
+        """A button: one of the core's command buttons (run like the typed command), or
+        an approval button (the answer shows as a toast and under the draft)."""
         query = update.callback_query
-        parsed = parse_callback(query.data or "") if query is not None else None
-        if query is None or parsed is None or self._actions is None or query.message is None:
+        if query is None or query.message is None:
+            return
+        command = clicked_command(query.data or "")
+        if command is not None:
+            await self._on_command_button(query, command)
+            return
+        parsed = parse_callback(query.data or "")
+        if parsed is None or self._actions is None:
             return
         action, post_id = parsed
         chat = query.message.chat
-        private = chat.type == chat.PRIVATE
-        admin = not private and await self._is_admin(chat.id, query.from_user.id)
-        event = Inbound(
-            platform=PLATFORM,
-            event_id=f"q{query.id}",
-            chat_id=str(chat.id),
-            author=Author(str(query.from_user.id), query.from_user.full_name, admin),
-            text="",
-            addressed=True,
-            is_private=private,
-        )
+        event = await self._clicker(query)
         answer = await self._actions.act(action, post_id, event)
         with contextlib.suppress(TelegramError):
             await query.answer(answer[:200])
@@ -211,6 +221,43 @@ class TelegramBot:
                     parse_mode=ParseMode.HTML,
                     reply_parameters=_reply_to(query.message),
                 )
+
+    async def _on_command_button(self, query: CallbackQuery, command: CommandCall) -> None:
+        message = query.message
+        assert message is not None
+        with contextlib.suppress(TelegramError):
+            await query.answer()  # ends the button's loading state; the answer is a message
+        event = replace(await self._clicker(query), command=command)
+        topic = getattr(message, "is_topic_message", False)
+        surface = TelegramSurface(
+            self.app.bot,
+            chat_id=message.chat.id,
+            thread_id=getattr(message, "message_thread_id", None) if topic else None,
+            reply_to=message.message_id,
+            private=event.is_private,
+            logger=self._log,
+        )
+        await self._engine.handle(event, surface)
+
+    async def _clicker(self, query: CallbackQuery) -> Inbound:
+        """Who clicked, and where: the core decides what they may do."""
+        message = query.message
+        assert message is not None
+        chat = message.chat
+        private = chat.type == chat.PRIVATE
+        admin = not private and await self._is_admin(chat.id, query.from_user.id)
+        topic = getattr(message, "is_topic_message", False)
+        thread = getattr(message, "message_thread_id", None) if topic else None
+        return Inbound(
+            platform=PLATFORM,
+            event_id=f"q{query.id}",
+            chat_id=str(chat.id),
+            thread_id=str(thread) if thread is not None else None,
+            author=Author(str(query.from_user.id), query.from_user.full_name, admin),
+            text="",
+            addressed=True,
+            is_private=private,
+        )
 
     async def _on_migrate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         message = update.message

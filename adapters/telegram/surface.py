@@ -9,15 +9,23 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
-from telegram import Bot, LinkPreviewOptions, Message, ReplyParameters
+from telegram import (
+    Bot,
+    InlineKeyboardButton,
+    InlineKeyboardMarkup,
+    LinkPreviewOptions,
+    Message,
+    ReplyParameters,
+)
 from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
 from core.types import (
+    Button,
     Capabilities,
     LengthUnit,
     MessageNotModified,
@@ -74,9 +82,12 @@ class TelegramSurface:
             )
         )
 
-    async def send(self, text: str, reply_to: MessageRef | None = None) -> MessageRef:
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
         target = int(reply_to.id) if reply_to is not None else self._reply_to
         reply = ReplyParameters(target, allow_sending_without_reply=True) if target else None
+        markup = keyboard(buttons) if buttons else None
 
         def attempt(html: bool) -> Awaitable[Message]:
             body, mode = self._content(text, html)
@@ -87,6 +98,7 @@ class TelegramSurface:
                 message_thread_id=self._thread_id,
                 reply_parameters=reply,
                 link_preview_options=NO_PREVIEW,
+                reply_markup=markup,
             )
 
         message = await self._formatted(attempt)
@@ -144,6 +156,12 @@ class TelegramSurface:
             raise PlatformError(exc.message) from exc
         except TelegramError as exc:  # timeouts, network errors, server errors
             raise PlatformError(f"Telegram call failed: {exc}") from exc
+
+
+def keyboard(buttons: Sequence[Button], per_row: int = 2) -> InlineKeyboardMarkup:
+    """The core's buttons as an inline keyboard: a click comes back as a callback query."""
+    keys = [InlineKeyboardButton(b.label, callback_data=b.data) for b in buttons]
+    return InlineKeyboardMarkup([keys[i : i + per_row] for i in range(0, len(keys), per_row)])
 
 
 class _BadMarkup(PlatformError):

@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import replace
 from typing import Protocol
 
@@ -249,6 +249,9 @@ class SchedulerService:
         self._log = logger or logging.getLogger("herald.scheduler")
         self._scheduler: AsyncIOScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
+        self._runs = 0  # runs under way (fires and catch-up)
+        self._idle = asyncio.Event()
+        self._idle.set()
 
     async def start(self) -> None:
         self._tasks = [
@@ -256,7 +259,13 @@ class SchedulerService:
             asyncio.create_task(self._watch_changes(), name="scheduler-watch"),
         ]
 
-    async def stop(self) -> None:
+    async def stop(self, drain: float = 15.0) -> None:
+        """Start no new runs; let those under way finish (a claimed slot gets its post),
+        for up to `drain` seconds; then give up the lease."""
+        await self._deposed()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(drain):
+                await self._idle.wait()
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -278,7 +287,8 @@ class SchedulerService:
         self._scheduler = scheduler
         await self.reload()
         scheduler.start()
-        await self.catch_up(self._clock())
+        with self._run():
+            await self.catch_up(self._clock())
 
     async def _deposed(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
@@ -304,17 +314,30 @@ class SchedulerService:
                 max_instances=1,
             )
 
-    async def _fire(self, schedule_id: str) -> None:
-        schedule = await self._runner.store.get(schedule_id)
-        if schedule is None:
-            return
-        slot = last_fire(self._trigger_for(schedule), self._clock(), self._grace)
-        if slot is None:
-            return
+    @contextlib.contextmanager
+    def _run(self) -> Iterator[None]:
+        """A run under way: `stop` lets it finish, so a slot it claimed gets its post."""
+        self._runs += 1
+        self._idle.clear()
         try:
-            await self._runner.run_slot(schedule, slot)
-        except Exception:
-            self._log.exception("schedule %s failed at %s", schedule_id, slot)
+            yield
+        finally:
+            self._runs -= 1
+            if not self._runs:
+                self._idle.set()
+
+    async def _fire(self, schedule_id: str) -> None:
+        with self._run():
+            schedule = await self._runner.store.get(schedule_id)
+            if schedule is None:
+                return
+            slot = last_fire(self._trigger_for(schedule), self._clock(), self._grace)
+            if slot is None:
+                return
+            try:
+                await self._runner.run_slot(schedule, slot)
+            except Exception:
+                self._log.exception("schedule %s failed at %s", schedule_id, slot)
 
     async def _watch_changes(self) -> None:
         while True:

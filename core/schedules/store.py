@@ -162,6 +162,13 @@ class ScheduleStore:
         await self.save(schedule)
         return schedule
 
+    async def chat_timezone(self, platform: str, chat_id: str) -> str | None:
+        raw = await self._redis.get(self._keys.chat_timezone(platform, chat_id))
+        return None if raw is None else raw.decode() if isinstance(raw, bytes) else str(raw)
+
+    async def set_chat_timezone(self, platform: str, chat_id: str, zone: str) -> None:
+        await self._redis.set(self._keys.chat_timezone(platform, chat_id), zone)
+
     async def claim_slot(self, schedule_id: str, slot: dt.datetime, owner: str) -> bool:
         """True for exactly one caller per (schedule, fire time), across replicas and restarts."""
         key = self._keys.schedule_slot(schedule_id, slot.isoformat())
@@ -181,6 +188,13 @@ class ScheduleStore:
         raw = await self._redis.hgetall(self._keys.posts())
         posts = (Post.decode(v) for v in raw.values())
         return sorted((p for p in posts if p.schedule_id == schedule_id), key=lambda p: p.slot)
+
+    async def count_by_state(self) -> dict[str, int]:
+        """How many posts are in each lifecycle state (reads every post: for metrics)."""
+        counts = dict.fromkeys((s.value for s in PostState), 0)
+        for raw in await self._redis.hvals(self._keys.posts()):
+            counts[Post.decode(raw).state.value] += 1
+        return counts
 
     async def move(self, post: Post, state: PostState, **changes: Any) -> Post:
         """Change a post's state, refusing moves the lifecycle does not allow."""
