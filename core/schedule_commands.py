@@ -94,7 +94,7 @@ def register_schedule_commands(
             return
         if action in ("approve", "regenerate", "reject"):
             post_id, _, text = str(args.get("text", "")).strip().partition(" ")
-            await ctx.reply(await actions.act(action, post_id, event, text.strip()))
+            await ctx.reply((await actions.act(action, post_id, event, text.strip())).message)
             return
         schedule_id = str(args.get("text", "")).strip()
         schedule = await store.get(schedule_id)

@@ -86,9 +86,13 @@ async def test_telegram_approval_flow_publishes_once(
     buttons = [b["callback_data"] for row in request.reply_markup["inline_keyboard"] for b in row]  # type: ignore[index]
     assert buttons == [f"herald:{a}:{post.id}" for a in ("approve", "edit", "regenerate", "reject")]
 
+    def toasts() -> list[str]:
+        return [c.params.get("text", "") for c in telegram.calls_to("answerCallbackQuery")]
+
     telegram.send_callback_query(group, MEMBER, request.message_id, f"herald:approve:{post.id}")
-    await telegram.wait_until(lambda: "Only people who manage" in last_text(telegram))
+    await telegram.wait_until(lambda: any("Only people who manage" in t for t in toasts()))
     assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
+    assert telegram.message(GROUP, request.message_id)["reply_markup"]  # the buttons stay for a manager
 
     telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:approve:{post.id}")
     await telegram.wait_until(lambda: last_text(telegram) == f"Approved and published post {post.id}.")
@@ -110,6 +114,49 @@ async def test_telegram_approval_flow_publishes_once(
     await telegram.wait_until(
         lambda: any(m.text.startswith(f"Draft {extra}") for m in telegram.messages_in(GROUP))
     )
+
+
+async def test_telegram_edit_asks_for_the_text_and_publishes_it(
+    herald: tuple[TelegramEmulator, Scheduling], tgi: TGIEmulator
+) -> None:
+    telegram, scheduling = herald
+    tgi.responder = lambda m: "Release notes are out. #herald"
+    group = telegram.group(GROUP, "Team", supergroup=True)
+    telegram.set_admin(GROUP, ADMIN["id"])
+    telegram.send_user_message(group, ADMIN, '/schedule add target=x when="every day at 09:00" release notes')
+    await telegram.wait_until(lambda: last_text(telegram).startswith("Scheduled "))
+    schedule = await scheduling.store.get(re.match(r"Scheduled (\w+)", last_text(telegram))[1])  # type: ignore[index]
+    assert schedule is not None
+    post = await scheduling.runner.run_slot(schedule, SLOT)
+    assert post is not None
+    await telegram.wait_until(lambda: last_text(telegram).startswith(f"Draft {post.id}"))
+    request = telegram.messages_in(GROUP)[-1]
+
+    telegram.send_callback_query(group, MEMBER, request.message_id, f"herald:edit:{post.id}")
+    await telegram.wait_until(
+        lambda: any(
+            "Only people" in c.params.get("text", "") for c in telegram.calls_to("answerCallbackQuery")
+        )
+    )
+    telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:edit:{post.id}")
+    prompt_text = f"✏️ Reply to this message with the text to publish for post {post.id}."
+    await telegram.wait_until(lambda: last_text(telegram) == prompt_text)
+    prompt = telegram.messages_in(GROUP)[-1]
+    sent = next(c for c in telegram.calls_to("sendMessage") if c.params.get("text") == prompt_text)
+    assert sent.params["reply_markup"]["force_reply"] is True  # the app opens a reply to it
+
+    telegram.send_user_message(group, ADMIN, "x" * 300, reply_to_message_id=prompt.message_id)
+    await telegram.wait_until(lambda: "the limit is 280. Nothing was published." in last_text(telegram))
+    telegram.send_user_message(group, MEMBER, "hijacked!", reply_to_message_id=prompt.message_id)
+    await telegram.wait_until(lambda: last_text(telegram).startswith("Only people who manage"))
+    assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
+
+    edited = "Release notes: faster answers, fewer bugs. #herald"
+    telegram.send_user_message(group, ADMIN, edited, reply_to_message_id=prompt.message_id)
+    await telegram.wait_until(lambda: last_text(telegram) == f"Approved and published post {post.id}.")
+    published = await scheduling.store.post(post.id)
+    assert published is not None and published.state is PostState.PUBLISHED and published.text == edited
+    assert [m.text for m in telegram.messages_in(GROUP)].count(edited) == 1
 
 
 async def test_telegram_draft_buttons_run_their_commands(
@@ -216,10 +263,9 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 ]
 
                 refused = emu.click_button(request.id, f"herald:approve:{post.id}", user=bob, guild_id=guild)
-                await emu.wait_until(lambda: bool(emu.interaction_callbacks(refused)), 10)
-                assert (
-                    emu.interaction_callbacks(refused)[0]["data"]["flags"] == 64
-                )  # only the clicker sees it
+                await emu.wait_until(lambda: bool(emu.followups(refused)), 10)
+                [refusal] = emu.followups(refused)
+                assert refusal.ephemeral and refusal.content.startswith("Only people who manage")
                 assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
 
                 # cy holds neither Manage Server nor Manage Channels, only the configured role
@@ -236,6 +282,35 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 assert len(posted) == 1 and str(posted[0].id) == published.message_id
                 assert emu.message(request.id)["components"] == []  # decided: the buttons are gone
                 assert await scheduling.runner.run_slot(schedule, SLOT) is None
+
+                # Edit opens a form holding the draft; submitting it publishes the new text
+                second = await scheduling.runner.run_slot(schedule, SLOT + dt.timedelta(days=1))
+                assert second is not None
+                request = next(
+                    m for m in emu.messages_in(channel) if m.content.startswith(f"Draft `{second.id}`")
+                )
+                denied = emu.click_button(request.id, f"herald:edit:{second.id}", user=bob, guild_id=guild)
+                await emu.wait_until(lambda: bool(emu.interaction_callbacks(denied)), 10)
+                [answer] = emu.interaction_callbacks(denied)
+                assert answer["type"] == 4 and answer["data"]["flags"] == 64 and denied.modal is None
+                opening = emu.click_button(request.id, f"herald:edit:{second.id}", user=cy, guild_id=guild)
+                await emu.wait_until(lambda: opening.modal is not None, 10)
+                assert opening.modal is not None
+                assert opening.modal["components"][0]["components"][0]["value"] == second.text
+                too_long = emu.submit_modal(opening, {"text": "x" * 2100})
+                await emu.wait_until(lambda: bool(emu.followups(too_long)), 10)
+                [refusal] = emu.followups(too_long)
+                assert refusal.ephemeral and "the limit is 2000. Nothing was published." in refusal.content
+                edited = "Edited: the release notes are out. #herald"
+                emu.submit_modal(opening, {"text": edited})
+                await emu.wait_until(
+                    lambda: emu.message(request.id)["content"].endswith(
+                        f"**Approved and published post `{second.id}`.**"
+                    ),
+                    10,
+                )
+                assert [m.content for m in emu.messages_in(channel)].count(edited) == 1
+                assert emu.message(request.id)["components"] == []
 
                 # a draft's own buttons run their commands for whoever clicks
                 drafting = emu.slash_command(

@@ -21,7 +21,7 @@ import discord
 from redis.asyncio import Redis
 
 from adapters.discord.commands import command_payload, digest
-from adapters.discord.publisher import DiscordPublisher, parse_custom_id
+from adapters.discord.publisher import DiscordPublisher, edit_form, form_text, parse_custom_id
 from adapters.discord.surface import NO_PINGS, ChannelSurface, InteractionSurface
 from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
 from core.commands import clicked_command
@@ -188,6 +188,9 @@ class DiscordBot:
         if interaction.type is discord.InteractionType.component:
             await self._on_button(interaction)
             return
+        if interaction.type is discord.InteractionType.modal_submit:
+            await self._on_form(interaction)
+            return
         if interaction.type is discord.InteractionType.application_command:
             await self._run_command(interaction, from_interaction(interaction))
 
@@ -218,17 +221,54 @@ class DiscordBot:
             return
         action, post_id = parsed
         with self._tracked():
-            answer = await self._actions.act(action, post_id, from_button(interaction))
+            if action == "edit":
+                await self._open_editor(interaction, post_id)
+            else:
+                await self._decide(interaction, action, post_id)
+
+    async def _open_editor(self, interaction: discord.Interaction, post_id: str) -> None:
+        """Edit: a form holding the draft; submitting it publishes the edited text."""
+        assert self._actions is not None
+        post, why = await self._actions.editable(post_id, from_button(interaction))
+        try:
+            if post is None:
+                await interaction.response.send_message(why, ephemeral=True, allowed_mentions=NO_PINGS)
+                return
+            form = edit_form(post)
             try:
-                if action == "edit" or answer.startswith("Only people"):
-                    await interaction.response.send_message(answer, ephemeral=True, allowed_mentions=NO_PINGS)
-                else:
-                    content = interaction.message.content if interaction.message else ""
-                    await interaction.response.edit_message(
-                        content=f"{content}\n\n**{answer}**", view=None, allowed_mentions=NO_PINGS
-                    )
-            except discord.HTTPException as exc:
-                self._log.warning("Discord: could not answer a button: %s", exc)
+                await interaction.response.send_modal(form)
+            finally:
+                form.stop()  # the submission reaches on_interaction like any other
+        except discord.HTTPException as exc:
+            self._log.warning("Discord: could not open the editor: %s", exc)
+
+    async def _on_form(self, interaction: discord.Interaction) -> None:
+        data: Mapping[str, object] = interaction.data or {}
+        parsed = parse_custom_id(str(data.get("custom_id", "")))
+        if parsed is None or parsed[0] != "edit" or self._actions is None:
+            return
+        with self._tracked():
+            await self._decide(interaction, "edit", parsed[1], form_text(data))
+
+    async def _decide(
+        self, interaction: discord.Interaction, action: str, post_id: str, text: str = ""
+    ) -> None:
+        """Approve, regenerate, reject (or an edited text): the draft message shows the
+        outcome and loses its buttons; a refusal is shown to the clicker alone."""
+        assert self._actions is not None
+        try:
+            await interaction.response.defer()  # publishing or redrafting may outlast 3 seconds
+            result = await self._actions.act(action, post_id, from_button(interaction), text)
+            if result.settled and interaction.message is not None:
+                await interaction.edit_original_response(
+                    content=f"{interaction.message.content}\n\n**{result.message}**",
+                    view=None,
+                    allowed_mentions=NO_PINGS,
+                )
+            else:
+                await interaction.followup.send(result.message, ephemeral=True, allowed_mentions=NO_PINGS)
+        except discord.HTTPException as exc:
+            self._log.warning("Discord: could not answer a button: %s", exc)
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:

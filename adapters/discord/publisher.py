@@ -7,6 +7,8 @@ is reported as unknown and never retried automatically.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import aiohttp
 import discord
 
@@ -39,6 +41,30 @@ def approval_view(post_id: str) -> discord.ui.View:
     for label, action, style in BUTTONS:
         view.add_item(discord.ui.Button(label=label, style=style, custom_id=custom_id(action, post_id)))
     return view
+
+
+def edit_form(post: Post) -> discord.ui.Modal:
+    """Edit: the draft in a text box; the submission is handled in the bot's `on_interaction`."""
+    form = discord.ui.Modal(title=f"Edit post {post.id}"[:45], custom_id=custom_id("edit", post.id))
+    form.add_item(
+        discord.ui.TextInput(
+            label="Text to publish",
+            style=discord.TextStyle.paragraph,
+            default=post.text[:4000],
+            max_length=4000,
+            custom_id="text",
+        )
+    )
+    return form
+
+
+def form_text(data: Mapping[str, object]) -> str:
+    """The text box's value from a submitted `edit_form`."""
+    for row in data.get("components") or []:  # type: ignore[attr-defined]
+        for item in row.get("components") or []:
+            if item.get("custom_id") == "text":
+                return str(item.get("value") or "").strip()
+    return ""
 
 
 def approval_text(post: Post) -> str:

@@ -15,7 +15,7 @@ import time
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, CallbackQuery, Message, ReplyParameters, Update
+from telegram import BotCommand, CallbackQuery, ForceReply, Message, ReplyParameters, Update
 from telegram.constants import ChatMemberStatus, ParseMode
 from telegram.error import Conflict, InvalidToken, TelegramError
 from telegram.ext import (
@@ -28,7 +28,7 @@ from telegram.ext import (
 )
 
 from adapters.telegram.formatting import markdown_to_telegram
-from adapters.telegram.publisher import TelegramPublisher, parse_callback
+from adapters.telegram.publisher import TelegramPublisher, edit_prompt, edited_post, parse_callback
 from adapters.telegram.surface import TelegramSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
 from core.commands import clicked_command
@@ -178,8 +178,20 @@ class TelegramBot:
         if message is None or message.text is None:
             return
         private = message.chat.type == message.chat.PRIVATE
-        chat_admin = not private and starts_with_command(message) and await self._is_chat_admin(message)
+        edit_of = self._edit_of(message)
+        needs_rights = starts_with_command(message) or edit_of is not None
+        chat_admin = not private and needs_rights and await self._is_chat_admin(message)
         inbound = to_inbound(message, update.update_id, self.identity, chat_admin=chat_admin)
+        if edit_of is not None and self._actions is not None:
+            result = await self._actions.act("edit", edit_of, inbound, message.text.strip())
+            with contextlib.suppress(TelegramError):
+                await self.app.bot.send_message(
+                    message.chat.id,
+                    markdown_to_telegram(result.message).html,
+                    parse_mode=ParseMode.HTML,
+                    reply_parameters=_reply_to(message),
+                )
+            return
         surface = TelegramSurface(
             self.app.bot,
             chat_id=message.chat.id,
@@ -208,19 +220,46 @@ class TelegramBot:
         action, post_id = parsed
         chat = query.message.chat
         event = await self._clicker(query)
-        answer = await self._actions.act(action, post_id, event)
+        if action == "edit":
+            await self._ask_for_edit(query, post_id, event)
+            return
+        result = await self._actions.act(action, post_id, event)
         with contextlib.suppress(TelegramError):
-            await query.answer(answer[:200])
-        if action != "edit":
-            with contextlib.suppress(TelegramError):
-                await query.edit_message_reply_markup(reply_markup=None)  # decided: no more buttons
-            with contextlib.suppress(TelegramError):
-                await self.app.bot.send_message(
-                    chat.id,
-                    markdown_to_telegram(answer).html,
-                    parse_mode=ParseMode.HTML,
-                    reply_parameters=_reply_to(query.message),
-                )
+            await query.answer(result.message[:200])
+        if not result.settled:
+            return  # the toast says why; the buttons stay for someone who may use them
+        with contextlib.suppress(TelegramError):
+            await query.edit_message_reply_markup(reply_markup=None)  # decided: no more buttons
+        with contextlib.suppress(TelegramError):
+            await self.app.bot.send_message(
+                chat.id,
+                markdown_to_telegram(result.message).html,
+                parse_mode=ParseMode.HTML,
+                reply_parameters=_reply_to(query.message),
+            )
+
+    async def _ask_for_edit(self, query: CallbackQuery, post_id: str, event: Inbound) -> None:
+        """Edit: a forced reply asks for the new text; the reply approves it (`_edit_of`)."""
+        assert self._actions is not None and query.message is not None
+        post, why = await self._actions.editable(post_id, event)
+        with contextlib.suppress(TelegramError):
+            await query.answer(why[:200] if post is None else "")
+        if post is None:
+            return
+        with contextlib.suppress(TelegramError):
+            await self.app.bot.send_message(
+                query.message.chat.id,
+                edit_prompt(post_id),
+                reply_parameters=_reply_to(query.message),
+                reply_markup=ForceReply(selective=True, input_field_placeholder="The text to publish"),
+            )
+
+    def _edit_of(self, message: Message) -> str | None:
+        """The post whose edit prompt this message answers, if it does."""
+        replied = message.reply_to_message
+        if replied is None or replied.from_user is None or replied.from_user.id != self.identity.id:
+            return None
+        return edited_post(replied.text or "")
 
     async def _on_command_button(self, query: CallbackQuery, command: CommandCall) -> None:
         message = query.message

@@ -84,6 +84,22 @@ class TelegramPublisher:
         await self._bot.send_message(int(chat_id), markdown_to_telegram(text).html, parse_mode=ParseMode.HTML)
 
 
+EDIT_PROMPT = "✏️ Reply to this message with the text to publish for post "
+
+
+def edit_prompt(post_id: str) -> str:
+    """Sent with a forced reply when Edit is clicked; the reply carries the new text."""
+    return f"{EDIT_PROMPT}{post_id}."
+
+
+def edited_post(prompt_text: str) -> str | None:
+    """The post id of an edit prompt (the message a person replied to), else None."""
+    if not prompt_text.startswith(EDIT_PROMPT):
+        return None
+    post_id = prompt_text.removeprefix(EDIT_PROMPT).rstrip(".")
+    return post_id if post_id.isalnum() else None
+
+
 def approval_text(post: Post) -> str:
     """Plain text: the draft exactly as it would be published, with its post id."""
     return f"Draft `{post.id}` for {post.slot[:16].replace('T', ' ')} — approve to publish:\n\n{post.text}"

@@ -6,17 +6,27 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from core.access import AccessPolicy
 from core.drafting import DraftTooLong
 from core.llm.errors import LLMError
 from core.post_targets import Target
 from core.schedules.runner import Runner
-from core.schedules.store import InvalidTransition, PostState, Schedule
+from core.schedules.store import InvalidTransition, Post, PostState, Schedule
 from core.types import Inbound
 
 ACTIONS = ("approve", "edit", "regenerate", "reject")
+NOT_A_MANAGER = "Only people who manage this chat can approve its posts."
+
+
+@dataclass(frozen=True, slots=True)
+class ActionResult:
+    """What to tell the person; `settled` when the draft's buttons no longer apply
+    (published, rejected, redrafted, or decided earlier)."""
+
+    message: str
+    settled: bool = False
 
 
 class PostActions:
@@ -25,42 +35,56 @@ class PostActions:
         self._access = access
         self._log = logger or logging.getLogger("herald.scheduler")
 
-    async def act(self, action: str, post_id: str, event: Inbound, text: str = "") -> str:
-        """Carry out `action`; the answer is a short message for the person who asked."""
+    async def act(self, action: str, post_id: str, event: Inbound, text: str = "") -> ActionResult:
+        """Carry out `action` (`edit` needs `text`, the text to publish instead)."""
         if not self._access.may_manage_chat(event):
-            return "Only people who manage this chat can approve its posts."
+            return ActionResult(NOT_A_MANAGER)
         post = await self._runner.store.post(post_id)
         if post is None:
-            return f"There is no post `{post_id}`."
+            return ActionResult(f"There is no post `{post_id}`.")
         try:
             if action == "approve" or (action == "edit" and text):
                 if text:
                     target = await self._target_of(post.schedule_id)
                     if target is not None and not target.fits(text):
-                        return (
+                        return ActionResult(
                             f"That text is {target.measure(text)} characters as {target.label} counts "
                             f"them; the limit is {target.limit}. Nothing was published."
                         )
                 done = await self._runner.approve(post_id, text or None)
                 if done.state is PostState.PUBLISHED:
-                    return f"Approved and published post `{post_id}`."
-                return (
-                    f"Post `{post_id}` is {done.state.value.replace('_', ' ')}: {done.reason or ''}".strip()
-                )
+                    return ActionResult(f"Approved and published post `{post_id}`.", settled=True)
+                state = done.state.value.replace("_", " ")
+                return ActionResult(f"Post `{post_id}` is {state}: {done.reason or ''}".strip(), settled=True)
             if action == "edit":
-                return f"Send /schedule approve {post_id} followed by the text to publish instead."
+                return ActionResult(
+                    f"Send /schedule approve {post_id} followed by the text to publish instead."
+                )
             if action == "regenerate":
                 await self._runner.regenerate(post_id)
-                return f"A new draft of post `{post_id}` is waiting for approval."
+                return ActionResult(f"A new draft of post `{post_id}` is waiting for approval.", settled=True)
             if action == "reject":
                 await self._runner.reject(post_id, text or "rejected")
-                return f"Rejected post `{post_id}`; nothing was published."
+                return ActionResult(f"Rejected post `{post_id}`; nothing was published.", settled=True)
         except InvalidTransition:
-            return f"Post `{post_id}` is already {post.state.value.replace('_', ' ')}."
+            state = post.state.value.replace("_", " ")
+            return ActionResult(f"Post `{post_id}` is already {state}.", settled=True)
         except (DraftTooLong, LLMError) as exc:
             self._log.warning("regenerating post %s failed: %r", post_id, exc)
-            return "I couldn't write a new draft right now — try again in a minute."
-        return f"Unknown action {action!r}."
+            return ActionResult("I couldn't write a new draft right now — try again in a minute.")
+        return ActionResult(f"Unknown action {action!r}.")
+
+    async def editable(self, post_id: str, event: Inbound) -> tuple[Post | None, str]:
+        """Before offering an editor (a Discord form, a Telegram reply prompt): the post
+        when this person may edit it now, else None and why not."""
+        if not self._access.may_manage_chat(event):
+            return None, NOT_A_MANAGER
+        post = await self._runner.store.post(post_id)
+        if post is None:
+            return None, f"There is no post `{post_id}`."
+        if post.state is not PostState.PENDING_APPROVAL:
+            return None, f"Post `{post_id}` is already {post.state.value.replace('_', ' ')}."
+        return post, ""
 
     async def run_now(self, schedule: Schedule) -> str:
         """One extra run at this moment (its own slot), approval rules as usual."""

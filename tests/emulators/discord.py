@@ -201,6 +201,7 @@ class Interaction:
     followup_ids: list[int] = field(default_factory=list)
     custom_id: str | None = None
     message_id: int | None = None
+    modal: _Json | None = None  # the form the bot opened in answer (callback type 9)
 
 
 class ApiError(Exception):
@@ -1024,6 +1025,78 @@ class DiscordEmulator:
         )
         data: _Json = {"custom_id": custom_id, "component_type": 2}
         return self._dispatch_interaction(handle, data, message=self._rest_message(message_id))
+
+    @staticmethod
+    def _check_modal(data: _Json) -> _Json:
+        """A modal as Discord accepts it: a title (≤ 45), a custom_id (≤ 100) and 1-5 rows of
+        one text input each (label ≤ 45, value ≤ 4000)."""
+        title, custom_id, rows = data.get("title"), data.get("custom_id"), data.get("components")
+        if not isinstance(title, str) or not 1 <= len(title) <= 45:
+            raise _invalid_form(
+                ["data", "title"], "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 45 in length."
+            )
+        if not isinstance(custom_id, str) or not 1 <= len(custom_id) <= 100:
+            raise _invalid_form(
+                ["data", "custom_id"], "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 100 in length."
+            )
+        if not isinstance(rows, list) or not 1 <= len(rows) <= 5:
+            raise _invalid_form(
+                ["data", "components"], "BASE_TYPE_BAD_LENGTH", "Must be between 1 and 5 in length."
+            )
+        for i, row in enumerate(rows):
+            inputs = row.get("components") if isinstance(row, dict) else None
+            if (
+                row.get("type") != 1
+                or not isinstance(inputs, list)
+                or len(inputs) != 1
+                or inputs[0].get("type") != 4
+            ):
+                raise _invalid_form(
+                    ["data", "components", i], "COMPONENT_LAYOUT_WIDTH_EXCEEDED", "Invalid row."
+                )
+            field_ = inputs[0]
+            if not 1 <= len(str(field_.get("label", ""))) <= 45:
+                raise _invalid_form(
+                    ["data", "components", i, "components", 0, "label"],
+                    "BASE_TYPE_BAD_LENGTH",
+                    "Must be between 1 and 45 in length.",
+                )
+            if len(str(field_.get("value") or "")) > 4000:
+                raise _too_long(["data", "components", i, "components", 0, "value"], 4000)
+        return copy.deepcopy(data)
+
+    def submit_modal(self, opened_by: Interaction, values: dict[str, str]) -> Interaction:
+        """The person who got the modal fills it in (``values`` by text input custom_id) and
+        submits it: INTERACTION_CREATE type 5, MODAL_SUBMIT, from the clicked message."""
+        modal = opened_by.modal
+        if modal is None:
+            raise ValueError(f"interaction {opened_by.id} opened no modal")
+        known = {row["components"][0]["custom_id"] for row in modal["components"]}
+        if set(values) - known:
+            raise ValueError(f"the modal has no inputs {sorted(set(values) - known)}")
+        handle = Interaction(
+            self._ids.next(),
+            "aW50ZXJhY3Rpb246" + secrets.token_urlsafe(60),
+            str(modal["custom_id"]),
+            opened_by.channel_id,
+            opened_by.guild_id,
+            opened_by.user,
+            [],
+            asyncio.get_running_loop().time(),
+            0,
+            type=5,
+            custom_id=str(modal["custom_id"]),
+            message_id=opened_by.message_id,
+        )
+        data: _Json = {
+            "custom_id": modal["custom_id"],
+            "components": [
+                {"type": 1, "components": [{"type": 4, "custom_id": key, "value": value}]}
+                for key, value in values.items()
+            ],
+        }
+        message = self._rest_message(opened_by.message_id) if opened_by.message_id is not None else None
+        return self._dispatch_interaction(handle, data, message=message)
 
     def _acting_user(self, user: _Json, guild_id: int | None, permissions: int) -> _Json:
         """The user behind an interaction; in a guild, made a member holding ``permissions``."""
@@ -2175,6 +2248,8 @@ class DiscordEmulator:
             message = self._create_bot_message(
                 interaction.channel_id, data, files=req.files, interaction=interaction
             )
+        elif kind == 9:
+            interaction.modal = self._check_modal(data)
         elif kind == 5:
             flags = int(data.get("flags") or 0) & EPHEMERAL
             message = self._create_bot_message(
