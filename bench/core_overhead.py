@@ -73,11 +73,11 @@ from core.llm.base import (
     ChatMessage,
     GenerationParams,
     LLMClient,
-    ModelInfo,
     PreparedPrompt,
     StreamEvent,
     TextDelta,
 )
+from core.llm.forwarding import ForwardingLLM
 from core.redis_client import connect_redis
 from core.redis_server import RedisServerProcess, free_port
 from core.types import Author, Button, Capabilities, Inbound, MessageRef
@@ -178,24 +178,8 @@ CURRENT: contextvars.ContextVar[Message | None] = contextvars.ContextVar("bench_
 # --------------------------------------------------------------------------- instrumentation
 
 
-class TimedLLM:
+class TimedLLM(ForwardingLLM):
     """An `LLMClient` that forwards to the real one and stamps the current `Message`."""
-
-    def __init__(self, inner: LLMClient) -> None:
-        self._inner = inner
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._inner.info
-
-    async def start(self) -> ModelInfo:
-        return await self._inner.start()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def health(self) -> bool:
-        return await self._inner.health()
 
     async def prepare(self, messages: Sequence[ChatMessage]) -> PreparedPrompt:
         msg = CURRENT.get()

@@ -4,44 +4,18 @@ goes through the one client a process has, so it is counted once, here."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator
 
-from core.llm.base import (
-    ChatMessage,
-    Finished,
-    GenerationParams,
-    LLMClient,
-    ModelInfo,
-    PreparedPrompt,
-    StreamEvent,
-)
+from core.llm.base import Finished, GenerationParams, LLMClient, PreparedPrompt, StreamEvent
 from core.llm.errors import LLMError
+from core.llm.forwarding import ForwardingLLM
 from core.metrics import Metrics
 
 
-class MeteredLLM:
+class MeteredLLM(ForwardingLLM):
     def __init__(self, inner: LLMClient, metrics: Metrics) -> None:
-        self._inner = inner
+        super().__init__(inner)
         self._metrics = metrics
-
-    @property
-    def info(self) -> ModelInfo:
-        return self._inner.info
-
-    async def start(self) -> ModelInfo:
-        return await self._inner.start()
-
-    async def close(self) -> None:
-        await self._inner.close()
-
-    async def health(self) -> bool:
-        return await self._inner.health()
-
-    async def prepare(self, messages: Sequence[ChatMessage]) -> PreparedPrompt:
-        return await self._inner.prepare(messages)
-
-    async def count_tokens(self, text: str) -> int:
-        return await self._inner.count_tokens(text)
 
     async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         tokens = self._metrics.tokens
