@@ -220,22 +220,12 @@ class Engine:
             await self.say(surface, messages.EMPTY_MESSAGE)
             return Outcome.INVALID
         started = time.monotonic()
-        if isinstance(surface, MeteredSurface):
-            watched = surface.fresh()
-        else:
-            watched = MeteredSurface(surface, event.platform, self.metrics)
         # Counting the message's tokens needs no history: it overlaps the wait
         # for the conversation's turn and the memory load.
         counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
             async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
-                outcome = await self._answer_in_turn(event, watched, text, counting, started)
-            if watched.first_output_at is not None:
-                self.metrics.time_to_first_output.labels(event.platform).observe(
-                    watched.first_output_at - started
-                )
-            self.metrics.answer_time.labels(event.platform).observe(time.monotonic() - started)
-            return outcome
+                return await self._answer_in_turn(event, surface, text, counting, started)
         except LockTimeout:
             await self.say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
@@ -278,6 +268,7 @@ class Engine:
                 return Outcome.FAILED
         else:  # pragma: no cover - the last try never asks to retry
             raise AssertionError("unreachable")
+        self._observe(event.platform, started, renderer)
 
         if result.text:
             await self.memory.append(
@@ -344,6 +335,11 @@ class Engine:
                 return _Generated(state.text, state.tokens, Outcome.FAILED)
         await renderer.finish()
         return _Generated(state.text, state.tokens, Outcome.ANSWERED)
+
+    def _observe(self, platform: str, started: float, renderer: StreamRenderer) -> None:
+        if renderer.visible_at is not None:
+            self.metrics.time_to_first_output.labels(platform).observe(renderer.visible_at - started)
+        self.metrics.answer_time.labels(platform).observe(time.monotonic() - started)
 
     async def _pump(self, built: BuiltContext, renderer: StreamRenderer, state: _Stream) -> None:
         async for item in self.llm.stream(built.prompt, self.policy.generation):

@@ -8,7 +8,6 @@ their owners when scraped (`bind`).
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
@@ -127,19 +126,12 @@ class Metrics:
 
 
 class MeteredSurface:
-    """A surface that counts its platform's failures and notes when the first text
-    went out (the time to first visible output)."""
+    """A surface that counts its platform's failures."""
 
     def __init__(self, surface: Surface, platform: str, metrics: Metrics) -> None:
         self._surface = surface
         self._platform = platform
         self._metrics = metrics
-        self.first_output_at: float | None = None
-
-    def fresh(self) -> MeteredSurface:
-        """The same surface, timing a new answer."""
-        self.first_output_at = None
-        return self
 
     @property
     def capabilities(self) -> Capabilities:
@@ -152,13 +144,10 @@ class MeteredSurface:
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
         try:
-            ref = await self._surface.send(text, reply_to=reply_to, buttons=buttons)
+            return await self._surface.send(text, reply_to=reply_to, buttons=buttons)
         except PlatformError as exc:
             self._count(exc)
             raise
-        if self.first_output_at is None:
-            self.first_output_at = time.monotonic()
-        return ref
 
     async def edit(self, ref: MessageRef, text: str) -> None:
         try:

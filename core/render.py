@@ -95,6 +95,7 @@ class StreamRenderer:
         self._shown: list[str] = []  # per part: the text the platform has
         self._abandoned: set[int] = set()
         self._visible = False
+        self.visible_at: float | None = None  # time.monotonic() of the first text shown (metrics)
         self._edits = 0
         self._sends = 0
 
@@ -284,6 +285,7 @@ class StreamRenderer:
                 self._sends += 1
                 if not self._visible:
                     self._visible = True
+                    self.visible_at = time.monotonic()
                     self._stop_typing()
             else:
                 target = self._refs[i]
