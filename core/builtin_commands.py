@@ -195,8 +195,15 @@ async def _campaign(saved: SavedContent | None, ctx: CommandContext, args: dict[
     except LLMError as exc:
         await ctx.reply(exc.user_message)
         return
-    campaign_id = await saved.save_campaign(campaign) if saved is not None else None
-    await ctx.reply(render_campaign(campaign, campaign_id))
+    if saved is None:
+        await ctx.reply(render_campaign(campaign))
+        return
+    campaign_id = await saved.save_campaign(campaign)
+    schedule_post = [
+        Button(f"🗓 Schedule post {n}", f"schedule campaign {campaign_id} {n}")
+        for n in range(1, len(campaign.posts) + 1)
+    ]
+    await ctx.reply(render_campaign(campaign, campaign_id), schedule_post)
 
 
 async def _help(ctx: CommandContext, args: dict[str, Any]) -> None:

@@ -166,6 +166,4 @@ def render(campaign: Campaign, campaign_id: str | None = None) -> str:
         ]
         if post.call_to_action and post.call_to_action not in post.text:
             lines.append(f"→ {post.call_to_action}")
-    if campaign_id:
-        lines += ["", f"To schedule a post: /schedule campaign {campaign_id} <post number>"]
     return "\n".join(lines)

@@ -14,6 +14,7 @@ from core.campaigns import SCHEMA, CampaignBrief, CampaignFailed, Planner
 from core.drafting import Drafter
 from core.engine import Outcome
 from core.post_targets import Target
+from core.types import Capabilities
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
 from tests.support import RecordingSurface, event
@@ -123,7 +124,16 @@ async def test_campaign_command_end_to_end(make_engine: EngineFactory, tgi: TGIE
     assert await engine.handle(event(text), surface) is Outcome.COMMAND
     reply = "\n".join(surface.texts)
     assert re.search(r"\*\*Campaign `\w+`: Herald 2.0 launch\*\* — for community managers", reply)
-    assert re.search(r"To schedule a post: /schedule campaign \w+ <post number>", reply)
+    campaign_id = re.search(r"Campaign `(\w+)`", reply)[1]  # type: ignore[index]
+    # each post is one step from a schedule: commands here, buttons where the platform has them
+    assert reply.endswith(f"/schedule campaign {campaign_id} 1 · /schedule campaign {campaign_id} 2")
+    with_buttons = RecordingSurface(
+        caps=Capabilities(max_length=2000, min_edit_interval=0.0, has_buttons=True)
+    )
+    assert await engine.handle(event(text), with_buttons) is Outcome.COMMAND
+    [buttons] = with_buttons.buttons.values()
+    assert [b.label for b in buttons] == ["🗓 Schedule post 1", "🗓 Schedule post 2"]
+    assert buttons[1].command.startswith("schedule campaign ") and buttons[1].command.endswith(" 2")
     assert "**1. 2026-11-28 09:00 · X (Twitter)** — 28/280" in reply
     assert "**2. 2026-11-29 09:00 · Telegram** — 28/4096" in reply
     brief = tgi.prompts[0]
