@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from typing import Any
 
 from core.engine import Outcome
 from tests.conftest import EngineFactory
@@ -139,3 +140,26 @@ async def test_run_now_drafts_for_approval(make_engine: EngineFactory, tgi: obje
     ran = await say(engine, f"/schedule run-now {schedule_id}")
     # the test platform has no publisher: the slot is left for a replica that can publish
     assert ran == f"Schedule `{schedule_id}` did not run (it ended, or its platform is not running here)."
+
+
+async def test_buttons_obey_the_allow_list(make_settings: Any, redis: Any) -> None:
+    """Approval buttons reach PostActions without the engine: it checks the allow-list too."""
+    from bots.runtime import build_llm, build_scheduling
+    from core.access import AccessPolicy
+    from core.keys import Keys
+
+    settings = make_settings(allowed_chats=["test:served"])
+    scheduling = build_scheduling(
+        settings,
+        redis,
+        build_llm(settings),
+        AccessPolicy.from_settings(settings),
+        Keys(settings.redis_prefix),
+    )
+    outside = event("", chat="elsewhere", private=False, chat_admin=True)
+    result = await scheduling.actions.act("approve", "p1", outside)
+    assert result.message == "Only people who manage this chat can approve its posts." and not result.settled
+    post, why = await scheduling.actions.editable("p1", outside)
+    assert post is None and why == result.message
+    inside = event("", chat="served", private=False, chat_admin=True)
+    assert (await scheduling.actions.act("approve", "p1", inside)).message == "There is no post `p1`."

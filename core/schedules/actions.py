@@ -37,7 +37,7 @@ class PostActions:
 
     async def act(self, action: str, post_id: str, event: Inbound, text: str = "") -> ActionResult:
         """Carry out `action` (`edit` needs `text`, the text to publish instead)."""
-        if not self._access.may_manage_chat(event):
+        if not self._may_act(event):
             return ActionResult(NOT_A_MANAGER)
         post = await self._runner.store.post(post_id)
         if post is None:
@@ -77,7 +77,7 @@ class PostActions:
     async def editable(self, post_id: str, event: Inbound) -> tuple[Post | None, str]:
         """Before offering an editor (a Discord form, a Telegram reply prompt): the post
         when this person may edit it now, else None and why not."""
-        if not self._access.may_manage_chat(event):
+        if not self._may_act(event):
             return None, NOT_A_MANAGER
         post = await self._runner.store.post(post_id)
         if post is None:
@@ -99,6 +99,10 @@ class PostActions:
         if post.state is PostState.PENDING_APPROVAL:
             return f"Drafted post `{post.id}`; it is waiting for approval."
         return f"Post `{post.id}` is {post.state.value.replace('_', ' ')}."
+
+    def _may_act(self, event: Inbound) -> bool:
+        """The chat's managers (and Herald admins), in a chat Herald serves."""
+        return self._access.allows(event) and self._access.may_manage_chat(event)
 
     async def _target_of(self, schedule_id: str) -> Target | None:
         schedule = await self._runner.store.get(schedule_id)
