@@ -4,6 +4,7 @@ post lifecycle, publishing outcomes. Time is injected wherever it can be."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 import itertools
 from dataclasses import dataclass, field
@@ -102,6 +103,103 @@ async def test_two_replicas_publish_each_slot_exactly_once(
     posts = await a.store.posts_of("s1")
     assert [p.state for p in posts] == [PostState.PUBLISHED] * 40
     assert posts[0].history == ("draft", "scheduled", "publishing", "published")
+
+
+async def test_two_approvals_at_once_publish_once(
+    make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
+) -> None:
+    """Two managers (or one double click, on two replicas) approve the same post together."""
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    first = await make_runner(engine, redis, prefix, publisher, "a")
+    other = connect_redis(redis_url)
+    try:
+        second = await make_runner(engine, other, prefix, publisher, "b")
+        await first.store.save(schedule(mode=Mode.APPROVE))
+        for day in range(5):
+            post = await first.run_slot(schedule(mode=Mode.APPROVE), START + dt.timedelta(days=day))
+            assert post is not None
+            results = await asyncio.gather(
+                first.approve(post.id), second.approve(post.id), return_exceptions=True
+            )
+            assert sorted(type(r).__name__ for r in results) == ["InvalidTransition", "Post"]
+        assert len(publisher.published) == 5  # each post once
+    finally:
+        await other.aclose()
+
+
+async def claimed_mid_draft(runner: Runner, slot: dt.datetime) -> asyncio.Task[Post | None]:
+    """Start a run and return once it has claimed its slot and is drafting."""
+    run = asyncio.create_task(runner.run_slot(schedule(), slot))
+    for _ in range(200):
+        if await runner.store.unwritten():
+            return run
+        await asyncio.sleep(0.01)
+    raise AssertionError("the run never claimed its slot")
+
+
+async def test_a_draft_left_by_a_dead_leader_is_finished_once(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    tgi.token_delay = 0.1  # drafting takes a while: the leader dies in the middle
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    dead = await make_runner(engine, redis, prefix, publisher, "a")
+    await dead.store.save(schedule())
+    run = await claimed_mid_draft(dead, START)
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    tgi.token_delay = 0.0
+    heir = await make_runner(engine, redis, prefix, publisher, "b")
+    [finished] = await heir.resume(since=START - dt.timedelta(minutes=5))
+    assert finished.state is PostState.PUBLISHED
+    assert finished.history == ("draft", "draft", "scheduled", "publishing", "published")
+    assert publisher.published == [("channel", "Release notes are out! #herald")]
+    assert await heir.resume(since=START - dt.timedelta(minutes=5)) == []
+    assert await heir.run_slot(schedule(), START) is None  # the slot stays claimed
+
+
+async def test_a_leader_that_was_only_slow_loses_its_draft(
+    make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    tgi.token_delay = 0.05
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    slow = await make_runner(engine, redis, prefix, publisher, "a")
+    await slow.store.save(schedule())
+    other = connect_redis(redis_url)
+    try:
+        heir = await make_runner(engine, other, prefix, publisher, "b")
+        run = await claimed_mid_draft(slow, START)
+        resumed = await heir.resume(since=START - dt.timedelta(minutes=5))
+        assert await run is None  # its draft lost the race: taken over
+    finally:
+        await other.aclose()
+    assert [p.state for p in resumed] == [PostState.PUBLISHED]
+    assert len(publisher.published) == 1
+
+
+async def test_drafts_left_too_long_ago_are_cancelled(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.token_delay = 0.1
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    dead = await make_runner(engine, redis, prefix, publisher, "a")
+    await dead.store.save(schedule())
+    run = await claimed_mid_draft(dead, START)
+    run.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await run
+    heir = await make_runner(engine, redis, prefix, publisher, "b")
+    assert await heir.resume(since=START + dt.timedelta(hours=1)) == []  # like a missed run
+    [post] = await heir.store.posts_of("s1")
+    assert post.state is PostState.CANCELLED and post.reason == "its leader stopped; too late now"
+    assert publisher.published == []
 
 
 async def test_approval_flow_and_the_lifecycle_rules(

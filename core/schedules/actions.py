@@ -67,7 +67,8 @@ class PostActions:
                 await self._runner.reject(post_id, text or "rejected")
                 return ActionResult(f"Rejected post `{post_id}`; nothing was published.", settled=True)
         except InvalidTransition:
-            state = post.state.value.replace("_", " ")
+            now = await self._runner.store.post(post_id) or post  # someone else may just have acted
+            state = now.state.value.replace("_", " ")
             return ActionResult(f"Post `{post_id}` is already {state}.", settled=True)
         except (DraftTooLong, LLMError) as exc:
             self._log.warning("regenerating post %s failed: %r", post_id, exc)

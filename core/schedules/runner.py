@@ -23,7 +23,6 @@ import contextlib
 import datetime as dt
 import logging
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import replace
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -36,7 +35,7 @@ from core.keys import Keys
 from core.post_targets import Target
 from core.schedules.leader import LeaderLease
 from core.schedules.recurrence import parse_recurrence
-from core.schedules.store import Mode, Post, PostState, Schedule, ScheduleStore, new_id
+from core.schedules.store import InvalidTransition, Mode, Post, PostState, Schedule, ScheduleStore, new_id
 
 Clock = Callable[[], dt.datetime]
 
@@ -108,27 +107,69 @@ class Runner:
         runs = await self.store.count_run(schedule.id)
         if schedule.max_runs is not None and runs > schedule.max_runs:
             return None
+        # The claim's post, before drafting: if this process dies while the model
+        # writes, the next leader finds it and finishes it (`resume`).
+        post = Post(
+            new_id(),
+            schedule.id,
+            slot.isoformat(),
+            schedule.platform,
+            schedule.chat_id,
+            "",
+            history=(PostState.DRAFT.value,),
+        )
+        await self.store.save_post(post)
+        return await self._write(post, schedule)
+
+    async def resume(self, since: dt.datetime) -> list[Post]:
+        """Finish the drafts a leader left behind (it stopped between claiming a slot and
+        drafting it); those of slots before `since` are cancelled, like missed runs. Taking
+        a draft over is atomic: if that leader is alive after all, its draft is dropped."""
+        finished = []
+        for orphan in await self.store.unwritten():
+            schedule = await self.store.get(orphan.schedule_id)
+            try:
+                if schedule is None or dt.datetime.fromisoformat(orphan.slot) < since:
+                    why = "schedule deleted" if schedule is None else "its leader stopped; too late now"
+                    await self.store.move(orphan, PostState.CANCELLED, reason=why)
+                    continue
+                if schedule.platform not in self._publishers:
+                    continue  # a replica running that platform will finish it
+                taken = await self.store.retake(orphan)
+            except InvalidTransition:
+                continue  # someone else got there first
+            self._log.warning("finishing post %s of schedule %s, left unwritten", taken.id, schedule.id)
+            done = await self._write(taken, schedule)
+            if done is not None:
+                finished.append(done)
+        return finished
+
+    async def _write(self, post: Post, schedule: Schedule) -> Post | None:
+        """Draft the claimed `post`, then send it on: for approval, or to publish. None when
+        another replica took it over meanwhile."""
+        publisher = self._publishers[schedule.platform]
         approver = schedule.approver_chat or schedule.chat_id
-        target = Target(schedule.target)
         request = DraftRequest(
-            prompt=schedule.prompt.replace("{date}", slot.date().isoformat()),
-            target=target,
+            prompt=schedule.prompt.replace("{date}", post.slot[:10]),
+            target=Target(schedule.target),
             tone=schedule.tone,
         )
-        post = Post(new_id(), schedule.id, slot.isoformat(), schedule.platform, schedule.chat_id, "")
         try:
             text = schedule.fixed_text or (await self._drafter.draft(request))[0].posts[0]
+            if schedule.mode is Mode.AUTO:
+                post = await self.store.move(post, PostState.SCHEDULED, text=text)
+            else:
+                post = await self.store.move(post, PostState.PENDING_APPROVAL, text=text)
         except DraftTooLong as exc:
-            post = replace(post, reason=f"draft of {exc.length} > {exc.limit} characters")
-            await self.store.save_post(post)
-            await publisher.notify(approver, f"Schedule {schedule.id}: {post.reason}; nothing was posted.")
+            reason = f"draft of {exc.length} > {exc.limit} characters"
+            post = await self.store.move(post, PostState.CANCELLED, reason=reason)
+            await publisher.notify(approver, f"Schedule {schedule.id}: {reason}; nothing was posted.")
             return post
-        post = replace(post, text=text, history=(PostState.DRAFT.value,))
-        await self.store.save_post(post)
+        except InvalidTransition:
+            self._log.warning("post %s was taken over by another replica; dropping this draft", post.id)
+            return None
         if schedule.mode is Mode.AUTO:
-            post = await self.store.move(post, PostState.SCHEDULED)
             return await self.publish(post, schedule)
-        post = await self.store.move(post, PostState.PENDING_APPROVAL)
         await publisher.request_approval(approver, post)
         return post
 
@@ -288,7 +329,9 @@ class SchedulerService:
         await self.reload()
         scheduler.start()
         with self._run():
-            await self.catch_up(self._clock())
+            now = self._clock()
+            await self._runner.resume(since=now - self._grace)
+            await self.catch_up(now)
 
     async def _deposed(self) -> None:
         scheduler, self._scheduler = self._scheduler, None

@@ -125,10 +125,23 @@ def new_id() -> str:
     return secrets.token_hex(4)
 
 
+#: a post moves only from the state (and history length) its mover read: two replicas
+#: approving the same post at once cannot both publish it
+_MOVE = """
+local raw = redis.call('HGET', KEYS[1], ARGV[1])
+if not raw then return 0 end
+local stored = cjson.decode(raw)
+if stored.state ~= ARGV[2] or #stored.history ~= tonumber(ARGV[3]) then return 0 end
+redis.call('HSET', KEYS[1], ARGV[1], ARGV[4])
+return 1
+"""
+
+
 class ScheduleStore:
     def __init__(self, redis: Redis, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
+        self._move = redis.register_script(_MOVE)
 
     async def save(self, schedule: Schedule) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -197,9 +210,26 @@ class ScheduleStore:
         return counts
 
     async def move(self, post: Post, state: PostState, **changes: Any) -> Post:
-        """Change a post's state, refusing moves the lifecycle does not allow."""
+        """Change a post's state, refusing moves the lifecycle does not allow, and moves
+        from a state that another actor (another click, another replica) already left."""
         if state not in TRANSITIONS[post.state]:
             raise InvalidTransition(f"{post.state.value} → {state.value}")
         moved = replace(post, state=state, history=(*post.history, state.value), **changes)
-        await self.save_post(moved)
+        return await self._swap(post, moved)
+
+    async def retake(self, post: Post) -> Post:
+        """Take over an unwritten draft (its writer stopped): it is drafted again, and the
+        writer, should it still be alive, can no longer move it."""
+        return await self._swap(post, replace(post, history=(*post.history, PostState.DRAFT.value)))
+
+    async def unwritten(self) -> list[Post]:
+        """Claimed posts still waiting for their first draft."""
+        raw = await self._redis.hvals(self._keys.posts())
+        posts = (Post.decode(v) for v in raw)
+        return [p for p in posts if p.state is PostState.DRAFT and not p.text]
+
+    async def _swap(self, post: Post, moved: Post) -> Post:
+        args = [post.id, post.state.value, len(post.history), moved.encode()]
+        if not await self._move(keys=[self._keys.posts()], args=args):
+            raise InvalidTransition(f"{post.id} left {post.state.value} meanwhile")
         return moved
