@@ -183,6 +183,29 @@ async def test_a_leader_that_was_only_slow_loses_its_draft(
     assert len(publisher.published) == 1
 
 
+async def test_a_failed_send_is_retried_by_the_next_leader(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    engine = await make_engine()
+    publisher = RecordingPublisher(failures=[PublishFailed("Discord refused: 503")])
+    dead = await make_runner(engine, redis, prefix, publisher, "a")
+    await dead.store.save(schedule())
+    post = await dead.run_slot(schedule(), START)
+    assert post is not None and post.state is PostState.FAILED
+    await dead.close()  # it dies with its retry pending
+    heir = await make_runner(engine, redis, prefix, publisher, "b")
+    assert await heir.resume(since=START) == []
+    for _ in range(100):
+        current = await heir.store.post(post.id)
+        if current is not None and current.state is PostState.PUBLISHED:
+            break
+        await asyncio.sleep(0.02)
+    assert current is not None and current.state is PostState.PUBLISHED and current.attempts == 2
+    assert publisher.published == [("channel", "Release notes are out! #herald")]
+    await heir.close()
+
+
 async def test_drafts_left_too_long_ago_are_cancelled(
     make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
 ) -> None:

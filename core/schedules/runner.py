@@ -122,9 +122,14 @@ class Runner:
         return await self._write(post, schedule)
 
     async def resume(self, since: dt.datetime) -> list[Post]:
-        """Finish the drafts a leader left behind (it stopped between claiming a slot and
-        drafting it); those of slots before `since` are cancelled, like missed runs. Taking
-        a draft over is atomic: if that leader is alive after all, its draft is dropped."""
+        """What a leader left behind when it stopped. Drafts it had claimed but not written
+        are finished (those of slots before `since` are cancelled, like missed runs); taking
+        one over is atomic, so if that leader is alive after all, its draft is dropped.
+        Failed sends get their remaining retries."""
+        for failed in await self.store.in_state(PostState.FAILED):
+            schedule = await self.store.get(failed.schedule_id)
+            if schedule is not None and schedule.platform in self._publishers:
+                self._retry_later(failed, schedule)
         finished = []
         for orphan in await self.store.unwritten():
             schedule = await self.store.get(orphan.schedule_id)
@@ -371,6 +376,8 @@ class SchedulerService:
 
     async def _fire(self, schedule_id: str) -> None:
         with self._run():
+            if not self.leading:  # a fire that was due just as this replica stepped down
+                return
             schedule = await self._runner.store.get(schedule_id)
             if schedule is None:
                 return

@@ -222,11 +222,13 @@ class ScheduleStore:
         writer, should it still be alive, can no longer move it."""
         return await self._swap(post, replace(post, history=(*post.history, PostState.DRAFT.value)))
 
+    async def in_state(self, state: PostState) -> list[Post]:
+        raw = await self._redis.hvals(self._keys.posts())
+        return [post for post in map(Post.decode, raw) if post.state is state]
+
     async def unwritten(self) -> list[Post]:
         """Claimed posts still waiting for their first draft."""
-        raw = await self._redis.hvals(self._keys.posts())
-        posts = (Post.decode(v) for v in raw)
-        return [p for p in posts if p.state is PostState.DRAFT and not p.text]
+        return [post for post in await self.in_state(PostState.DRAFT) if not post.text]
 
     async def _swap(self, post: Post, moved: Post) -> Post:
         args = [post.id, post.state.value, len(post.history), moved.encode()]
