@@ -267,11 +267,10 @@ class TelegramBot:
         with contextlib.suppress(TelegramError):
             await query.answer()  # ends the button's loading state; the answer is a message
         event = replace(await self._clicker(query), command=command)
-        topic = getattr(message, "is_topic_message", False)
         surface = TelegramSurface(
             self.app.bot,
             chat_id=message.chat.id,
-            thread_id=getattr(message, "message_thread_id", None) if topic else None,
+            thread_id=int(event.thread_id) if event.thread_id is not None else None,
             reply_to=message.message_id,
             private=event.is_private,
             logger=self._log,
