@@ -14,9 +14,9 @@ import uuid
 from collections.abc import AsyncIterator, Sequence
 from typing import TextIO
 
-from core.commands import parse_command_text
-from core.engine import Engine
-from core.types import Author, Button, Capabilities, Inbound, MessageRef
+from core.chat.engine import Engine
+from core.commands.registry import parse_command_text
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef
 
 PLATFORM = "console"
 EXIT_WORDS = frozenset({"/quit", "/exit"})

@@ -66,9 +66,10 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 
 import core.llm.http
+from bots.redis_server import RedisServerProcess, free_port
 from bots.runtime import build_engine, build_llm, settle_heap
+from core.chat.engine import Engine, Outcome
 from core.config import load_settings
-from core.engine import Engine, Outcome
 from core.llm.base import (
     ChatMessage,
     GenerationParams,
@@ -78,9 +79,8 @@ from core.llm.base import (
     TextDelta,
 )
 from core.llm.forwarding import ForwardingLLM
-from core.redis_client import connect_redis
-from core.redis_server import RedisServerProcess, free_port
-from core.types import Author, Button, Capabilities, Inbound, MessageRef
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef
+from core.storage.redis_client import connect_redis
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python -m bench.core_overhead"

@@ -19,11 +19,11 @@ import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bots.redis_server import RedisServerProcess
 from bots.runtime import build_engine, build_llm
 from core.config import load_settings
-from core.redis_client import connect_redis
-from core.redis_server import RedisServerProcess
-from core.types import Author, Button, Capabilities, Inbound, MessageRef
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef
+from core.storage.redis_client import connect_redis
 from tests.emulators.tgi import TGIEmulator
 
 SENTENCE = "the quick brown fox jumps over the lazy dog again and again today"

@@ -20,9 +20,9 @@ from adapters.telegram.bot import TelegramBot, TelegramStartError, WebhookConfig
 from bots.http_server import Check, HttpServer
 from bots.runtime import Runtime, StartupError, open_runtime
 from core.config import Settings
-from core.keys import Keys
-from core.schedules.runner import Publisher
-from core.schedules.store import PostState
+from core.posts.schedules.runner import Publisher
+from core.posts.schedules.store import PostState
+from core.storage.keys import Keys
 
 log = logging.getLogger("herald")
 #: after the grace period, what still runs (a draft being written) gets this long

@@ -18,31 +18,31 @@ import platformdirs
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.access import AccessPolicy
-from core.admission import Admitter, Limits
-from core.builtin_commands import register_builtin_commands
-from core.cancel import CancelBus
-from core.commands import CommandRegistry
+from bots.redis_server import RedisServerError, RedisServerProcess
+from core.chat.access import AccessPolicy
+from core.chat.admission import Admitter, Limits
+from core.chat.cancel import CancelBus
+from core.chat.context import ContextBuilder
+from core.chat.engine import Engine, EnginePolicy
+from core.chat.locks import ConversationLocks
+from core.chat.memory import ConversationStore
+from core.commands.builtin import register_builtin_commands
+from core.commands.registry import CommandRegistry
+from core.commands.schedule import register_schedule_commands
 from core.config import Settings
-from core.context import ContextBuilder
-from core.drafting import Drafter
-from core.engine import Engine, EnginePolicy
-from core.keys import Keys
 from core.llm import create_llm_client
 from core.llm.base import GenerationParams, LLMClient
 from core.llm.errors import LLMError
 from core.llm.metered import MeteredLLM
-from core.locks import ConversationLocks
-from core.memory import ConversationStore
 from core.metrics import Metrics
-from core.redis_client import connect_redis
-from core.redis_server import RedisServerError, RedisServerProcess
-from core.saved import SavedContent
-from core.schedule_commands import register_schedule_commands
-from core.schedules.actions import PostActions
-from core.schedules.leader import LeaderLease
-from core.schedules.runner import Publisher, Runner, SchedulerService
-from core.schedules.store import ScheduleStore
+from core.posts.drafting import Drafter
+from core.posts.saved import SavedContent
+from core.posts.schedules.actions import PostActions
+from core.posts.schedules.leader import LeaderLease
+from core.posts.schedules.runner import Publisher, Runner, SchedulerService
+from core.posts.schedules.store import ScheduleStore
+from core.storage.keys import Keys
+from core.storage.redis_client import connect_redis
 
 
 class StartupError(Exception):

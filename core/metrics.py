@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping, Sequence
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
-from core.types import (
+from core.platform import (
     Button,
     Capabilities,
     MessageNotModified,

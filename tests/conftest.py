@@ -16,11 +16,11 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
+from bots.redis_server import RedisServerProcess
 from bots.runtime import build_engine, build_llm
+from core.chat.engine import Engine
 from core.config import Settings, load_settings
-from core.engine import Engine
-from core.redis_client import connect_redis
-from core.redis_server import RedisServerProcess
+from core.storage.redis_client import connect_redis
 from tests.emulators.tgi import TGIEmulator
 
 

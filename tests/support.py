@@ -6,8 +6,8 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from core.commands import parse_command_text
-from core.types import Author, Button, Capabilities, Inbound, MessageRef
+from core.commands.registry import parse_command_text
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef
 
 _ids = itertools.count(1)
 

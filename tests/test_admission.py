@@ -6,8 +6,8 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from core.admission import Admitter, Limits, Verdict
-from core.keys import Keys
+from core.chat.admission import Admitter, Limits, Verdict
+from core.storage.keys import Keys
 
 
 def admitter(redis: Redis, prefix: str, **kw: float) -> Admitter:

@@ -13,10 +13,10 @@ import pytest
 
 from adapters.telegram.bot import TelegramBot
 from bots.runtime import Scheduling, build_engine, build_llm, build_scheduling
-from core.access import AccessPolicy
-from core.keys import Keys
-from core.redis_client import connect_redis
-from core.schedules.store import PostState
+from core.chat.access import AccessPolicy
+from core.posts.schedules.store import PostState
+from core.storage.keys import Keys
+from core.storage.redis_client import connect_redis
 from tests.conftest import SettingsFactory
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator

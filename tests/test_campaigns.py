@@ -10,11 +10,11 @@ from typing import Any
 
 import pytest
 
-from core.campaigns import SCHEMA, CampaignBrief, CampaignFailed, Planner
-from core.drafting import Drafter
-from core.engine import Outcome
-from core.post_targets import Target
-from core.types import Capabilities
+from core.chat.engine import Outcome
+from core.platform import Capabilities
+from core.posts.campaigns import SCHEMA, CampaignBrief, CampaignFailed, Planner
+from core.posts.drafting import Drafter
+from core.posts.targets import Target
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
 from tests.support import RecordingSurface, event

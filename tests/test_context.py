@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import os
 
-from core.engine import Outcome
-from core.memory import Turn
+from core.chat.engine import Outcome
+from core.chat.memory import Turn
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
 from tests.support import RecordingSurface, event

@@ -12,9 +12,9 @@ import pytest
 from redis.asyncio import Redis
 
 from adapters.discord.bot import DiscordBot
-from core.engine import Engine
-from core.keys import Keys
-from core.splitting import closing_fence
+from core.chat.engine import Engine
+from core.chat.splitting import closing_fence
+from core.storage.keys import Keys
 from tests.conftest import EngineFactory
 from tests.emulators.discord import DiscordEmulator, point_discord_py_at
 from tests.emulators.tgi import TGIEmulator

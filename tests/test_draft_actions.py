@@ -11,9 +11,9 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.commands import clicked_command
-from core.engine import Engine, Outcome
-from core.types import Capabilities, Inbound
+from core.chat.engine import Engine, Outcome
+from core.commands.registry import clicked_command
+from core.platform import Capabilities, Inbound
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
 from tests.support import RecordingSurface, event
@@ -203,8 +203,8 @@ async def test_a_chat_has_its_own_time_zone(make_engine: EngineFactory) -> None:
 
 @pytest.mark.parametrize("roles", [frozenset({"42"}), frozenset()])
 def test_manager_roles_manage_chats(roles: frozenset[str]) -> None:
-    from core.access import AccessPolicy
-    from core.types import Author
+    from core.chat.access import AccessPolicy
+    from core.platform import Author
 
     policy = AccessPolicy.of(manager_roles=["discord:42", "telegram:7"])
     member = Author("u1", "Ada", roles=roles)

@@ -8,9 +8,9 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from core.drafting import Drafter, DraftRequest, DraftTooLong
-from core.engine import Outcome
-from core.post_targets import Target, split_thread
+from core.chat.engine import Outcome
+from core.posts.drafting import Drafter, DraftRequest, DraftTooLong
+from core.posts.targets import Target, split_thread
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
 from tests.support import RecordingSurface, event

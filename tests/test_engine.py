@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 import re
 
-from core.engine import Outcome
-from core.types import ConversationKey
+from core.chat.engine import Outcome
+from core.platform import ConversationKey
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import Fault, TGIEmulator
 from tests.support import RecordingSurface, event

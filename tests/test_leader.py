@@ -6,9 +6,9 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from core.keys import Keys
-from core.redis_client import connect_redis
-from core.schedules.leader import LeaderLease
+from core.posts.schedules.leader import LeaderLease
+from core.storage.keys import Keys
+from core.storage.redis_client import connect_redis
 
 
 async def test_only_one_replica_leads(redis: Redis, redis_url: str, prefix: str) -> None:

@@ -7,10 +7,10 @@ import asyncio
 import pytest
 from redis.asyncio import Redis
 
-from core.keys import Keys
-from core.locks import ConversationLocks, LockTimeout
-from core.redis_client import connect_redis
-from core.types import ConversationKey
+from core.chat.locks import ConversationLocks, LockTimeout
+from core.platform import ConversationKey
+from core.storage.keys import Keys
+from core.storage.redis_client import connect_redis
 
 CONV = ConversationKey("test", "chat", None)
 

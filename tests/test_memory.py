@@ -6,9 +6,9 @@ import asyncio
 
 from redis.asyncio import Redis
 
-from core.keys import Keys
-from core.memory import ConversationStore, Turn
-from core.types import ConversationKey
+from core.chat.memory import ConversationStore, Turn
+from core.platform import ConversationKey
+from core.storage.keys import Keys
 
 CONV = ConversationKey("test", "chat", None)
 

@@ -10,11 +10,11 @@ from dataclasses import dataclass
 import pytest
 
 from bots.runtime import build_engine, build_llm
-from core.engine import Engine, Outcome
+from core.chat.engine import Engine, Outcome
 from core.llm.metered import MeteredLLM
 from core.metrics import Metrics
-from core.redis_client import connect_redis
-from core.types import Button, MessageRef, PlatformRateLimited
+from core.platform import Button, MessageRef, PlatformRateLimited
+from core.storage.redis_client import connect_redis
 from tests.conftest import SettingsFactory
 from tests.emulators.tgi import Fault, TGIEmulator
 from tests.support import RecordingSurface, event

@@ -20,8 +20,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from core.keys import Keys
-from core.redis_server import RedisServerProcess, free_port
+from bots.redis_server import RedisServerProcess, free_port
+from core.storage.keys import Keys
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 

@@ -11,7 +11,7 @@ from zoneinfo import ZoneInfo
 
 import pytest
 
-from core.schedules.recurrence import RecurrenceError, check_timezone, parse_recurrence
+from core.posts.schedules.recurrence import RecurrenceError, check_timezone, parse_recurrence
 
 BERLIN = ZoneInfo("Europe/Berlin")
 TZ = "Europe/Berlin"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
+from bots.redis_server import RedisServerProcess, free_port
 from bots.runtime import build_engine, build_llm
+from core.chat.engine import Outcome
 from core.config import load_settings
-from core.engine import Outcome
-from core.redis_client import connect_redis
-from core.redis_server import RedisServerProcess, free_port
+from core.storage.redis_client import connect_redis
 from tests.emulators.tgi import TGIEmulator
 from tests.support import RecordingSurface, event
 

@@ -1,4 +1,4 @@
-"""Tests for core.render.StreamRenderer, in virtual time against an in-memory surface."""
+"""Tests for core.chat.render.StreamRenderer, in virtual time against an in-memory surface."""
 
 from __future__ import annotations
 
@@ -13,9 +13,9 @@ from typing import Any, TypeVar
 
 import pytest
 
-from core.render import RenderResult, StreamRenderer
-from core.splitting import split_message
-from core.types import (
+from core.chat.render import RenderResult, StreamRenderer
+from core.chat.splitting import split_message
+from core.platform import (
     Button,
     Capabilities,
     LengthUnit,
@@ -390,7 +390,7 @@ async def test_platform_errors_are_logged_and_retried(caplog: pytest.LogCaptureF
         await r.feed(" three")
         return await r.finish()  # final edit fails twice, third try succeeds
 
-    with caplog.at_level(logging.INFO, logger="core.render"):
+    with caplog.at_level(logging.INFO, logger="core.chat.render"):
         result = await vt.run(script())
     kinds = [(c.kind, c.error) for c in surface.platform_calls()]
     assert kinds == [

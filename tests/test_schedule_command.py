@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from core.engine import Outcome
+from core.chat.engine import Outcome
 from tests.conftest import EngineFactory
 from tests.support import RecordingSurface, event
 
@@ -69,8 +69,8 @@ async def test_end_date_and_count(make_engine: EngineFactory) -> None:
     added = await say(engine, '/schedule add when="every day at 09:00" until=2026-12-31 count=10 digest')
     assert added.startswith("Scheduled")
     schedule_id = re.findall(r"`(\w+)`", added)[0]
-    from core.keys import Keys
-    from core.schedules.store import ScheduleStore
+    from core.posts.schedules.store import ScheduleStore
+    from core.storage.keys import Keys
 
     stored = await ScheduleStore(engine.memory._redis, Keys(engine.memory._keys.prefix)).get(schedule_id)  # type: ignore[attr-defined]
     assert stored is not None and (stored.end_date, stored.max_runs) == ("2026-12-31", 10)
@@ -85,7 +85,7 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
     import datetime as dt
     import json
 
-    from core.schedules.recurrence import parse_recurrence
+    from core.posts.schedules.recurrence import parse_recurrence
 
     engine = await make_engine()
     tgi.responder = lambda m: "Herald 2.0 ships today! #herald"  # type: ignore[attr-defined]
@@ -94,8 +94,8 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
     added = await say(engine, f'/schedule draft {draft_id} at="2026-12-01 09:00" tz=Europe/Berlin mode=auto')
     assert added.startswith("Scheduled `") and "once at 2026-12-01 09:00 (Europe/Berlin) → x, auto" in added
     schedule_id = re.match(r"Scheduled `(\w+)`", added)[1]  # type: ignore[index]
-    from core.keys import Keys
-    from core.schedules.store import ScheduleStore
+    from core.posts.schedules.store import ScheduleStore
+    from core.storage.keys import Keys
 
     store = ScheduleStore(engine.memory._redis, Keys(engine.memory._keys.prefix))  # type: ignore[attr-defined]
     stored = await store.get(schedule_id)
@@ -145,8 +145,8 @@ async def test_run_now_drafts_for_approval(make_engine: EngineFactory, tgi: obje
 async def test_buttons_obey_the_allow_list(make_settings: Any, redis: Any) -> None:
     """Approval buttons reach PostActions without the engine: it checks the allow-list too."""
     from bots.runtime import build_llm, build_scheduling
-    from core.access import AccessPolicy
-    from core.keys import Keys
+    from core.chat.access import AccessPolicy
+    from core.storage.keys import Keys
 
     settings = make_settings(allowed_chats=["test:served"])
     scheduling = build_scheduling(

@@ -14,18 +14,18 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 
-from core.drafting import Drafter
-from core.keys import Keys
-from core.redis_client import connect_redis
-from core.schedules.leader import LeaderLease
-from core.schedules.runner import (
+from core.posts.drafting import Drafter
+from core.posts.schedules.leader import LeaderLease
+from core.posts.schedules.runner import (
     PublishFailed,
     PublishUnknown,
     Runner,
     SchedulerService,
     last_fire,
 )
-from core.schedules.store import InvalidTransition, Mode, Post, PostState, Schedule, ScheduleStore
+from core.posts.schedules.store import InvalidTransition, Mode, Post, PostState, Schedule, ScheduleStore
+from core.storage.keys import Keys
+from core.storage.redis_client import connect_redis
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
 
@@ -378,7 +378,7 @@ async def test_schedules_survive_a_restart(redis: Redis, redis_url: str, prefix:
 
 
 def test_interval_schedules_count_from_their_creation() -> None:
-    from core.schedules.runner import recurrence_trigger
+    from core.posts.schedules.runner import recurrence_trigger
 
     created = dt.datetime(2026, 11, 1, 8, 0, tzinfo=dt.UTC)
     definition = schedule(recurrence="every 3 days", created_at=created.isoformat())

@@ -1,4 +1,4 @@
-"""Tests for core.splitting: examples for each boundary kind, properties with hypothesis."""
+"""Tests for core.chat.splitting: examples for each boundary kind, properties with hypothesis."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from core import splitting
-from core.splitting import Part, closing_fence, split_message, split_parts
-from core.types import LengthUnit
+from core.chat import splitting
+from core.chat.splitting import Part, closing_fence, split_message, split_parts
+from core.platform import LengthUnit
 
 utf16 = LengthUnit.UTF16.measure
 MEASURES: dict[str, Callable[[str], int]] = {"len": len, "utf16": utf16}

@@ -14,9 +14,9 @@ import pytest
 
 from adapters.telegram.bot import TelegramBot, WebhookConfig
 from adapters.telegram.formatting import utf16_len
-from core.engine import Engine
-from core.redis_server import RedisServerProcess, free_port
-from core.types import ConversationKey
+from bots.redis_server import RedisServerProcess, free_port
+from core.chat.engine import Engine
+from core.platform import ConversationKey
 from tests.conftest import EngineFactory
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator

@@ -18,7 +18,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from adapters.telegram.formatting import TelegramText, markdown_to_telegram, utf16_len
-from core.splitting import split_message
+from core.chat.splitting import split_message
 
 # ---------------------------------------------------------------- checker
 

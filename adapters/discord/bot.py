@@ -24,11 +24,11 @@ from adapters.discord.commands import command_payload, digest
 from adapters.discord.publisher import DiscordPublisher, edit_form, form_text, parse_custom_id
 from adapters.discord.surface import NO_PINGS, ChannelSurface, InteractionSurface
 from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
-from core.commands import clicked_command
-from core.engine import Engine
-from core.keys import Keys
-from core.schedules.actions import PostActions
-from core.types import Inbound
+from core.chat.engine import Engine
+from core.commands.registry import clicked_command
+from core.platform import Inbound
+from core.posts.schedules.actions import PostActions
+from core.storage.keys import Keys
 
 RESTARTING = "Herald is restarting — try again in a moment."
 

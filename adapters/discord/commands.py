@@ -13,7 +13,7 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from core.commands import ArgSpec, ArgType, CommandSpec
+from core.commands.registry import ArgSpec, ArgType, CommandSpec
 
 STRING, INTEGER = 3, 4
 CHAT_INPUT = 1

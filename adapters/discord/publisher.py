@@ -13,8 +13,8 @@ import aiohttp
 import discord
 
 from adapters.discord.surface import NO_PINGS
-from core.schedules.runner import PublishFailed, PublishUnknown
-from core.schedules.store import Post
+from core.posts.schedules.runner import PublishFailed, PublishUnknown
+from core.posts.schedules.store import Post
 
 PREFIX = "herald"
 BUTTONS = (

@@ -13,7 +13,7 @@ from typing import TypeVar
 
 import discord
 
-from core.types import Button, Capabilities, MessageRef, PlatformError, PlatformRateLimited
+from core.platform import Button, Capabilities, MessageRef, PlatformError, PlatformRateLimited
 
 MAX_LENGTH = 2000
 EDIT_INTERVAL = 1.2

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import discord
 
-from core.types import Author, CommandCall, Inbound
+from core.platform import Author, CommandCall, Inbound
 
 PLATFORM = "discord"
 

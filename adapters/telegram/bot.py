@@ -31,10 +31,10 @@ from adapters.telegram.formatting import markdown_to_telegram
 from adapters.telegram.publisher import TelegramPublisher, edit_prompt, edited_post, parse_callback
 from adapters.telegram.surface import TelegramSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
-from core.commands import clicked_command
-from core.engine import Engine
-from core.schedules.actions import PostActions
-from core.types import Author, CommandCall, Inbound
+from core.chat.engine import Engine
+from core.commands.registry import clicked_command
+from core.platform import Author, CommandCall, Inbound
+from core.posts.schedules.actions import PostActions
 
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 ADMIN_CACHE_SECONDS = 60.0

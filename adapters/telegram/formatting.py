@@ -3,7 +3,7 @@
 Two small passes:
 
 * A line pass finds the blocks: fenced code (the same fence rules as
-  `core.splitting`, so every part the splitter makes renders the way it was
+  `core.chat.splitting`, so every part the splitter makes renders the way it was
   measured; an unclosed fence at the end still renders as code), blockquote
   lines, headings, bullet items and horizontal rules. Every other line, and the
   text of those blocks, goes to the inline pass.
@@ -34,7 +34,7 @@ _SCHEMES = ("http://", "https://", "tg://", "mailto:")
 _RULE_TEXT = "———"
 _BULLET_TEXT = "• "
 
-# Block syntax (one line, without its newline). Fences as in core.splitting.
+# Block syntax (one line, without its newline). Fences as in core.chat.splitting.
 _FENCE_OPEN = re.compile(r"([ \t]*)(`{3,}|~{3,})(.*)")
 _FENCE_CLOSE = re.compile(r"[ \t]*(`{3,}|~{3,})[ \t\r]*")
 _QUOTE = re.compile(r" {0,3}> ?")

@@ -11,8 +11,8 @@ from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
-from core.schedules.runner import PublishFailed, PublishUnknown
-from core.schedules.store import Post
+from core.posts.schedules.runner import PublishFailed, PublishUnknown
+from core.posts.schedules.store import Post
 
 CALLBACK_PREFIX = "herald"
 BUTTONS = (

@@ -24,7 +24,7 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
-from core.types import (
+from core.platform import (
     Button,
     Capabilities,
     LengthUnit,

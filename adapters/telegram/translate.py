@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 from telegram import Message, MessageEntity
 
-from core.commands import parse_command_text
-from core.types import Author, CommandCall, Inbound
+from core.commands.registry import parse_command_text
+from core.platform import Author, CommandCall, Inbound
 
 PLATFORM = "telegram"
 

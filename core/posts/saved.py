@@ -11,11 +11,11 @@ from dataclasses import asdict, dataclass
 
 from redis.asyncio import Redis
 
-from core.campaigns import Campaign
-from core.drafting import Draft, DraftRequest
-from core.keys import Keys
-from core.post_targets import Target
-from core.schedules.store import new_id
+from core.posts.campaigns import Campaign
+from core.posts.drafting import Draft, DraftRequest
+from core.posts.schedules.store import new_id
+from core.posts.targets import Target
+from core.storage.keys import Keys
 
 KEEP_SECONDS = 30 * 86400
 

@@ -13,10 +13,10 @@ from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from core.types import BUTTON_PREFIX, CommandCall
+from core.platform import BUTTON_PREFIX, CommandCall
 
 if TYPE_CHECKING:
-    from core.engine import CommandContext
+    from core.chat.engine import CommandContext
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _WORD = re.compile(r'\w+="(?P<quoted>[^"]*)"|\S+')

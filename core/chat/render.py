@@ -5,7 +5,7 @@ allow roughly one edit per second per message. A single background flusher
 task therefore owns all platform I/O: `feed` only appends and wakes it, and
 the flusher makes at most one call (edit or continuation send) per
 `min_edit_interval`, always with the newest text. Because
-`core.splitting.split_message` is prefix-stable, a message that has been
+`core.chat.splitting.split_message` is prefix-stable, a message that has been
 followed by another never changes again, so earlier parts are edited to their
 final text once and only the last part keeps growing.
 
@@ -25,8 +25,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Literal
 
-from core.splitting import closing_fence, split_message
-from core.types import MessageNotModified, MessageRef, PlatformRateLimited, Surface
+from core.chat.splitting import closing_fence, split_message
+from core.platform import MessageNotModified, MessageRef, PlatformRateLimited, Surface
 
 #: widened intervals after a rate limit never exceed this (unless the platform's base does)
 MAX_INTERVAL = 10.0

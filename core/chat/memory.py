@@ -16,9 +16,9 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from core.keys import Keys
 from core.llm.base import Role
-from core.types import ConversationKey
+from core.platform import ConversationKey
+from core.storage.keys import Keys
 
 _APPEND = """
 local hist, seqkey = KEYS[1], KEYS[2]

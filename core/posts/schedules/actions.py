@@ -8,13 +8,13 @@ import datetime as dt
 import logging
 from dataclasses import dataclass, replace
 
-from core.access import AccessPolicy
-from core.drafting import DraftTooLong
+from core.chat.access import AccessPolicy
 from core.llm.errors import LLMError
-from core.post_targets import Target
-from core.schedules.runner import Runner
-from core.schedules.store import InvalidTransition, Post, PostState, Schedule
-from core.types import Inbound
+from core.platform import Inbound
+from core.posts.drafting import DraftTooLong
+from core.posts.schedules.runner import Runner
+from core.posts.schedules.store import InvalidTransition, Post, PostState, Schedule
+from core.posts.targets import Target
 
 ACTIONS = ("approve", "edit", "regenerate", "reject")
 NOT_A_MANAGER = "Only people who manage this chat can approve its posts."

@@ -15,8 +15,8 @@ from dataclasses import dataclass
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.keys import Keys
-from core.types import ConversationKey
+from core.platform import ConversationKey
+from core.storage.keys import Keys
 
 
 @dataclass(slots=True)

@@ -17,8 +17,8 @@ from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from core.chat.memory import Turn
 from core.llm.base import ChatMessage, LLMClient, PreparedPrompt
-from core.memory import Turn
 
 
 class MessageTooLong(Exception):

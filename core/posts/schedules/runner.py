@@ -30,12 +30,20 @@ from apscheduler.triggers.base import BaseTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.drafting import Drafter, DraftRequest, DraftTooLong
-from core.keys import Keys
-from core.post_targets import Target
-from core.schedules.leader import LeaderLease
-from core.schedules.recurrence import parse_recurrence
-from core.schedules.store import InvalidTransition, Mode, Post, PostState, Schedule, ScheduleStore, new_id
+from core.posts.drafting import Drafter, DraftRequest, DraftTooLong
+from core.posts.schedules.leader import LeaderLease
+from core.posts.schedules.recurrence import parse_recurrence
+from core.posts.schedules.store import (
+    InvalidTransition,
+    Mode,
+    Post,
+    PostState,
+    Schedule,
+    ScheduleStore,
+    new_id,
+)
+from core.posts.targets import Target
+from core.storage.keys import Keys
 
 Clock = Callable[[], dt.datetime]
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from core.llm.base import ChatMessage, GenerationParams, LLMClient, TextDelta
-from core.post_targets import Target, split_thread, unnumbered
+from core.posts.targets import Target, split_thread, unnumbered
 
 TONES: dict[str, str] = {
     "friendly": "warm, upbeat and approachable",

@@ -18,7 +18,7 @@ with warnings.catch_warnings():
     warnings.filterwarnings("ignore", message="pkg_resources is deprecated", category=UserWarning)
     from twitter_text import parse_tweet
 
-from core.types import LengthUnit
+from core.platform import LengthUnit
 
 
 class Target(enum.Enum):

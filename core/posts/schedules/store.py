@@ -22,7 +22,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 
-from core.keys import Keys
+from core.storage.keys import Keys
 
 
 class Mode(enum.Enum):
@@ -64,7 +64,7 @@ class Schedule:
     platform: str
     chat_id: str  # where posts are published
     prompt: str
-    target: str  # a core.post_targets.Target value
+    target: str  # a core.posts.targets.Target value
     recurrence: str
     timezone: str
     created_by: str

@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
-from core.keys import Keys
-from core.types import ConversationKey
+from core.platform import ConversationKey
+from core.storage.keys import Keys
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end

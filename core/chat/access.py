@@ -12,7 +12,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 from core.config import Settings
-from core.types import Author, Inbound
+from core.platform import Author, Inbound
 
 
 def _entries(items: Iterable[str]) -> frozenset[str]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from core.types import ConversationKey
+from core.platform import ConversationKey
 
 
 @dataclass(frozen=True, slots=True)

@@ -19,19 +19,19 @@ from dataclasses import dataclass
 from redis.exceptions import RedisError
 
 from core import messages
-from core.access import AccessPolicy
-from core.admission import Admitter, Verdict
-from core.cancel import CancelBus
-from core.commands import CommandError, CommandRegistry, ParsedCommand
-from core.context import BuiltContext, ContextBuilder, MessageTooLong
+from core.chat.access import AccessPolicy
+from core.chat.admission import Admitter, Verdict
+from core.chat.cancel import CancelBus
+from core.chat.context import BuiltContext, ContextBuilder, MessageTooLong
+from core.chat.locks import ConversationLocks, LockTimeout
+from core.chat.memory import ConversationStore, Turn
+from core.chat.render import StreamRenderer
+from core.chat.splitting import split_message
+from core.commands.registry import CommandError, CommandRegistry, ParsedCommand
 from core.llm.base import Finished, GenerationParams, LLMClient, TextDelta
 from core.llm.errors import ContextTooLong, LLMError
-from core.locks import ConversationLocks, LockTimeout
-from core.memory import ConversationStore, Turn
 from core.metrics import MeteredSurface, Metrics
-from core.render import StreamRenderer
-from core.splitting import split_message
-from core.types import Button, ConversationKey, Inbound, MessageRef, PlatformError, Surface
+from core.platform import Button, ConversationKey, Inbound, MessageRef, PlatformError, Surface
 
 
 class Outcome(enum.Enum):

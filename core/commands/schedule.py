@@ -13,14 +13,14 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.campaigns import publishable
-from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
-from core.engine import CommandContext
-from core.post_targets import Target
-from core.saved import SavedContent
-from core.schedules.actions import PostActions
-from core.schedules.recurrence import Recurrence, RecurrenceError, parse_recurrence
-from core.schedules.store import Mode, Schedule, ScheduleStore, new_id
+from core.chat.engine import CommandContext
+from core.commands.registry import ArgSpec, ArgType, CommandRegistry, CommandSpec
+from core.posts.campaigns import publishable
+from core.posts.saved import SavedContent
+from core.posts.schedules.actions import PostActions
+from core.posts.schedules.recurrence import Recurrence, RecurrenceError, parse_recurrence
+from core.posts.schedules.store import Mode, Schedule, ScheduleStore, new_id
+from core.posts.targets import Target
 
 ACTIONS = (
     "add",

@@ -15,9 +15,9 @@ from typing import Any
 
 from pydantic import BaseModel, Field, ValidationError
 
-from core.drafting import Drafter
 from core.llm.base import ChatMessage, GenerationParams
-from core.post_targets import Target
+from core.posts.drafting import Drafter
+from core.posts.targets import Target
 
 
 class CampaignPost(BaseModel):

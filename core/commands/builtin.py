@@ -12,16 +12,17 @@ from dataclasses import replace
 from functools import partial
 from typing import Any, TypeVar
 
-from core import messages, personas
-from core.campaigns import CampaignBrief, CampaignFailed, Planner
-from core.campaigns import render as render_campaign
-from core.commands import ArgSpec, ArgType, CommandRegistry, CommandSpec
-from core.drafting import Draft, Drafter, DraftRequest, DraftTooLong, copy_ready, render
-from core.engine import CommandContext
+from core import messages
+from core.chat import personas
+from core.chat.engine import CommandContext
+from core.commands.registry import ArgSpec, ArgType, CommandRegistry, CommandSpec
 from core.llm.errors import LLMError
-from core.post_targets import Target, ThreadTooLong
-from core.saved import SavedContent, SavedDraft
-from core.types import Button
+from core.platform import Button
+from core.posts.campaigns import CampaignBrief, CampaignFailed, Planner
+from core.posts.campaigns import render as render_campaign
+from core.posts.drafting import Draft, Drafter, DraftRequest, DraftTooLong, copy_ready, render
+from core.posts.saved import SavedContent, SavedDraft
+from core.posts.targets import Target, ThreadTooLong
 
 #: a campaign plan is one JSON document; it needs more room than a chat answer
 CAMPAIGN_TOKENS = 3000

@@ -1,0 +1,1 @@
+"""The path of one message: engine, context, memory, rendering, limits and access."""

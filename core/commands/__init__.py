@@ -1,0 +1,1 @@
+"""Commands: the typed registry, Herald's own commands and the schedule command."""

@@ -1,0 +1,1 @@
+"""Posts: drafts, campaigns, their targets, saved content and scheduled publishing."""

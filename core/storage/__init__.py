@@ -1,0 +1,1 @@
+"""Storage: the Redis key layout and the Redis client."""
