@@ -65,7 +65,7 @@ from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 
-import core.llm.http
+import core.llm.transport
 from bots.redis_server import RedisServerProcess, free_port
 from bots.runtime import build_engine, build_llm, settle_heap
 from core.chat.engine import Engine, Outcome
@@ -79,7 +79,7 @@ from core.llm.base import (
     TextDelta,
 )
 from core.llm.forwarding import ForwardingLLM
-from core.platform import Author, Button, Capabilities, Inbound, MessageRef
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef, Surface
 from core.storage.redis_client import connect_redis
 
 REPO = Path(__file__).resolve().parent.parent
@@ -220,7 +220,7 @@ class TimedLLM(ForwardingLLM):
                 await aclose()
 
 
-class BenchSurface:
+class BenchSurface(Surface):
     """A chat that answers every call at once and stamps the first `send`."""
 
     def __init__(self, msg: Message) -> None:
@@ -272,7 +272,7 @@ def instrumented() -> Iterator[None]:
     send = AbstractConnection.send_packed_command
     execute_command: Callable[..., Awaitable[Any]] = Redis.execute_command
     pipeline_execute = Pipeline.execute
-    open_session = core.llm.http.open_session
+    open_session = core.llm.transport.open_session
     trace = _make_trace()
 
     async def counting_send(self: AbstractConnection, command: Any, check_health: bool = True) -> None:
@@ -309,14 +309,14 @@ def instrumented() -> Iterator[None]:
     setattr(AbstractConnection, "send_packed_command", counting_send)  # noqa: B010
     setattr(Redis, "execute_command", timed_command)  # noqa: B010
     setattr(Pipeline, "execute", timed_pipeline)  # noqa: B010
-    setattr(core.llm.http, "open_session", traced_session)  # noqa: B010
+    setattr(core.llm.transport, "open_session", traced_session)  # noqa: B010
     try:
         yield
     finally:
         setattr(AbstractConnection, "send_packed_command", send)  # noqa: B010
         setattr(Redis, "execute_command", execute_command)  # noqa: B010
         setattr(Pipeline, "execute", pipeline_execute)  # noqa: B010
-        setattr(core.llm.http, "open_session", open_session)  # noqa: B010
+        setattr(core.llm.transport, "open_session", open_session)  # noqa: B010
 
 
 def _resp_commands(packet: Any) -> list[list[bytes]]:

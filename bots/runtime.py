@@ -30,7 +30,7 @@ from core.commands.builtin import register_builtin_commands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import register_schedule_commands
 from core.config import Settings
-from core.llm import create_llm_client
+from core.llm import TransportOptions, create_llm_client
 from core.llm.base import GenerationParams, LLMClient
 from core.llm.errors import LLMError
 from core.llm.metered import MeteredLLM
@@ -74,20 +74,20 @@ def generation_params(settings: Settings) -> GenerationParams:
 
 
 def build_llm(settings: Settings) -> LLMClient:
-    api_key = settings.llm_api_key.get_secret_value() if settings.llm_api_key else None
-    common: dict[str, object] = {
-        "api_key": api_key,
-        "connect_timeout": settings.llm_connect_timeout,
-        "idle_timeout": settings.llm_idle_timeout,
-        "queue_timeout": settings.llm_queue_timeout,
-    }
+    options = TransportOptions(
+        api_key=settings.llm_api_key.get_secret_value() if settings.llm_api_key else None,
+        connect_timeout=settings.llm_connect_timeout,
+        idle_timeout=settings.llm_idle_timeout,
+        queue_timeout=settings.llm_queue_timeout,
+    )
+    backend: dict[str, object] = {}
     if settings.llm_api == "openai":
-        common["model"] = settings.llm_model
-        common["max_input_tokens"] = settings.llm_max_input_tokens
-        common["max_concurrency"] = settings.llm_max_concurrency or 16
+        backend["model"] = settings.llm_model
+        backend["max_input_tokens"] = settings.llm_max_input_tokens
+        backend["max_concurrency"] = settings.llm_max_concurrency or 16
     else:
-        common["max_concurrency"] = settings.llm_max_concurrency
-    return create_llm_client(settings.llm_api, settings.tgi_url, **common)
+        backend["max_concurrency"] = settings.llm_max_concurrency
+    return create_llm_client(settings.llm_api, settings.tgi_url, options, **backend)
 
 
 @dataclass(slots=True)

@@ -26,16 +26,14 @@ from core.llm import (
     StreamStalled,
     TextDelta,
     TGIClient,
+    TransportOptions,
     create_llm_client,
 )
+from core.llm.error_mapping import error_from_event, error_from_response
 from core.llm.gate import ConcurrencyGate, gate_limit
-from core.llm.http import (
-    SSEParser,
-    client_timeout,
-    error_from_event,
-    error_from_response,
-)
+from core.llm.sse import SSEParser
 from core.llm.tgi import generate_request, parse_info
+from core.llm.transport import client_timeout
 from tests.emulators.tgi import Fault, TGIEmulator
 from tests.llm_support import client_options, collect, drain_until_error
 
@@ -663,7 +661,7 @@ def test_error_mapping_of_events() -> None:
 
 
 def test_factory_builds_a_tgi_client() -> None:
-    assert isinstance(create_llm_client("tgi", "http://127.0.0.1:1", retries=0), TGIClient)
+    assert isinstance(create_llm_client("tgi", "http://127.0.0.1:1", TransportOptions(retries=0)), TGIClient)
     with pytest.raises(ValueError, match="unknown"):
         create_llm_client("grpc", "http://x")  # type: ignore[arg-type]
 

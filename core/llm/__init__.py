@@ -32,6 +32,7 @@ from core.llm.errors import (
 from core.llm.gate import ConcurrencyGate
 from core.llm.openai import OpenAIClient
 from core.llm.tgi import TGIClient
+from core.llm.transport import DEFAULT_OPTIONS, TransportOptions
 
 __all__ = [
     "ChatMessage",
@@ -54,14 +55,24 @@ __all__ = [
     "StreamStalled",
     "TGIClient",
     "TextDelta",
+    "TransportOptions",
     "create_llm_client",
 ]
 
 
-def create_llm_client(api: Literal["tgi", "openai"], base_url: str, **options: Any) -> LLMClient:
-    """A client for `api` at `base_url`; `options` are the backend's keyword arguments."""
+def create_llm_client(
+    api: Literal["tgi", "openai"],
+    base_url: str,
+    options: TransportOptions = DEFAULT_OPTIONS,
+    **backend: Any,
+) -> LLMClient:
+    """A client for `api` at `base_url`.
+
+    `options` are the settings every backend shares; `backend` holds the chosen
+    backend's own keyword arguments (e.g. `max_concurrency`, OpenAI's `model`).
+    """
     if api == "tgi":
-        return TGIClient(base_url, **options)
+        return TGIClient(base_url, options=options, **backend)
     if api == "openai":
-        return OpenAIClient(base_url, **options)
+        return OpenAIClient(base_url, options=options, **backend)
     raise ValueError(f"unknown model API {api!r} (expected 'tgi' or 'openai')")

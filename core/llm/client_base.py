@@ -6,35 +6,21 @@ import logging
 
 from core.llm.base import ModelInfo
 from core.llm.gate import ConcurrencyGate
-from core.llm.http import Transport
+from core.llm.transport import DEFAULT_OPTIONS, Transport, TransportOptions
 
 
 class ClientBase:
     def __init__(
         self,
         base_url: str,
+        options: TransportOptions = DEFAULT_OPTIONS,
         *,
-        api_key: str | None,
-        connect_timeout: float,
-        idle_timeout: float,
-        queue_timeout: float,
-        retries: int,
-        backoff: float,
-        max_backoff: float,
         logger: logging.Logger,
     ) -> None:
-        self.queue_timeout = queue_timeout
+        self.options = options
+        self.queue_timeout = options.queue_timeout
         self.log = logger
-        self.transport = Transport(
-            base_url,
-            api_key=api_key,
-            connect_timeout=connect_timeout,
-            idle_timeout=idle_timeout,
-            retries=retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            logger=logger,
-        )
+        self.transport = Transport(base_url, options, logger=logger)
         self._info: ModelInfo | None = None
         self._gate: ConcurrencyGate | None = None
 

@@ -25,9 +25,10 @@ from core.llm.base import (
     TextDelta,
 )
 from core.llm.client_base import ClientBase
+from core.llm.error_mapping import error_from_event
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate
-from core.llm.http import Transport, error_from_event, json_event
+from core.llm.transport import DEFAULT_OPTIONS, Transport, TransportOptions, json_event
 
 CHAT_PATH = "/v1/chat/completions"
 #: per-message allowance for role markers and separators in the estimate
@@ -188,34 +189,18 @@ class OpenAIClient(ClientBase):
         self,
         base_url: str,
         *,
-        api_key: str | None = None,
+        options: TransportOptions = DEFAULT_OPTIONS,
         model: str = "tgi",
-        connect_timeout: float = 5.0,
-        idle_timeout: float = 60.0,
-        queue_timeout: float = 30.0,
         max_concurrency: int = 16,
         max_input_tokens: int = 8192,
         max_total_tokens: int | None = None,
-        retries: int = 2,
-        backoff: float = 0.25,
-        max_backoff: float = 2.0,
         logger: logging.Logger | None = None,
     ) -> None:
         self.model = model
         self.max_concurrency = max(1, max_concurrency)
         self.max_input_tokens = max_input_tokens
         self.max_total_tokens = max_total_tokens
-        super().__init__(
-            api_root(base_url),
-            api_key=api_key,
-            connect_timeout=connect_timeout,
-            idle_timeout=idle_timeout,
-            queue_timeout=queue_timeout,
-            retries=retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            logger=logger or logging.getLogger(__name__),
-        )
+        super().__init__(api_root(base_url), options, logger=logger or logging.getLogger(__name__))
 
     async def start(self) -> ModelInfo:
         if self._info is not None:

@@ -28,15 +28,16 @@ from core.llm.base import (
     TextDelta,
 )
 from core.llm.client_base import ClientBase
+from core.llm.error_mapping import error_from_event
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate, gate_limit
-from core.llm.http import error_from_event, json_event
 from core.llm.openai import (
     estimate_text_tokens,
     estimated_prompt,
     message_dicts,
     stream_chat,
 )
+from core.llm.transport import DEFAULT_OPTIONS, TransportOptions, json_event
 
 GENERATE_STREAM_PATH = "/generate_stream"
 #: TGI's chat routes take "tgi"; any other model name selects a LoRA adapter
@@ -159,28 +160,13 @@ class TGIClient(ClientBase):
         self,
         base_url: str,
         *,
-        api_key: str | None = None,
-        connect_timeout: float = 5.0,
-        idle_timeout: float = 60.0,
-        queue_timeout: float = 30.0,
+        options: TransportOptions = DEFAULT_OPTIONS,
         max_concurrency: int | None = None,
-        retries: int = 2,
-        backoff: float = 0.25,
-        max_backoff: float = 2.0,
         logger: logging.Logger | None = None,
     ) -> None:
+        """`max_concurrency` caps (never raises) the server's `/info` limit."""
         self.max_concurrency = max_concurrency
-        super().__init__(
-            base_url,
-            api_key=api_key,
-            connect_timeout=connect_timeout,
-            idle_timeout=idle_timeout,
-            queue_timeout=queue_timeout,
-            retries=retries,
-            backoff=backoff,
-            max_backoff=max_backoff,
-            logger=logger or logging.getLogger(__name__),
-        )
+        super().__init__(base_url, options, logger=logger or logging.getLogger(__name__))
         self._max_stop: int | None = None
         self._chat_tokenize = True  # until the server says 404
         self._tokenize = True
