@@ -16,13 +16,13 @@ from typing import TextIO
 
 from core.chat.engine import Engine
 from core.commands.registry import parse_command_text
-from core.platform import Author, Button, Capabilities, Inbound, MessageRef
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef, Surface
 
 PLATFORM = "console"
 EXIT_WORDS = frozenset({"/quit", "/exit"})
 
 
-class ConsoleSurface:
+class ConsoleSurface(Surface):
     """Prints messages; an edit that extends the last message prints only the new text."""
 
     def __init__(self, out: TextIO) -> None:

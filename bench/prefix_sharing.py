@@ -22,14 +22,14 @@ from dataclasses import dataclass
 from bots.redis_server import RedisServerProcess
 from bots.runtime import build_engine, build_llm
 from core.config import load_settings
-from core.platform import Author, Button, Capabilities, Inbound, MessageRef
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef, Surface
 from core.storage.redis_client import connect_redis
 from tests.emulators.tgi import TGIEmulator
 
 SENTENCE = "the quick brown fox jumps over the lazy dog again and again today"
 
 
-class _NullSurface:
+class _NullSurface(Surface):
     @property
     def capabilities(self) -> Capabilities:
         return Capabilities(max_length=4000, min_edit_interval=0.0)

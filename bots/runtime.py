@@ -11,7 +11,7 @@ import contextlib
 import gc
 import logging
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import platformdirs
@@ -26,15 +26,18 @@ from core.chat.context import ContextBuilder
 from core.chat.engine import Engine, EnginePolicy
 from core.chat.locks import ConversationLocks
 from core.chat.memory import ConversationStore
-from core.commands.builtin import register_builtin_commands
+from core.commands.chat import ChatCommands
+from core.commands.drafts import DraftCommands
+from core.commands.herald import herald_commands
 from core.commands.registry import CommandRegistry
-from core.commands.schedule import register_schedule_commands
+from core.commands.schedule import ScheduleCommands
 from core.config import Settings
 from core.llm import TransportOptions, create_llm_client
 from core.llm.base import GenerationParams, LLMClient
 from core.llm.errors import LLMError
 from core.llm.metered import MeteredLLM
 from core.metrics import Metrics
+from core.posts.campaigns import PLAN_TOKENS, Planner
 from core.posts.drafting import Drafter
 from core.posts.saved import SavedContent
 from core.posts.schedules.actions import PostActions
@@ -117,6 +120,34 @@ def build_scheduling(
     return Scheduling(store, runner, PostActions(runner, access), service, publishers, saved)
 
 
+def build_commands(
+    settings: Settings,
+    llm: LLMClient,
+    scheduling: Scheduling,
+    *,
+    memory: ConversationStore,
+    access: AccessPolicy,
+    locks: ConversationLocks,
+    cancels: CancelBus,
+) -> CommandRegistry:
+    """Herald's commands, each group given what it works with."""
+    generation = generation_params(settings)
+    drafter = Drafter(llm, generation)
+    planner = Planner(drafter, replace(generation, max_new_tokens=PLAN_TOKENS))
+    schedules = ScheduleCommands(
+        scheduling.store,
+        scheduling.actions,
+        scheduling.saved,
+        access,
+        default_timezone=settings.default_timezone,
+    )
+    return herald_commands(
+        ChatCommands(memory, access, locks, cancels),
+        DraftCommands(drafter, planner, scheduling.saved),
+        schedules,
+    )
+
+
 def build_engine(
     settings: Settings,
     redis: Redis,
@@ -130,24 +161,21 @@ def build_engine(
     log = logger or logging.getLogger("herald.engine")
     access = AccessPolicy.from_settings(settings)
     scheduling = scheduling or build_scheduling(settings, redis, llm, access, keys)
+    memory = ConversationStore(
+        redis, keys, max_messages=settings.history_max_messages, ttl_seconds=settings.history_ttl_seconds
+    )
+    locks = ConversationLocks(redis, keys, logger=log)
+    cancels = CancelBus(redis, keys, logger=log)
+    limits = Limits(
+        rate_per_minute=settings.rate_limit_per_minute,
+        burst=settings.rate_limit_burst,
+        daily_tokens=settings.daily_token_quota,
+    )
     return Engine(
-        memory=ConversationStore(
-            redis,
-            keys,
-            max_messages=settings.history_max_messages,
-            ttl_seconds=settings.history_ttl_seconds,
-        ),
-        admitter=Admitter(
-            redis,
-            keys,
-            Limits(
-                rate_per_minute=settings.rate_limit_per_minute,
-                burst=settings.rate_limit_burst,
-                daily_tokens=settings.daily_token_quota,
-            ),
-        ),
-        locks=ConversationLocks(redis, keys, logger=log),
-        cancels=CancelBus(redis, keys, logger=log),
+        memory=memory,
+        admitter=Admitter(redis, keys, limits),
+        locks=locks,
+        cancels=cancels,
         llm=llm,
         context=ContextBuilder(
             llm,
@@ -156,12 +184,8 @@ def build_engine(
             block_messages=settings.context_block_messages,
         ),
         access=access,
-        commands=register_schedule_commands(
-            register_builtin_commands(CommandRegistry(), scheduling.saved),
-            scheduling.store,
-            scheduling.actions,
-            scheduling.saved,
-            default_timezone=settings.default_timezone,
+        commands=build_commands(
+            settings, llm, scheduling, memory=memory, access=access, locks=locks, cancels=cancels
         ),
         policy=EnginePolicy(
             system_prompt=settings.system_prompt,

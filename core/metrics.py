@@ -8,7 +8,8 @@ their owners when scraped (`bind`).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import TypeVar
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
@@ -24,6 +25,8 @@ from core.platform import (
 )
 
 __all__ = ["CONTENT_TYPE_LATEST", "MeteredSurface", "Metrics"]
+
+T = TypeVar("T")
 
 #: seconds; chat answers run from well under a second to a couple of minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
@@ -125,7 +128,7 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MeteredSurface:
+class MeteredSurface(Surface):
     """A surface that counts its platform's failures."""
 
     def __init__(self, surface: Surface, platform: str, metrics: Metrics) -> None:
@@ -143,15 +146,20 @@ class MeteredSurface:
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
-        try:
-            return await self._surface.send(text, reply_to=reply_to, buttons=buttons)
-        except PlatformError as exc:
-            self._count(exc)
-            raise
+        return await self._counted(self._surface.send(text, reply_to=reply_to, buttons=buttons))
 
     async def edit(self, ref: MessageRef, text: str) -> None:
+        await self._counted(self._surface.edit(ref, text))
+
+    async def notice(self, text: str) -> None:
+        await self._counted(self._surface.notice(text))
+
+    async def conclude(self, text: str) -> None:
+        await self._counted(self._surface.conclude(text))
+
+    async def _counted(self, call: Awaitable[T]) -> T:
         try:
-            await self._surface.edit(ref, text)
+            return await call
         except PlatformError as exc:
             self._count(exc)
             raise

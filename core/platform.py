@@ -41,13 +41,15 @@ class Author:
 class CommandCall:
     """A command as the adapter received it.
 
-    Text platforms pass `raw_args` (everything after the command name); platforms
-    with typed options (Discord) pass `options`. The core validates either.
+    Text platforms pass `raw_args` (everything after the command name, a
+    subcommand's name first); platforms with typed options (Discord) pass the
+    chosen `subcommand` and its `options`. The core validates either.
     """
 
     name: str
     raw_args: str | None = None
     options: Mapping[str, object] | None = None
+    subcommand: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,6 +107,15 @@ class MessageRef:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+class ButtonStyle(enum.Enum):
+    """What a button means, for platforms that colour buttons (Discord)."""
+
+    NEUTRAL = "neutral"
+    PRIMARY = "primary"
+    POSITIVE = "positive"  # approve, confirm
+    NEGATIVE = "negative"  # reject, delete
+
+
 @dataclass(frozen=True, slots=True)
 class Button:
     """A button under a message that runs `command` (a command line without the
@@ -113,6 +124,7 @@ class Button:
 
     label: str
     command: str
+    style: ButtonStyle = ButtonStyle.NEUTRAL
 
     #: Telegram's callback data holds 64 bytes; this leaves room for the prefix
     MAX_COMMAND_BYTES = 56
@@ -131,7 +143,7 @@ BUTTON_PREFIX = "cmd:"
 
 
 class PlatformError(Exception):
-    """A platform API call failed; `user_visible` is never set from platform text."""
+    """A platform API call failed. Its text is for the log, never shown to users."""
 
 
 class PlatformRateLimited(PlatformError):
@@ -147,7 +159,11 @@ class MessageNotModified(PlatformError):
 
 
 class Surface(Protocol):
-    """Where one answer is rendered: a chat, a thread, a DM, a terminal."""
+    """Where one answer is rendered: a chat, a thread, a DM, a terminal.
+
+    Adapters subclass it: `notice` and `conclude` then default to ordinary
+    messages, and only surfaces that answer a button click override them.
+    """
 
     @property
     def capabilities(self) -> Capabilities: ...
@@ -163,3 +179,14 @@ class Surface(Protocol):
 
     async def edit(self, ref: MessageRef, text: str) -> None:
         """Replace the text of a message this surface sent."""
+
+    async def notice(self, text: str) -> None:
+        """Tell only the person who acted, where the platform can (a refusal after a
+        button click: a toast, an ephemeral message). Elsewhere an ordinary message."""
+        await self.send(text)
+
+    async def conclude(self, text: str) -> None:
+        """The message whose button was clicked is decided (approved, rejected…): show
+        `text` as its outcome and take its buttons away. Not after a click, or where
+        the platform can't, an ordinary message."""
+        await self.send(text)

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from core.commands.registry import parse_command_text
-from core.platform import Author, Button, Capabilities, Inbound, MessageRef
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef, Surface
 
 _ids = itertools.count(1)
 
@@ -28,7 +28,7 @@ COMMAND_NAMES = {
 
 
 @dataclass
-class RecordingSurface:
+class RecordingSurface(Surface):
     """An in-memory chat: messages by id, in order, with every call recorded."""
 
     caps: Capabilities = field(default_factory=lambda: Capabilities(max_length=2000, min_edit_interval=0.0))

@@ -84,17 +84,17 @@ async def test_telegram_approval_flow_publishes_once(
     await telegram.wait_until(lambda: last_text(telegram).startswith(f"Draft {post.id}"))
     request = telegram.messages_in(GROUP)[-1]
     buttons = [b["callback_data"] for row in request.reply_markup["inline_keyboard"] for b in row]  # type: ignore[index]
-    assert buttons == [f"herald:{a}:{post.id}" for a in ("approve", "edit", "regenerate", "reject")]
+    assert buttons == [f"cmd:schedule {a} {post.id}" for a in ("approve", "edit", "regenerate", "reject")]
 
     def toasts() -> list[str]:
         return [c.params.get("text", "") for c in telegram.calls_to("answerCallbackQuery")]
 
-    telegram.send_callback_query(group, MEMBER, request.message_id, f"herald:approve:{post.id}")
+    telegram.send_callback_query(group, MEMBER, request.message_id, f"cmd:schedule approve {post.id}")
     await telegram.wait_until(lambda: any("Only people who manage" in t for t in toasts()))
     assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
     assert telegram.message(GROUP, request.message_id)["reply_markup"]  # the buttons stay for a manager
 
-    telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:approve:{post.id}")
+    telegram.send_callback_query(group, ADMIN, request.message_id, f"cmd:schedule approve {post.id}")
     await telegram.wait_until(lambda: last_text(telegram) == f"Approved and published post {post.id}.")
     published = await scheduling.store.post(post.id)
     assert published is not None and published.state is PostState.PUBLISHED
@@ -102,6 +102,7 @@ async def test_telegram_approval_flow_publishes_once(
     assert texts.count("Release notes are out: faster answers and fewer bugs. #herald") == 1
     assert published.message_id is not None
 
+    # a button on an approval message sent before approvals were command buttons still works
     telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:approve:{post.id}")
     await telegram.wait_until(lambda: last_text(telegram) == f"Post {post.id} is already published.")
     texts = [m.text for m in telegram.messages_in(GROUP)]
@@ -132,13 +133,13 @@ async def test_telegram_edit_asks_for_the_text_and_publishes_it(
     await telegram.wait_until(lambda: last_text(telegram).startswith(f"Draft {post.id}"))
     request = telegram.messages_in(GROUP)[-1]
 
-    telegram.send_callback_query(group, MEMBER, request.message_id, f"herald:edit:{post.id}")
+    telegram.send_callback_query(group, MEMBER, request.message_id, f"cmd:schedule edit {post.id}")
     await telegram.wait_until(
         lambda: any(
             "Only people" in c.params.get("text", "") for c in telegram.calls_to("answerCallbackQuery")
         )
     )
-    telegram.send_callback_query(group, ADMIN, request.message_id, f"herald:edit:{post.id}")
+    telegram.send_callback_query(group, ADMIN, request.message_id, f"cmd:schedule edit {post.id}")
     prompt_text = f"✏️ Reply to this message with the text to publish for post {post.id}."
     await telegram.wait_until(lambda: last_text(telegram) == prompt_text)
     prompt = telegram.messages_in(GROUP)[-1]
@@ -229,10 +230,15 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 interaction = emu.slash_command(
                     "schedule",
                     [
-                        {"name": "action", "type": 3, "value": "add"},
-                        {"name": "text", "type": 3, "value": "Post about our release notes"},
-                        {"name": "when", "type": 3, "value": "every weekday at 09:00"},
-                        {"name": "target", "type": 3, "value": "discord"},
+                        {
+                            "name": "add",
+                            "type": 1,
+                            "options": [
+                                {"name": "prompt", "type": 3, "value": "Post about our release notes"},
+                                {"name": "when", "type": 3, "value": "every weekday at 09:00"},
+                                {"name": "target", "type": 3, "value": "discord"},
+                            ],
+                        }
                     ],
                     channel_id=channel,
                     user=ada,
@@ -259,17 +265,19 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 )
                 custom_ids = [c["custom_id"] for row in request.components for c in row["components"]]
                 assert custom_ids == [
-                    f"herald:{a}:{post.id}" for a in ("approve", "edit", "regenerate", "reject")
+                    f"cmd:schedule {a} {post.id}" for a in ("approve", "edit", "regenerate", "reject")
                 ]
 
-                refused = emu.click_button(request.id, f"herald:approve:{post.id}", user=bob, guild_id=guild)
+                refused = emu.click_button(
+                    request.id, f"cmd:schedule approve {post.id}", user=bob, guild_id=guild
+                )
                 await emu.wait_until(lambda: bool(emu.followups(refused)), 10)
                 [refusal] = emu.followups(refused)
                 assert refusal.ephemeral and refusal.content.startswith("Only people who manage")
                 assert (await scheduling.store.post(post.id)).state is PostState.PENDING_APPROVAL  # type: ignore[union-attr]
 
                 # cy holds neither Manage Server nor Manage Channels, only the configured role
-                emu.click_button(request.id, f"herald:approve:{post.id}", user=cy, guild_id=guild)
+                emu.click_button(request.id, f"cmd:schedule approve {post.id}", user=cy, guild_id=guild)
                 await emu.wait_until(
                     lambda: emu.message(request.id)["content"].endswith(
                         f"**Approved and published post `{post.id}`.**"
@@ -289,11 +297,12 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 request = next(
                     m for m in emu.messages_in(channel) if m.content.startswith(f"Draft `{second.id}`")
                 )
-                denied = emu.click_button(request.id, f"herald:edit:{second.id}", user=bob, guild_id=guild)
+                edit = f"cmd:schedule edit {second.id}"
+                denied = emu.click_button(request.id, edit, user=bob, guild_id=guild)
                 await emu.wait_until(lambda: bool(emu.interaction_callbacks(denied)), 10)
                 [answer] = emu.interaction_callbacks(denied)
                 assert answer["type"] == 4 and answer["data"]["flags"] == 64 and denied.modal is None
-                opening = emu.click_button(request.id, f"herald:edit:{second.id}", user=cy, guild_id=guild)
+                opening = emu.click_button(request.id, edit, user=cy, guild_id=guild)
                 await emu.wait_until(lambda: opening.modal is not None, 10)
                 assert opening.modal is not None
                 assert opening.modal["components"][0]["components"][0]["value"] == second.text

@@ -336,3 +336,41 @@ async def test_without_the_gateway_it_only_publishes(
     ]  # no gateway: the mention never reached it, so nothing answered
     await bot.stop()
     assert not await bot.ready()
+
+
+async def test_schedule_is_a_command_with_typed_subcommands(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any]
+) -> None:
+    """Each /schedule action is a Discord subcommand with its own options; a member runs
+    one, and the core answers it like the typed `/schedule …` on other platforms."""
+    await start_bot()
+    schedule = next(c for c in discord_emu.global_commands if c["name"] == "schedule")
+    subcommands = {o["name"]: o for o in schedule["options"]}
+    assert all(o["type"] == 1 for o in subcommands.values())
+    assert {"add", "list", "approve", "edit", "regenerate", "reject", "timezone"} <= set(subcommands)
+    add = {o["name"]: (o["type"], o["required"]) for o in subcommands["add"]["options"]}
+    assert add["prompt"] == (3, True) and add["when"] == (3, True) and add["count"] == (4, False)
+    with pytest.raises(ValueError, match="exactly one of its subcommands"):
+        discord_emu.slash_command("schedule", [], channel_id=CHANNEL, user=ada)  # Discord's client can't
+
+    listed = discord_emu.slash_command(
+        "schedule", [{"name": "list", "type": 1, "options": []}], channel_id=CHANNEL, user=ada, guild_id=GUILD
+    )
+    await discord_emu.wait_until(
+        lambda: (r := discord_emu.interaction_response(listed)) is not None
+        and r.content.startswith("No schedules in this chat yet."),
+        10,
+    )
+    digest = [{"name": "prompt", "value": "digest"}, {"name": "when", "value": "daily"}]
+    refused = discord_emu.slash_command(
+        "schedule",
+        [{"name": "add", "options": digest}],
+        channel_id=CHANNEL,
+        user=ada,
+        guild_id=GUILD,
+    )
+    await discord_emu.wait_until(
+        lambda: (r := discord_emu.interaction_response(refused)) is not None
+        and r.content == "Only people who manage this chat can change its schedules.",
+        10,
+    )

@@ -23,6 +23,7 @@ from core.platform import (
     MessageRef,
     PlatformError,
     PlatformRateLimited,
+    Surface,
 )
 
 T = TypeVar("T")
@@ -86,7 +87,7 @@ class Call:
 
 
 @dataclass
-class FakeSurface:
+class FakeSurface(Surface):
     """An in-memory chat that records every call with its virtual time.
 
     `errors[n]` is raised by the n-th send/edit call (0-based, failed calls

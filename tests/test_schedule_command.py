@@ -5,15 +5,19 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from redis.asyncio import Redis
+
 from core.chat.engine import Outcome
+from core.posts.schedules.store import ScheduleStore
+from core.storage.keys import Keys
 from tests.conftest import EngineFactory
 from tests.support import RecordingSurface, event
 
 
-async def say(engine: object, text: str, **kw: object) -> str:
+async def say(engine: object, text: str, expect: Outcome = Outcome.COMMAND, **kw: object) -> str:
     surface = RecordingSurface()
     outcome = await engine.handle(event(text, **kw), surface)  # type: ignore[attr-defined]
-    assert outcome is Outcome.COMMAND
+    assert outcome is expect
     return surface.last
 
 
@@ -45,7 +49,8 @@ async def test_invalid_cron_phrase_and_time_zone_are_explained(make_engine: Engi
     assert "whenever you like" in phrase.lower() or "try" in phrase.lower()
     zone = await say(engine, '/schedule add when="every day at 09:00" tz=Mars/Base about things')
     assert zone == "Unknown time zone 'Mars/Base'. Use an IANA name such as Europe/Berlin."
-    assert (await say(engine, "/schedule add")).startswith("Usage: /schedule add")
+    # the subcommand's typed arguments refuse the call before it runs, with its usage
+    assert (await say(engine, "/schedule add", Outcome.INVALID)).startswith("Usage: /schedule add")
 
 
 async def test_only_chat_managers_and_admins_change_schedules(make_engine: EngineFactory) -> None:
@@ -64,15 +69,12 @@ async def test_only_chat_managers_and_admins_change_schedules(make_engine: Engin
     assert other_chat.startswith(f"There is no schedule `{schedule_id}` in this chat.")
 
 
-async def test_end_date_and_count(make_engine: EngineFactory) -> None:
+async def test_end_date_and_count(make_engine: EngineFactory, redis: Redis, prefix: str) -> None:
     engine = await make_engine()
     added = await say(engine, '/schedule add when="every day at 09:00" until=2026-12-31 count=10 digest')
     assert added.startswith("Scheduled")
     schedule_id = re.findall(r"`(\w+)`", added)[0]
-    from core.posts.schedules.store import ScheduleStore
-    from core.storage.keys import Keys
-
-    stored = await ScheduleStore(engine.memory._redis, Keys(engine.memory._keys.prefix)).get(schedule_id)  # type: ignore[attr-defined]
+    stored = await ScheduleStore(redis, Keys(prefix)).get(schedule_id)
     assert stored is not None and (stored.end_date, stored.max_runs) == ("2026-12-31", 10)
     assert (await say(engine, '/schedule add when="every day at 09:00" until=soon x')).startswith(
         "until must be"
@@ -80,7 +82,7 @@ async def test_end_date_and_count(make_engine: EngineFactory) -> None:
 
 
 async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
-    make_engine: EngineFactory, tgi: object
+    make_engine: EngineFactory, tgi: object, redis: Redis, prefix: str
 ) -> None:
     import datetime as dt
     import json
@@ -94,10 +96,7 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
     added = await say(engine, f'/schedule draft {draft_id} at="2026-12-01 09:00" tz=Europe/Berlin mode=auto')
     assert added.startswith("Scheduled `") and "once at 2026-12-01 09:00 (Europe/Berlin) → x, auto" in added
     schedule_id = re.match(r"Scheduled `(\w+)`", added)[1]  # type: ignore[index]
-    from core.posts.schedules.store import ScheduleStore
-    from core.storage.keys import Keys
-
-    store = ScheduleStore(engine.memory._redis, Keys(engine.memory._keys.prefix))  # type: ignore[attr-defined]
+    store = ScheduleStore(redis, Keys(prefix))
     stored = await store.get(schedule_id)
     assert (
         stored is not None and stored.fixed_text == "Herald 2.0 ships today! #herald" and stored.max_runs == 1
@@ -163,3 +162,13 @@ async def test_buttons_obey_the_allow_list(make_settings: Any, redis: Any) -> No
     assert post is None and why == result.message
     inside = event("", chat="served", private=False, chat_admin=True)
     assert (await scheduling.actions.act("approve", "p1", inside)).message == "There is no post `p1`."
+
+
+async def test_help_explains_each_subcommand(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    helped = await say(engine, "/help schedule")
+    assert helped.startswith("/schedule add|draft|campaign|list|pause|resume|delete|run-now|approve|edit|")
+    assert "  /schedule add <prompt> <when=…> [tz=…] [target=…] [mode=…]" in helped
+    assert "  /schedule approve <id> [text] — Publish a post waiting for approval" in helped
+    wrong = await say(engine, "/schedule explode now", Outcome.INVALID)
+    assert wrong.startswith("There is no /schedule explode. /schedule takes one of: add, draft, campaign")

@@ -7,6 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 
+from core.platform import Button
 from core.posts.drafting import Drafter
+from core.posts.schedules.approval import approval_buttons
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.runner import (
     PublishFailed,
@@ -47,8 +50,10 @@ class RecordingPublisher:
         self.published.append((chat_id, text))
         return f"m{len(self.published)}"
 
-    async def request_approval(self, chat_id: str, post: Post) -> None:
-        self.approvals.append(post.id)
+    async def request_approval(self, chat_id: str, text: str, buttons: Sequence[Button]) -> None:
+        post_id = buttons[0].command.split()[-1]
+        assert tuple(buttons) == approval_buttons(post_id) and f"`{post_id}`" in text
+        self.approvals.append(post_id)
 
     async def notify(self, chat_id: str, text: str) -> None:
         self.notices.append(text)

@@ -21,16 +21,17 @@ import discord
 from redis.asyncio import Redis
 
 from adapters.discord.commands import command_payload, digest
-from adapters.discord.publisher import DiscordPublisher, edit_form, form_text, parse_custom_id
-from adapters.discord.surface import NO_PINGS, ChannelSurface, InteractionSurface
+from adapters.discord.editor import edit_form, form_text
+from adapters.discord.publisher import DiscordPublisher
+from adapters.discord.surface import NO_PINGS, ChannelSurface, DecisionSurface, InteractionSurface
 from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
+from core import messages
 from core.chat.engine import Engine
 from core.commands.registry import clicked_command
-from core.platform import Inbound
+from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
+from core.posts.schedules.approval import edit_command, edit_request
 from core.storage.keys import Keys
-
-RESTARTING = "Herald is restarting — try again in a moment."
 
 
 class DiscordStartError(Exception):
@@ -185,51 +186,59 @@ class DiscordBot:
             await self._engine.handle(from_message(message, me), ChannelSurface(message))
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
-        if interaction.type is discord.InteractionType.component:
-            await self._on_button(interaction)
-            return
-        if interaction.type is discord.InteractionType.modal_submit:
-            await self._on_form(interaction)
-            return
+        data: Mapping[str, object] = interaction.data or {}
         if interaction.type is discord.InteractionType.application_command:
             await self._run_command(interaction, from_interaction(interaction))
+        elif interaction.type is discord.InteractionType.component:
+            command = clicked_command(str(data.get("custom_id", "")))
+            if command is not None:
+                await self._on_click(interaction, command)
+        elif interaction.type is discord.InteractionType.modal_submit:
+            await self._on_form(interaction, data)
 
-    async def _run_command(self, interaction: discord.Interaction, event: Inbound) -> None:
+    async def _on_click(self, interaction: discord.Interaction, command: CommandCall) -> None:
+        """A command button: its command runs as the person who clicked, like the slash
+        command. A decision (approve, reject…) shows its outcome on the clicked message;
+        anything else answers with a new message. Edit opens a form first."""
+        event = replace(from_button(interaction), command=command)
+        post_id = edit_request(command)
+        if post_id is not None and self._actions is not None:
+            with self._tracked():
+                await self._open_editor(self._actions, interaction, post_id, event)
+            return
+        await self._run_command(interaction, event, decision=self._engine.commands.decides(command))
+
+    async def _on_form(self, interaction: discord.Interaction, data: Mapping[str, object]) -> None:
+        """A submitted edit form: its text completes the Edit button's command."""
+        command = clicked_command(str(data.get("custom_id", "")))
+        post_id = edit_request(command) if command is not None else None
+        if post_id is not None:
+            event = replace(from_button(interaction), command=edit_command(post_id, form_text(data)))
+            await self._run_command(interaction, event, decision=True)
+
+    async def _run_command(
+        self, interaction: discord.Interaction, event: Inbound, decision: bool = False
+    ) -> None:
         if not self._accepting:
             with contextlib.suppress(discord.HTTPException):
-                await interaction.response.send_message(RESTARTING, ephemeral=True)
+                await interaction.response.send_message(messages.RESTARTING, ephemeral=True)
             return
         with self._tracked():
             try:
-                # inside Discord's 3-second window; "thinking" makes a new message for the answer
-                await interaction.response.defer(thinking=True)
+                # inside Discord's 3-second window: a decision updates the clicked message
+                # later; otherwise "thinking" makes a new message for the answer
+                await interaction.response.defer(thinking=not decision)
             except discord.HTTPException as exc:
                 self._log.warning("Discord: could not acknowledge interaction %s: %s", interaction.id, exc)
                 return
-            await self._engine.handle(event, InteractionSurface(interaction))
+            surface = DecisionSurface(interaction) if decision else InteractionSurface(interaction)
+            await self._engine.handle(event, surface)
 
-    async def _on_button(self, interaction: discord.Interaction) -> None:
-        """A button: one of the core's command buttons (run like the slash command, its
-        answer a new message), or an approval button (the draft message shows the outcome)."""
-        data: Mapping[str, object] = interaction.data or {}
-        command = clicked_command(str(data.get("custom_id", "")))
-        if command is not None:
-            await self._run_command(interaction, replace(from_button(interaction), command=command))
-            return
-        parsed = parse_custom_id(str(data.get("custom_id", "")))
-        if parsed is None or self._actions is None:
-            return
-        action, post_id = parsed
-        with self._tracked():
-            if action == "edit":
-                await self._open_editor(interaction, post_id)
-            else:
-                await self._decide(interaction, action, post_id)
-
-    async def _open_editor(self, interaction: discord.Interaction, post_id: str) -> None:
-        """Edit: a form holding the draft; submitting it publishes the edited text."""
-        assert self._actions is not None
-        post, why = await self._actions.editable(post_id, from_button(interaction))
+    async def _open_editor(
+        self, actions: PostActions, interaction: discord.Interaction, post_id: str, event: Inbound
+    ) -> None:
+        """Edit: a form holding the draft (a refusal is for the clicker alone)."""
+        post, why = await actions.editable(post_id, event)
         try:
             if post is None:
                 await interaction.response.send_message(why, ephemeral=True, allowed_mentions=NO_PINGS)
@@ -241,34 +250,6 @@ class DiscordBot:
                 form.stop()  # the submission reaches on_interaction like any other
         except discord.HTTPException as exc:
             self._log.warning("Discord: could not open the editor: %s", exc)
-
-    async def _on_form(self, interaction: discord.Interaction) -> None:
-        data: Mapping[str, object] = interaction.data or {}
-        parsed = parse_custom_id(str(data.get("custom_id", "")))
-        if parsed is None or parsed[0] != "edit" or self._actions is None:
-            return
-        with self._tracked():
-            await self._decide(interaction, "edit", parsed[1], form_text(data))
-
-    async def _decide(
-        self, interaction: discord.Interaction, action: str, post_id: str, text: str = ""
-    ) -> None:
-        """Approve, regenerate, reject (or an edited text): the draft message shows the
-        outcome and loses its buttons; a refusal is shown to the clicker alone."""
-        assert self._actions is not None
-        try:
-            await interaction.response.defer()  # publishing or redrafting may outlast 3 seconds
-            result = await self._actions.act(action, post_id, from_button(interaction), text)
-            if result.settled and interaction.message is not None:
-                await interaction.edit_original_response(
-                    content=f"{interaction.message.content}\n\n**{result.message}**",
-                    view=None,
-                    allowed_mentions=NO_PINGS,
-                )
-            else:
-                await interaction.followup.send(result.message, ephemeral=True, allowed_mentions=NO_PINGS)
-        except discord.HTTPException as exc:
-            self._log.warning("Discord: could not answer a button: %s", exc)
 
     @contextlib.contextmanager
     def _tracked(self) -> Iterator[None]:

@@ -13,15 +13,15 @@ import json
 from collections.abc import Iterable
 from typing import Any
 
-from core.commands.registry import ArgSpec, ArgType, CommandSpec
+from discord import AppCommandOptionType, AppCommandType
 
-STRING, INTEGER = 3, 4
-CHAT_INPUT = 1
+from core.commands.registry import ArgSpec, ArgType, CommandSpec
 
 
 def _option(arg: ArgSpec) -> dict[str, Any]:
+    kind = AppCommandOptionType.integer if arg.type is ArgType.INTEGER else AppCommandOptionType.string
     option: dict[str, Any] = {
-        "type": INTEGER if arg.type is ArgType.INTEGER else STRING,
+        "type": kind.value,
         "name": arg.name,
         "description": arg.description[:100],
         "required": arg.required,
@@ -38,15 +38,29 @@ def _option(arg: ArgSpec) -> dict[str, Any]:
     return option
 
 
+def _options(spec: CommandSpec) -> list[dict[str, Any]]:
+    """A spec's typed options (Discord wants required ones first), or its subcommands."""
+    if spec.subcommands:
+        return [
+            {
+                "type": AppCommandOptionType.subcommand.value,
+                "name": sub.name,
+                "description": sub.description[:100],
+                "options": _options(sub),
+            }
+            for sub in spec.subcommands
+        ]
+    return [_option(a) for a in sorted(spec.args, key=lambda a: not a.required)]
+
+
 def command_payload(specs: Iterable[CommandSpec]) -> list[dict[str, Any]]:
-    """Bulk-overwrite body: one chat-input command per spec, typed options, choices."""
+    """Bulk-overwrite body: one chat-input command per spec."""
     return [
         {
-            "type": CHAT_INPUT,
+            "type": AppCommandType.chat_input.value,
             "name": spec.name,
             "description": spec.description[:100],
-            # Discord wants required options first
-            "options": [_option(a) for a in sorted(spec.args, key=lambda a: not a.required)],
+            "options": _options(spec),
         }
         for spec in specs
     ]

@@ -1,4 +1,4 @@
-"""Scheduled posts on Discord: publish into a channel, ask for approval with buttons.
+"""Scheduled posts on Discord: publish into a channel, ask for approval with the core's buttons.
 
 Every message pings nobody. A send that failed with a status below 500 was not
 made; a timeout or a server error may hide a message that was posted, so it
@@ -7,68 +7,14 @@ is reported as unknown and never retried automatically.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Sequence
 
 import aiohttp
 import discord
 
-from adapters.discord.surface import NO_PINGS
+from adapters.discord.surface import NO_PINGS, button_view, sending
+from core.platform import Button
 from core.posts.schedules.runner import PublishFailed, PublishUnknown
-from core.posts.schedules.store import Post
-
-PREFIX = "herald"
-BUTTONS = (
-    ("Approve", "approve", discord.ButtonStyle.success),
-    ("Edit", "edit", discord.ButtonStyle.secondary),
-    ("Regenerate", "regenerate", discord.ButtonStyle.primary),
-    ("Reject", "reject", discord.ButtonStyle.danger),
-)
-
-
-def custom_id(action: str, post_id: str) -> str:
-    return f"{PREFIX}:{action}:{post_id}"
-
-
-def parse_custom_id(value: str) -> tuple[str, str] | None:
-    prefix, _, rest = value.partition(":")
-    action, _, post_id = rest.partition(":")
-    return (action, post_id) if prefix == PREFIX and action and post_id else None
-
-
-def approval_view(post_id: str) -> discord.ui.View:
-    """Buttons only: clicks are handled in the bot's `on_interaction`, not by the view."""
-    view = discord.ui.View(timeout=None)
-    for label, action, style in BUTTONS:
-        view.add_item(discord.ui.Button(label=label, style=style, custom_id=custom_id(action, post_id)))
-    return view
-
-
-def edit_form(post: Post) -> discord.ui.Modal:
-    """Edit: the draft in a text box; the submission is handled in the bot's `on_interaction`."""
-    form = discord.ui.Modal(title=f"Edit post {post.id}"[:45], custom_id=custom_id("edit", post.id))
-    form.add_item(
-        discord.ui.TextInput(
-            label="Text to publish",
-            style=discord.TextStyle.paragraph,
-            default=post.text[:4000],
-            max_length=4000,
-            custom_id="text",
-        )
-    )
-    return form
-
-
-def form_text(data: Mapping[str, object]) -> str:
-    """The text box's value from a submitted `edit_form`."""
-    for row in data.get("components") or []:  # type: ignore[attr-defined]
-        for item in row.get("components") or []:
-            if item.get("custom_id") == "text":
-                return str(item.get("value") or "").strip()
-    return ""
-
-
-def approval_text(post: Post) -> str:
-    return f"Draft `{post.id}` for {post.slot[:16].replace('T', ' ')} — approve to publish:\n\n{post.text}"
 
 
 class DiscordPublisher:
@@ -93,13 +39,10 @@ class DiscordPublisher:
             raise PublishUnknown(f"Discord: {exc!r}") from exc
         return str(message.id)
 
-    async def request_approval(self, chat_id: str, post: Post) -> None:
+    async def request_approval(self, chat_id: str, text: str, buttons: Sequence[Button]) -> None:
         channel = await self._channel(chat_id)
-        view = approval_view(post.id)
-        try:
-            await channel.send(approval_text(post), view=view, allowed_mentions=NO_PINGS)
-        finally:
-            view.stop()  # the buttons stay on the message; clicks reach the bot's on_interaction
+        view = button_view(buttons)
+        await sending(view, lambda: channel.send(text, view=view, allowed_mentions=NO_PINGS))
 
     async def notify(self, chat_id: str, text: str) -> None:
         channel = await self._channel(chat_id)

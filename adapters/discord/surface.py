@@ -13,7 +13,15 @@ from typing import TypeVar
 
 import discord
 
-from core.platform import Button, Capabilities, MessageRef, PlatformError, PlatformRateLimited
+from core.platform import (
+    Button,
+    ButtonStyle,
+    Capabilities,
+    MessageRef,
+    PlatformError,
+    PlatformRateLimited,
+    Surface,
+)
 
 MAX_LENGTH = 2000
 EDIT_INTERVAL = 1.2
@@ -25,13 +33,21 @@ CAPABILITIES = Capabilities(
 T = TypeVar("T")
 
 
+STYLES = {
+    ButtonStyle.NEUTRAL: discord.ButtonStyle.secondary,
+    ButtonStyle.PRIMARY: discord.ButtonStyle.primary,
+    ButtonStyle.POSITIVE: discord.ButtonStyle.success,
+    ButtonStyle.NEGATIVE: discord.ButtonStyle.danger,
+}
+
+
 def button_view(buttons: Sequence[Button]) -> discord.ui.View:
     """The core's buttons as message components; clicks arrive as component interactions
     that the bot turns back into commands (the view itself handles nothing)."""
     view = discord.ui.View(timeout=None)
     for button in buttons:
         view.add_item(
-            discord.ui.Button(label=button.label, style=discord.ButtonStyle.secondary, custom_id=button.data)
+            discord.ui.Button(label=button.label, style=STYLES[button.style], custom_id=button.data)
         )
     return view
 
@@ -57,7 +73,7 @@ async def _call(call: Callable[[], Awaitable[T]]) -> T:
         raise PlatformError(f"Discord call failed: {exc}") from exc
 
 
-class ChannelSurface:
+class ChannelSurface(Surface):
     """Answers a message: the first part replies to it, later parts to the part before."""
 
     def __init__(self, message: discord.Message) -> None:
@@ -93,7 +109,7 @@ class ChannelSurface:
         await _call(lambda: partial.edit(content=text, allowed_mentions=NO_PINGS))
 
 
-class InteractionSurface:
+class InteractionSurface(Surface):
     """Answers a slash command: streams into the deferred original response,
     continuation parts are follow-ups."""
 
@@ -113,20 +129,26 @@ class InteractionSurface:
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
+        if self._original_used:
+            return await self._followup(text, buttons)
+        self._original_used = True
         view = button_view(buttons) if buttons else None
-        components = view or discord.utils.MISSING
-        if not self._original_used:
-            self._original_used = True
-            await sending(
-                view,
-                lambda: self._interaction.edit_original_response(
-                    content=text, allowed_mentions=NO_PINGS, view=components
-                ),
-            )
-            return MessageRef(self.ORIGINAL)
+        await sending(
+            view,
+            lambda: self._interaction.edit_original_response(
+                content=text, allowed_mentions=NO_PINGS, view=view or discord.utils.MISSING
+            ),
+        )
+        return MessageRef(self.ORIGINAL)
+
+    async def _followup(self, text: str, buttons: Sequence[Button]) -> MessageRef:
+        view = button_view(buttons) if buttons else None
         followup = self._interaction.followup
         sent = await sending(
-            view, lambda: followup.send(text, allowed_mentions=NO_PINGS, wait=True, view=components)
+            view,
+            lambda: followup.send(
+                text, allowed_mentions=NO_PINGS, wait=True, view=view or discord.utils.MISSING
+            ),
         )
         return MessageRef(str(sent.id))
 
@@ -138,3 +160,27 @@ class InteractionSurface:
         else:
             followup = self._interaction.followup
             await _call(lambda: followup.edit_message(int(ref.id), content=text, allowed_mentions=NO_PINGS))
+
+
+class DecisionSurface(InteractionSurface):
+    """Answers a click that decides the message it was on (approve, reject…), after
+    a deferred update: the outcome is appended to that message and its buttons go;
+    a refusal is an ephemeral message for the clicker; anything else a new message."""
+
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
+        return await self._followup(text, buttons)  # the original response is the clicked message
+
+    async def notice(self, text: str) -> None:
+        followup = self._interaction.followup
+        await _call(lambda: followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS))
+
+    async def conclude(self, text: str) -> None:
+        message = self._interaction.message
+        shown = f"{message.content}\n\n**{text}**" if message is not None else f"**{text}**"
+        await _call(
+            lambda: self._interaction.edit_original_response(
+                content=shown, view=None, allowed_mentions=NO_PINGS
+            )
+        )

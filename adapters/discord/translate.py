@@ -76,11 +76,20 @@ def from_message(message: discord.Message, me: discord.ClientUser) -> Inbound:
     )
 
 
-def command_options(data: Mapping[str, object]) -> dict[str, object]:
-    """The typed values of a chat-input command's options, by name."""
-    options = data.get("options") or []
-    assert isinstance(options, list)
-    return {str(o["name"]): o.get("value") for o in options if isinstance(o, dict)}
+def command_call(data: Mapping[str, object]) -> CommandCall:
+    """A chat-input command with its typed options, by name; a chosen subcommand is
+    the one option of type SUB_COMMAND, holding its own options."""
+    options = [o for o in data.get("options") or [] if isinstance(o, dict)]  # type: ignore[attr-defined]
+    name = str(data.get("name", ""))
+    if len(options) == 1 and options[0].get("type") == discord.AppCommandOptionType.subcommand.value:
+        chosen = options[0]
+        return CommandCall(name, subcommand=str(chosen["name"]), options=_values(chosen.get("options")))
+    return CommandCall(name, options=_values(options))
+
+
+def _values(options: object) -> dict[str, object]:
+    found = options if isinstance(options, list) else []
+    return {str(o["name"]): o.get("value") for o in found if isinstance(o, dict)}
 
 
 def from_button(interaction: discord.Interaction) -> Inbound:
@@ -103,5 +112,4 @@ def from_button(interaction: discord.Interaction) -> Inbound:
 def from_interaction(interaction: discord.Interaction) -> Inbound:
     """A slash command with its typed options."""
     data: Mapping[str, object] = interaction.data or {}
-    command = CommandCall(name=str(data.get("name", "")), options=command_options(data))
-    return replace(from_button(interaction), command=command)
+    return replace(from_button(interaction), command=command_call(data))

@@ -8,15 +8,14 @@ conversation in order. Stopping waits for the answers in flight.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import re
 import time
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, CallbackQuery, ForceReply, Message, ReplyParameters, Update
-from telegram.constants import ChatMemberStatus, ParseMode
+from telegram import BotCommand, CallbackQuery, Message, Update
+from telegram.constants import ChatMemberStatus
 from telegram.error import Conflict, InvalidToken, TelegramError
 from telegram.ext import (
     Application,
@@ -27,14 +26,14 @@ from telegram.ext import (
     filters,
 )
 
-from adapters.telegram.formatting import markdown_to_telegram
-from adapters.telegram.publisher import TelegramPublisher, edit_prompt, edited_post, parse_callback
-from adapters.telegram.surface import TelegramSurface
+from adapters.telegram.publisher import TelegramPublisher
+from adapters.telegram.surface import ClickSurface, TelegramSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
 from core.chat.engine import Engine
 from core.commands.registry import clicked_command
-from core.platform import Author, CommandCall, Inbound
+from core.platform import Author, Inbound, PlatformError
 from core.posts.schedules.actions import PostActions
+from core.posts.schedules.approval import edit_command, edit_request
 
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 ADMIN_CACHE_SECONDS = 60.0
@@ -182,16 +181,8 @@ class TelegramBot:
         needs_rights = starts_with_command(message) or edit_of is not None
         chat_admin = not private and needs_rights and await self._is_chat_admin(message)
         inbound = to_inbound(message, update.update_id, self.identity, chat_admin=chat_admin)
-        if edit_of is not None and self._actions is not None:
-            result = await self._actions.act("edit", edit_of, inbound, message.text.strip())
-            with contextlib.suppress(TelegramError):
-                await self.app.bot.send_message(
-                    message.chat.id,
-                    markdown_to_telegram(result.message).html,
-                    parse_mode=ParseMode.HTML,
-                    reply_parameters=_reply_to(message),
-                )
-            return
+        if edit_of is not None:  # the text asked for by Edit: the reply runs the edit
+            inbound = replace(inbound, command=edit_command(edit_of, message.text.strip()))
         surface = TelegramSurface(
             self.app.bot,
             chat_id=message.chat.id,
@@ -205,54 +196,44 @@ class TelegramBot:
             await self._chat_moved(message.chat.id, surface.chat_id)
 
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """A button: one of the core's command buttons (run like the typed command), or
-        an approval button (the answer shows as a toast and under the draft)."""
+        """A click on one of the core's command buttons runs its command as the person
+        who clicked, like the typed command. Edit asks for the text first."""
         query = update.callback_query
         if query is None or query.message is None:
             return
-        command = clicked_command(query.data or "")
-        if command is not None:
-            await self._on_command_button(query, command)
-            return
-        parsed = parse_callback(query.data or "")
-        if parsed is None or self._actions is None:
-            return
-        action, post_id = parsed
-        chat = query.message.chat
         event = await self._clicker(query)
-        if action == "edit":
-            await self._ask_for_edit(query, post_id, event)
-            return
-        result = await self._actions.act(action, post_id, event)
-        with contextlib.suppress(TelegramError):
-            await query.answer(result.message[:200])
-        if not result.settled:
-            return  # the toast says why; the buttons stay for someone who may use them
-        with contextlib.suppress(TelegramError):
-            await query.edit_message_reply_markup(reply_markup=None)  # decided: no more buttons
-        with contextlib.suppress(TelegramError):
-            await self.app.bot.send_message(
-                chat.id,
-                markdown_to_telegram(result.message).html,
-                parse_mode=ParseMode.HTML,
-                reply_parameters=_reply_to(query.message),
-            )
+        surface = ClickSurface(
+            self.app.bot,
+            query,
+            thread_id=int(event.thread_id) if event.thread_id is not None else None,
+            logger=self._log,
+        )
+        command = clicked_command(query.data or "")
+        try:
+            if command is None:
+                return  # not Herald's button; answering stops its loading
+            post_id = edit_request(command)
+            if post_id is not None and self._actions is not None:
+                await self._ask_for_edit(self._actions, surface, post_id, event)
+                return
+            if not self._engine.commands.decides(command):
+                await surface.acknowledge()  # the answer is a new message: stop the loading now
+            await self._engine.handle(replace(event, command=command), surface)
+        finally:
+            await surface.acknowledge()
 
-    async def _ask_for_edit(self, query: CallbackQuery, post_id: str, event: Inbound) -> None:
-        """Edit: a forced reply asks for the new text; the reply approves it (`_edit_of`)."""
-        assert self._actions is not None and query.message is not None
-        post, why = await self._actions.editable(post_id, event)
-        with contextlib.suppress(TelegramError):
-            await query.answer(why[:200] if post is None else "")
-        if post is None:
-            return
-        with contextlib.suppress(TelegramError):
-            await self.app.bot.send_message(
-                query.message.chat.id,
-                edit_prompt(post_id),
-                reply_parameters=_reply_to(query.message),
-                reply_markup=ForceReply(selective=True, input_field_placeholder="The text to publish"),
-            )
+    async def _ask_for_edit(
+        self, actions: PostActions, surface: ClickSurface, post_id: str, event: Inbound
+    ) -> None:
+        """Edit: a forced reply asks for the new text; the reply runs the edit (`_edit_of`)."""
+        post, why = await actions.editable(post_id, event)
+        try:
+            if post is None:
+                await surface.notice(why)
+            else:
+                await surface.ask_for_text(edit_prompt(post_id), placeholder="The text to publish")
+        except PlatformError as exc:
+            self._log.warning("Telegram: could not ask for the edited text: %s", exc)
 
     def _edit_of(self, message: Message) -> str | None:
         """The post whose edit prompt this message answers, if it does."""
@@ -260,22 +241,6 @@ class TelegramBot:
         if replied is None or replied.from_user is None or replied.from_user.id != self.identity.id:
             return None
         return edited_post(replied.text or "")
-
-    async def _on_command_button(self, query: CallbackQuery, command: CommandCall) -> None:
-        message = query.message
-        assert message is not None
-        with contextlib.suppress(TelegramError):
-            await query.answer()  # ends the button's loading state; the answer is a message
-        event = replace(await self._clicker(query), command=command)
-        surface = TelegramSurface(
-            self.app.bot,
-            chat_id=message.chat.id,
-            thread_id=int(event.thread_id) if event.thread_id is not None else None,
-            reply_to=message.message_id,
-            private=event.is_private,
-            logger=self._log,
-        )
-        await self._engine.handle(event, surface)
 
     async def _clicker(self, query: CallbackQuery) -> Inbound:
         """Who clicked, and where: the core decides what they may do."""
@@ -344,6 +309,17 @@ class TelegramBot:
             self._log.warning("Telegram: polling failed (%s); retrying", error)
 
 
-def _reply_to(message: object) -> ReplyParameters | None:
-    message_id = getattr(message, "message_id", None)
-    return ReplyParameters(message_id, allow_sending_without_reply=True) if message_id else None
+EDIT_PROMPT = "✏️ Reply to this message with the text to publish for post "
+
+
+def edit_prompt(post_id: str) -> str:
+    """Sent with a forced reply when Edit is clicked; the reply carries the new text."""
+    return f"{EDIT_PROMPT}{post_id}."
+
+
+def edited_post(prompt_text: str) -> str | None:
+    """The post id of an edit prompt (the message a person replied to), else None."""
+    if not prompt_text.startswith(EDIT_PROMPT):
+        return None
+    post_id = prompt_text.removeprefix(EDIT_PROMPT).rstrip(".")
+    return post_id if post_id.isalnum() else None

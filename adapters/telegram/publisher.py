@@ -1,4 +1,5 @@
-"""Scheduled posts on Telegram: publish into a chat, and ask for approval with an inline keyboard.
+"""Scheduled posts on Telegram: publish into a chat, and ask for approval with the
+core's buttons as an inline keyboard.
 
 A send that timed out may have reached Telegram: it is reported as unknown
 (never retried automatically); anything Telegram refused was not sent.
@@ -6,32 +7,16 @@ A send that timed out may have reached Telegram: it is reported as unknown
 
 from __future__ import annotations
 
-from telegram import Bot, InlineKeyboardButton, InlineKeyboardMarkup, LinkPreviewOptions
+from collections.abc import Sequence
+
+from telegram import Bot
 from telegram.constants import ParseMode
 from telegram.error import BadRequest, NetworkError, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
+from adapters.telegram.surface import NO_PREVIEW, TelegramSurface
+from core.platform import Button
 from core.posts.schedules.runner import PublishFailed, PublishUnknown
-from core.posts.schedules.store import Post
-
-CALLBACK_PREFIX = "herald"
-BUTTONS = (
-    ("✅ Approve", "approve"),
-    ("✏️ Edit", "edit"),
-    ("🔁 Regenerate", "regenerate"),
-    ("✖️ Reject", "reject"),
-)
-NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
-
-
-def callback_data(action: str, post_id: str) -> str:
-    return f"{CALLBACK_PREFIX}:{action}:{post_id}"
-
-
-def parse_callback(data: str) -> tuple[str, str] | None:
-    prefix, _, rest = data.partition(":")
-    action, _, post_id = rest.partition(":")
-    return (action, post_id) if prefix == CALLBACK_PREFIX and action and post_id else None
 
 
 class TelegramPublisher:
@@ -65,41 +50,12 @@ class TelegramPublisher:
             raise PublishFailed(f"Telegram refused: {exc}") from exc
         return str(message.message_id)
 
-    async def request_approval(self, chat_id: str, post: Post) -> None:
-        keyboard = InlineKeyboardMarkup(
-            [
-                [InlineKeyboardButton(label, callback_data=callback_data(action, post.id))]
-                for label, action in BUTTONS
-            ]
-        )
-        await self._bot.send_message(
-            int(chat_id),
-            markdown_to_telegram(approval_text(post)).html,
-            parse_mode=ParseMode.HTML,
-            reply_markup=keyboard,
-            link_preview_options=NO_PREVIEW,
-        )
+    async def request_approval(self, chat_id: str, text: str, buttons: Sequence[Button]) -> None:
+        await self._surface(chat_id).send(text, buttons=buttons)
 
     async def notify(self, chat_id: str, text: str) -> None:
-        await self._bot.send_message(int(chat_id), markdown_to_telegram(text).html, parse_mode=ParseMode.HTML)
+        await self._surface(chat_id).send(text)
 
-
-EDIT_PROMPT = "✏️ Reply to this message with the text to publish for post "
-
-
-def edit_prompt(post_id: str) -> str:
-    """Sent with a forced reply when Edit is clicked; the reply carries the new text."""
-    return f"{EDIT_PROMPT}{post_id}."
-
-
-def edited_post(prompt_text: str) -> str | None:
-    """The post id of an edit prompt (the message a person replied to), else None."""
-    if not prompt_text.startswith(EDIT_PROMPT):
-        return None
-    post_id = prompt_text.removeprefix(EDIT_PROMPT).rstrip(".")
-    return post_id if post_id.isalnum() else None
-
-
-def approval_text(post: Post) -> str:
-    """Plain text: the draft exactly as it would be published, with its post id."""
-    return f"Draft `{post.id}` for {post.slot[:16].replace('T', ' ')} — approve to publish:\n\n{post.text}"
+    def _surface(self, chat_id: str) -> TelegramSurface:
+        """Herald's own messages in a chat: formatted, with the plain-text fallback."""
+        return TelegramSurface(self._bot, chat_id=int(chat_id), thread_id=None, reply_to=None, private=False)

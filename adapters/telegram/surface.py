@@ -14,6 +14,8 @@ from typing import TypeVar
 
 from telegram import (
     Bot,
+    CallbackQuery,
+    ForceReply,
     InlineKeyboardButton,
     InlineKeyboardMarkup,
     LinkPreviewOptions,
@@ -32,6 +34,7 @@ from core.platform import (
     MessageRef,
     PlatformError,
     PlatformRateLimited,
+    Surface,
 )
 
 MAX_LENGTH = 4096  # UTF-16 code units of the text after entity parsing
@@ -46,7 +49,7 @@ def seconds(value: int | dt.timedelta) -> float:
     return value.total_seconds() if isinstance(value, dt.timedelta) else float(value)
 
 
-class TelegramSurface:
+class TelegramSurface(Surface):
     def __init__(
         self,
         bot: Bot,
@@ -166,3 +169,75 @@ def keyboard(buttons: Sequence[Button], per_row: int = 2) -> InlineKeyboardMarku
 
 class _BadMarkup(PlatformError):
     """Telegram could not parse the formatting we sent."""
+
+
+class ClickSurface(TelegramSurface):
+    """Answers a button click: replies go under the clicked message; a notice is the
+    click's toast, seen by the clicker alone; a conclusion is the toast, the buttons
+    taken away, and the outcome under the message.
+
+    Telegram shows the button loading until the callback query is answered, once:
+    the first toast, reply or `acknowledge` answers it.
+    """
+
+    TOAST_LENGTH = 200  # Telegram's limit for the answer's text
+
+    def __init__(
+        self, bot: Bot, query: CallbackQuery, *, thread_id: int | None, logger: logging.Logger | None = None
+    ) -> None:
+        message = query.message
+        assert message is not None  # clicks on messages too old to have one are not served
+        super().__init__(
+            bot,
+            chat_id=message.chat.id,
+            thread_id=thread_id,
+            reply_to=message.message_id,
+            private=message.chat.type == message.chat.PRIVATE,
+            logger=logger,
+        )
+        self._query = query
+        self._clicked = message.message_id
+        self._answered = False
+
+    async def acknowledge(self, toast: str = "") -> None:
+        """Answer the callback query (ending the button's loading) unless done already."""
+        if self._answered:
+            return
+        self._answered = True
+        try:
+            await self._query.answer(toast[: self.TOAST_LENGTH] or None)
+        except TelegramError as exc:
+            self._log.warning("Telegram: could not answer a button click: %s", exc)
+
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
+        await self.acknowledge()
+        return await super().send(text, reply_to=reply_to, buttons=buttons)
+
+    async def notice(self, text: str) -> None:
+        if self._answered:  # a toast can't follow the first answer
+            await super().send(text)
+        else:
+            await self.acknowledge(text)
+
+    async def ask_for_text(self, prompt: str, *, placeholder: str) -> None:
+        """A forced reply under the clicked message: the person's app opens a reply to it."""
+        await self.acknowledge()
+        await self._call(
+            lambda: self._bot.send_message(
+                self.chat_id,
+                prompt,
+                message_thread_id=self._thread_id,
+                reply_parameters=ReplyParameters(self._clicked, allow_sending_without_reply=True),
+                reply_markup=ForceReply(selective=True, input_field_placeholder=placeholder),
+            )
+        )
+
+    async def conclude(self, text: str) -> None:
+        await self.acknowledge(text)
+        try:
+            await self._query.edit_message_reply_markup(reply_markup=None)
+        except TelegramError as exc:
+            self._log.warning("Telegram: could not take the buttons away: %s", exc)
+        await super().send(text)

@@ -13,7 +13,7 @@ import asyncio
 import enum
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -26,12 +26,13 @@ from core.chat.context import BuiltContext, ContextBuilder, MessageTooLong
 from core.chat.locks import ConversationLocks, LockTimeout
 from core.chat.memory import ConversationStore, Turn
 from core.chat.render import StreamRenderer
-from core.chat.splitting import split_message
+from core.chat.say import say
+from core.commands.context import CommandContext
 from core.commands.registry import CommandError, CommandRegistry, ParsedCommand
 from core.llm.base import Finished, GenerationParams, LLMClient, TextDelta
 from core.llm.errors import ContextTooLong, LLMError
 from core.metrics import MeteredSurface, Metrics
-from core.platform import Button, ConversationKey, Inbound, MessageRef, PlatformError, Surface
+from core.platform import ConversationKey, Inbound, Surface
 
 
 class Outcome(enum.Enum):
@@ -60,18 +61,6 @@ class EnginePolicy:
     #: context overflow before the first token (estimated counts, or limits that
     #: changed since start)
     overflow_retries: int = 2
-
-
-@dataclass(slots=True)
-class CommandContext:
-    """What a command handler may use: the event, where to answer, and the engine."""
-
-    engine: Engine
-    event: Inbound
-    surface: Surface
-
-    async def reply(self, text: str, buttons: Sequence[Button] = ()) -> None:
-        await self.engine.say(self.surface, text, buttons)
 
 
 @dataclass(slots=True)
@@ -143,11 +132,11 @@ class Engine:
             outcome = await self._handle(event, surface)
         except RedisError as exc:
             self._log.error("redis failed for %s: %s", event.event_id, exc)
-            await self.say(surface, messages.STORE_DOWN)
+            await say(surface, messages.STORE_DOWN)
             outcome = Outcome.FAILED
         except Exception:
             self._log.exception("unexpected error handling %s", event.event_id)
-            await self.say(surface, messages.UNEXPECTED)
+            await say(surface, messages.UNEXPECTED)
             outcome = Outcome.FAILED
         self.metrics.events.labels(event.platform, outcome.value).inc()
         self._log.info(
@@ -168,7 +157,7 @@ class Engine:
     async def _handle(self, event: Inbound, surface: Surface) -> Outcome:
         if not self.access.allows(event):
             if event.is_private and (event.addressed or event.command):
-                await self.say(surface, messages.NOT_ALLOWED)
+                await say(surface, messages.NOT_ALLOWED)
             return Outcome.NOT_ALLOWED
         parsed: ParsedCommand | None = None
         problem: str | None = None
@@ -188,28 +177,28 @@ class Engine:
         if admission.verdict is Verdict.DUPLICATE:
             return Outcome.DUPLICATE
         if admission.verdict is Verdict.RATE_LIMITED:
-            await self.say(surface, messages.rate_limited(admission.retry_after))
+            await say(surface, messages.rate_limited(admission.retry_after))
             return Outcome.RATE_LIMITED
         if admission.verdict is Verdict.OVER_QUOTA:
-            await self.say(surface, messages.over_quota(admission.retry_after))
+            await say(surface, messages.over_quota(admission.retry_after))
             return Outcome.OVER_QUOTA
         if problem is not None:
-            await self.say(surface, problem)
+            await say(surface, problem)
             return Outcome.INVALID
         if parsed is not None:
             return await self._run_command(parsed, event, surface)
         return await self.answer(event, surface, event.text)
 
     async def _run_command(self, parsed: ParsedCommand, event: Inbound, surface: Surface) -> Outcome:
-        context = CommandContext(self, event, surface)
+        context = CommandContext(event, surface, self)
         if not parsed.spec.needs_turn:
-            await parsed.spec.handler(context, parsed.args)
+            await parsed.handler(context, parsed.args)
             return Outcome.COMMAND
         try:
             async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
-                await parsed.spec.handler(context, parsed.args)
+                await parsed.handler(context, parsed.args)
         except LockTimeout:
-            await self.say(surface, messages.BUSY_CONVERSATION)
+            await say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
         return Outcome.COMMAND
 
@@ -217,7 +206,7 @@ class Engine:
         """Answer `text` in the event's conversation, waiting for its turn."""
         text = text.strip()
         if not text:
-            await self.say(surface, messages.EMPTY_MESSAGE)
+            await say(surface, messages.EMPTY_MESSAGE)
             return Outcome.INVALID
         started = time.monotonic()
         # Counting the message's tokens needs no history: it overlaps the wait
@@ -227,7 +216,7 @@ class Engine:
             async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
                 return await self._answer_in_turn(event, surface, text, counting, started)
         except LockTimeout:
-            await self.say(surface, messages.BUSY_CONVERSATION)
+            await say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
         finally:
             _settle(counting)
@@ -237,7 +226,7 @@ class Engine:
     ) -> Outcome:
         conv = event.conversation
         if self.closing:  # it waited for its turn while the process began to stop
-            await self.say(surface, messages.RESTARTING)
+            await say(surface, messages.RESTARTING)
             return Outcome.SHUTTING_DOWN
         persona, history = await self.memory.load(conv)
         system = persona or self.policy.system_prompt
@@ -390,23 +379,6 @@ class Engine:
             self._log.error("could not move %s:%s to %s: %s", platform, old_chat, new_chat, exc)
             return
         self._log.info("chat %s:%s is now %s (%d keys moved)", platform, old_chat, new_chat, moved)
-
-    async def say(self, surface: Surface, text: str, buttons: Sequence[Button] = ()) -> None:
-        """Send a message of Herald's own, in parts if the platform needs them, with
-        `buttons` under the last part — or, where there are no buttons, the commands
-        they stand for. A platform failure is logged, not raised."""
-        caps = surface.capabilities
-        if buttons and not caps.has_buttons:
-            text += "\n\n" + " · ".join(f"/{button.command}" for button in buttons)
-            buttons = ()
-        parts = split_message(text, caps.max_length, caps.measure)
-        previous: MessageRef | None = None
-        try:
-            for number, part in enumerate(parts, 1):
-                last = number == len(parts)
-                previous = await surface.send(part, reply_to=previous, buttons=buttons if last else ())
-        except PlatformError as exc:
-            self._log.warning("could not send a message: %s", exc)
 
 
 def _settle(future: asyncio.Future[int]) -> None:

@@ -1,8 +1,10 @@
 """Commands as platform-neutral specs with typed, validated arguments.
 
 An adapter offers each `CommandSpec` natively (Telegram's command menu, Discord
-application commands with typed options, `/name args` in the terminal) and
-hands the raw call back; `CommandRegistry.parse` validates it in one place.
+application commands with typed options and subcommands, `/name args` in the
+terminal) and hands the raw call back; `CommandRegistry.parse` validates it in
+one place. A command with subcommands (`/schedule add …`) is typed as its first
+word in text, and chosen as a Discord subcommand.
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from typing import TYPE_CHECKING, Any
 from core.platform import BUTTON_PREFIX, CommandCall
 
 if TYPE_CHECKING:
-    from core.chat.engine import CommandContext
+    from core.commands.context import CommandContext
 
 _NAME = re.compile(r"^[a-z][a-z0-9_-]{0,31}$")
 _WORD = re.compile(r'\w+="(?P<quoted>[^"]*)"|\S+')
 _COMMAND_TEXT = re.compile(r"^/([A-Za-z][A-Za-z0-9_-]{0,31})(?:@([A-Za-z0-9_]+))?(?:\s+(.*))?$", re.S)
+#: approval buttons sent before they became command buttons: `herald:<action>:<post id>`
+_LEGACY_APPROVAL = re.compile(r"^herald:(approve|edit|regenerate|reject):(\w{1,40})$")
 
 
 class ArgType(enum.Enum):
@@ -48,28 +52,47 @@ Handler = Callable[["CommandContext", dict[str, Any]], Awaitable[None]]
 
 @dataclass(frozen=True, slots=True)
 class CommandSpec:
+    """A command, or a group of subcommands (`subcommands`, then no handler or args)."""
+
     name: str
     description: str
-    handler: Handler
+    handler: Handler | None = None
     args: tuple[ArgSpec, ...] = ()
     #: counts against the user's rate limit and quota (it asks the model)
     generates: bool = False
     #: takes the conversation's turn (waits for an answer in progress)
     needs_turn: bool = False
+    #: decides the message whose button runs it (approve, reject…): on a click, the
+    #: outcome is shown on that message rather than as a new one
+    decides: bool = False
+    subcommands: tuple[CommandSpec, ...] = ()
 
     def __post_init__(self) -> None:
         if not _NAME.match(self.name):
             raise ValueError(f"bad command name {self.name!r}")
+        if (self.handler is None) == (not self.subcommands) or (self.subcommands and self.args):
+            raise ValueError(f"/{self.name} needs either a handler (and args) or subcommands")
 
-    @property
-    def usage(self) -> str:
-        parts = [f"/{self.name}"]
-        for arg in self.args:
-            label = "|".join(arg.choices) if arg.choices else arg.name
-            if arg.keyword_only:
-                label = f"{arg.name}=…"
-            parts.append(f"<{label}>" if arg.required else f"[{label}]")
-        return " ".join(parts)
+    def subcommand(self, name: str) -> CommandSpec | None:
+        return next((sub for sub in self.subcommands if sub.name == name), None)
+
+
+def path(spec: CommandSpec, parent: CommandSpec | None = None) -> str:
+    """`/schedule add`: what a person types to run a command."""
+    return f"/{parent.name} {spec.name}" if parent else f"/{spec.name}"
+
+
+def usage(spec: CommandSpec, parent: CommandSpec | None = None) -> str:
+    """`/schedule add <prompt> <when=…> [tz=…]`: how to type a command."""
+    parts = [path(spec, parent)]
+    if spec.subcommands:
+        parts.append("|".join(sub.name for sub in spec.subcommands) + " …")
+    for arg in spec.args:
+        label = "|".join(arg.choices) if arg.choices else arg.name
+        if arg.keyword_only:
+            label = f"{arg.name}=…"
+        parts.append(f"<{label}>" if arg.required else f"[{label}]")
+    return " ".join(parts)
 
 
 class CommandError(Exception):
@@ -78,8 +101,16 @@ class CommandError(Exception):
 
 @dataclass(frozen=True, slots=True)
 class ParsedCommand:
+    """A valid call: the spec that handles it (a subcommand's own), and its arguments."""
+
     spec: CommandSpec
     args: dict[str, Any] = field(default_factory=dict)
+    parent: CommandSpec | None = None
+
+    @property
+    def handler(self) -> Handler:
+        assert self.spec.handler is not None  # only specs with handlers are parsed
+        return self.spec.handler
 
 
 def parse_command_text(text: str, bot_username: str | None = None) -> CommandCall | None:
@@ -95,7 +126,12 @@ def parse_command_text(text: str, bot_username: str | None = None) -> CommandCal
 
 def clicked_command(data: str) -> CommandCall | None:
     """The command a clicked `Button` carries (the data the platform sent back), or
-    None for buttons that are not Herald's command buttons."""
+    None for buttons that are not Herald's. Approval buttons on messages sent before
+    they became command buttons (`herald:approve:<post>`) still run their command."""
+    legacy = _LEGACY_APPROVAL.match(data)
+    if legacy is not None:
+        action, post_id = legacy.groups()
+        return CommandCall("schedule", subcommand=action, options={"id": post_id})
     if not data.startswith(BUTTON_PREFIX):
         return None
     return parse_command_text("/" + data.removeprefix(BUTTON_PREFIX))
@@ -116,25 +152,54 @@ class CommandRegistry:
     def get(self, name: str) -> CommandSpec | None:
         return self._specs.get(name)
 
+    def decides(self, call: CommandCall) -> bool:
+        """Whether `call` would decide the message it was clicked on (see `CommandSpec`):
+        what a platform must know before it acknowledges the click."""
+        try:
+            return self.parse(call).spec.decides
+        except CommandError:
+            return False
+
     def parse(self, call: CommandCall) -> ParsedCommand:
         spec = self._specs.get(call.name)
         if spec is None:
             raise CommandError(f"I don't know /{call.name}. Try /help.")
-        if call.options is not None:
-            raw = dict(call.options)
-        else:
-            raw = _split_positional(spec, call.raw_args or "")
-        args: dict[str, Any] = {}
-        for arg in spec.args:
-            value = raw.pop(arg.name, None)
-            if value is None or value == "":
-                if arg.required:
-                    raise CommandError(f"/{spec.name} needs {arg.name}. Usage: {spec.usage}")
-                continue
-            args[arg.name] = _convert(spec, arg, value)
-        if raw:
-            raise CommandError(f"/{spec.name} got unexpected {', '.join(raw)}. Usage: {spec.usage}")
-        return ParsedCommand(spec, args)
+        if not spec.subcommands:
+            return ParsedCommand(spec, _arguments(spec, None, call.options, call.raw_args))
+        name, raw = call.subcommand, call.raw_args
+        if name is None:  # typed: the first word names it
+            first, _, rest = (raw or "").partition(" ")
+            name, raw = first.strip().lower(), rest.strip() or None
+        sub = spec.subcommand(name)
+        if sub is None:
+            choices = ", ".join(s.name for s in spec.subcommands)
+            said = f"There is no /{spec.name} {name}. " if name else ""
+            raise CommandError(
+                f"{said}/{spec.name} takes one of: {choices}. /help {spec.name} explains them."
+            )
+        return ParsedCommand(sub, _arguments(sub, spec, call.options, raw), parent=spec)
+
+
+def _arguments(
+    spec: CommandSpec, parent: CommandSpec | None, options: Any, raw_args: str | None
+) -> dict[str, Any]:
+    """The typed arguments of one call; every problem is a `CommandError` for the user."""
+    raw = dict(options) if options is not None else _split_positional(spec, raw_args or "")
+    how = usage(spec, parent)
+    required = [arg for arg in spec.args if arg.required]
+    if len(required) > 1 and not any(value not in (None, "") for value in raw.values()):
+        raise CommandError(f"Usage: {how}")  # given nothing at all: how to use it
+    args: dict[str, Any] = {}
+    for arg in spec.args:
+        value = raw.pop(arg.name, None)
+        if value is None or value == "":
+            if arg.required:
+                raise CommandError(f"{path(spec, parent)} needs {arg.name}. Usage: {how}")
+            continue
+        args[arg.name] = _convert(how, arg, value)
+    if raw:
+        raise CommandError(f"{path(spec, parent)} got unexpected {', '.join(raw)}. Usage: {how}")
+    return args
 
 
 def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
@@ -162,16 +227,18 @@ def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
     return values
 
 
-def _convert(spec: CommandSpec, arg: ArgSpec, value: object) -> object:
+def _convert(how: str, arg: ArgSpec, value: object) -> object:
     if arg.type is ArgType.INTEGER:
         try:
             number = int(str(value))
         except ValueError:
-            raise CommandError(f"{arg.name} must be a whole number. Usage: {spec.usage}") from None
-        if (arg.min_value is not None and number < arg.min_value) or (
-            arg.max_value is not None and number > arg.max_value
-        ):
-            raise CommandError(f"{arg.name} must be between {arg.min_value} and {arg.max_value}.")
+            raise CommandError(f"{arg.name} must be a whole number. Usage: {how}") from None
+        low, high = arg.min_value, arg.max_value
+        if (low is not None and number < low) or (high is not None and number > high):
+            if low is not None and high is not None:
+                raise CommandError(f"{arg.name} must be between {low} and {high}.")
+            bound = f"at least {low}" if low is not None else f"at most {high}"
+            raise CommandError(f"{arg.name} must be {bound}.")
         return number
     text = str(value).strip()
     if arg.type is ArgType.CHOICE:

@@ -1,4 +1,5 @@
-"""The `schedule` command: add, list, pause, resume and delete auto-draft schedules.
+"""`/schedule`: auto-draft schedules, saved drafts and campaign posts published once,
+and decisions on posts waiting for approval — one subcommand each.
 
 Only people who may manage the chat change schedules (Discord Manage Server or
 Manage Channels or a configured role, Telegram chat administrators, anyone in
@@ -13,8 +14,9 @@ import datetime as dt
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
-from core.chat.engine import CommandContext
-from core.commands.registry import ArgSpec, ArgType, CommandRegistry, CommandSpec
+from core.chat.access import AccessPolicy
+from core.commands.context import CommandContext
+from core.commands.registry import ArgSpec, ArgType, CommandSpec, Handler
 from core.posts.campaigns import publishable
 from core.posts.saved import SavedContent
 from core.posts.schedules.actions import PostActions
@@ -22,28 +24,27 @@ from core.posts.schedules.recurrence import Recurrence, RecurrenceError, parse_r
 from core.posts.schedules.store import Mode, Schedule, ScheduleStore, new_id
 from core.posts.targets import Target
 
-ACTIONS = (
-    "add",
-    "draft",
-    "campaign",
-    "list",
-    "pause",
-    "resume",
-    "delete",
-    "run-now",
-    "approve",
-    "regenerate",
-    "reject",
-    "timezone",
-)
 NOT_ALLOWED = "Only people who manage this chat can change its schedules."
 USAGE = (
     'Usage: /schedule add target=x when="every weekday at 09:00" tz=Europe/Berlin '
     "mode=approve <what to post about>"
 )
+#: an edited post's text is measured against its target, whose limit is far lower
+EDITED_TEXT_CHARS = 10_000
+
+TZ = ArgSpec("tz", "IANA time zone, e.g. Europe/Berlin", keyword_only=True, max_length=64)
+MODE = ArgSpec(
+    "mode",
+    "approve (a person approves) or auto",
+    type=ArgType.CHOICE,
+    choices=tuple(m.value for m in Mode),
+    keyword_only=True,
+)
+SCHEDULE_ID = ArgSpec("id", "The schedule's id (/schedule list shows them)", required=True, max_length=32)
+POST_ID = ArgSpec("id", "The post's id (shown with its draft)", required=True, max_length=32)
 
 
-def _describe(schedule: Schedule) -> str:
+def describe(schedule: Schedule) -> str:
     state = "paused" if schedule.paused else schedule.mode.value
     return (
         f"`{schedule.id}` {schedule.recurrence} ({schedule.timezone}) → {schedule.target}, {state}: "
@@ -51,81 +52,126 @@ def _describe(schedule: Schedule) -> str:
     )
 
 
-def register_schedule_commands(
-    registry: CommandRegistry,
-    store: ScheduleStore,
-    actions: PostActions,
-    saved: SavedContent,
-    *,
-    default_timezone: str = "UTC",
-) -> CommandRegistry:
-    async def zone_for(ctx: CommandContext, args: dict[str, Any]) -> str:
-        """The zone a command names, else the chat's, else the configured default."""
-        if args.get("tz"):
-            return str(args["tz"])
-        event = ctx.event
-        return await store.chat_timezone(event.platform, event.chat_id) or default_timezone
+class ScheduleCommands:
+    def __init__(
+        self,
+        store: ScheduleStore,
+        actions: PostActions,
+        saved: SavedContent,
+        access: AccessPolicy,
+        *,
+        default_timezone: str = "UTC",
+    ) -> None:
+        self._store = store
+        self._actions = actions
+        self._saved = saved
+        self._access = access
+        self._default_timezone = default_timezone
 
-    async def handle(ctx: CommandContext, args: dict[str, Any]) -> None:
-        event = ctx.event
-        action = args["action"]
-        if action == "list":
-            schedules = await store.in_chat(event.platform, event.chat_id)
-            lines = [_describe(s) for s in schedules] or ["No schedules in this chat yet. " + USAGE]
-            await ctx.reply("\n".join(lines))
-            return
-        if action == "timezone" and not args.get("text"):
+    def spec(self) -> CommandSpec:
+        return CommandSpec(
+            "schedule",
+            "Draft posts on a schedule, or schedule a saved draft or campaign post",
+            subcommands=(
+                _add_spec(self._managed(self.add)),
+                CommandSpec(
+                    "draft",
+                    "Publish a saved draft once, at a time you give",
+                    self._managed(self.schedule_draft),
+                    args=(
+                        ArgSpec("id", "The draft's id (shown with it)", required=True, max_length=32),
+                        ArgSpec("at", "When to publish (YYYY-MM-DD HH:MM)", keyword_only=True, max_length=16),
+                        TZ,
+                        MODE,
+                    ),
+                ),
+                CommandSpec(
+                    "campaign",
+                    "Publish one post of a saved campaign at its suggested time",
+                    self._managed(self.schedule_campaign),
+                    args=(
+                        ArgSpec("id", "The campaign's id (shown with it)", required=True, max_length=32),
+                        ArgSpec(
+                            "number",
+                            "Which post",
+                            type=ArgType.INTEGER,
+                            required=True,
+                            min_value=1,
+                            max_value=20,
+                        ),
+                        TZ,
+                        MODE,
+                    ),
+                ),
+                CommandSpec("list", "The schedules of this chat", self.list_schedules),
+                CommandSpec("pause", "Pause a schedule", self._managed(self.pause), args=(SCHEDULE_ID,)),
+                CommandSpec(
+                    "resume", "Resume a paused schedule", self._managed(self.resume), args=(SCHEDULE_ID,)
+                ),
+                CommandSpec("delete", "Delete a schedule", self._managed(self.delete), args=(SCHEDULE_ID,)),
+                CommandSpec(
+                    "run-now", "Run a schedule once, now", self._managed(self.run_now), args=(SCHEDULE_ID,)
+                ),
+                self._decision(
+                    "approve", "Publish a post waiting for approval", "text", "Publish this text instead"
+                ),
+                self._decision("edit", "Publish a post with your own text", "text", "The text to publish"),
+                self._decision("regenerate", "Draft a post waiting for approval again"),
+                self._decision(
+                    "reject", "Reject a post waiting for approval", "reason", "Why (kept with the post)"
+                ),
+                CommandSpec(
+                    "timezone",
+                    "Show or set the time zone of this chat's schedules",
+                    self.timezone,
+                    args=(ArgSpec("zone", "An IANA time zone, e.g. Europe/Berlin", max_length=64),),
+                ),
+            ),
+        )
+
+    def _decision(self, action: str, description: str, text: str = "", about: str = "") -> CommandSpec:
+        """`approve`, `edit`, `regenerate` or `reject` a post: a decision on the message
+        that shows it, so its buttons (`approval_buttons`) settle that message."""
+
+        async def decide(ctx: CommandContext, args: dict[str, Any]) -> None:
+            await self.decide(ctx, args, action)
+
+        args = (POST_ID, ArgSpec(text, about, max_length=EDITED_TEXT_CHARS)) if text else (POST_ID,)
+        return CommandSpec(action, description, decide, args=args, decides=True)
+
+    def _managed(self, handler: Handler) -> Handler:
+        """Only the chat's managers (and Herald admins) run `handler`."""
+
+        async def checked(ctx: CommandContext, args: dict[str, Any]) -> None:
+            if not self._access.may_manage_chat(ctx.event):
+                await ctx.reply(NOT_ALLOWED)
+                return
+            await handler(ctx, args)
+
+        return checked
+
+    async def list_schedules(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        schedules = await self._store.in_chat(ctx.event.platform, ctx.event.chat_id)
+        lines = [describe(s) for s in schedules] or ["No schedules in this chat yet. " + USAGE]
+        await ctx.reply("\n".join(lines))
+
+    async def timezone(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        zone = str(args.get("zone", "")).strip()
+        if not zone:
             await ctx.reply(
-                f"This chat's schedules use {await zone_for(ctx, {})}. "
+                f"This chat's schedules use {await self._zone_for(ctx, {})}. "
                 "Change it with /schedule timezone Europe/Berlin (any IANA zone)."
             )
-            return
-        if not ctx.engine.access.may_manage_chat(event):
+        elif not self._access.may_manage_chat(ctx.event):
             await ctx.reply(NOT_ALLOWED)
-            return
-        if action == "timezone":
-            await set_timezone(ctx, str(args["text"]).strip())
-            return
-        if action == "add":
-            await add(ctx, args)
-            return
-        if action in ("draft", "campaign"):
-            await schedule_saved(ctx, args)
-            return
-        if action in ("approve", "regenerate", "reject"):
-            post_id, _, text = str(args.get("text", "")).strip().partition(" ")
-            await ctx.reply((await actions.act(action, post_id, event, text.strip())).message)
-            return
-        schedule_id = str(args.get("text", "")).strip()
-        schedule = await store.get(schedule_id)
-        if schedule is None or (schedule.platform, schedule.chat_id) != (event.platform, event.chat_id):
-            await ctx.reply(f"There is no schedule `{schedule_id}` in this chat. /schedule list shows them.")
-            return
-        if action == "delete":
-            await store.delete(schedule.id)
-            await ctx.reply(f"Deleted schedule `{schedule.id}`.")
-        elif action == "run-now":
-            await ctx.reply(await actions.run_now(schedule))
-        else:
-            await store.set_paused(schedule.id, action == "pause")
-            await ctx.reply(f"Schedule `{schedule.id}` {'paused' if action == 'pause' else 'resumed'}.")
-
-    async def set_timezone(ctx: CommandContext, zone: str) -> None:
-        try:
-            ZoneInfo(zone)
-        except (ZoneInfoNotFoundError, ValueError):
+        elif not _is_zone(zone):
             await ctx.reply(f"{zone!r} is not an IANA time zone; try one like Europe/Berlin or UTC.")
-            return
-        await store.set_chat_timezone(ctx.event.platform, ctx.event.chat_id, zone)
-        await ctx.reply(f"New schedules in this chat use {zone}; existing ones keep their zone.")
+        else:
+            await self._store.set_chat_timezone(ctx.event.platform, ctx.event.chat_id, zone)
+            await ctx.reply(f"New schedules in this chat use {zone}; existing ones keep their zone.")
 
-    async def add(ctx: CommandContext, args: dict[str, Any]) -> None:
-        prompt = str(args.get("text", "")).strip()
-        when = args.get("when")
-        if not prompt or not when:
-            await ctx.reply(USAGE)
-            return
-        timezone = await zone_for(ctx, args)
+    async def add(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        timezone = await self._zone_for(ctx, args)
         until = args.get("until")
         if until is not None:
             try:
@@ -134,23 +180,111 @@ def register_schedule_commands(
                 await ctx.reply(f"until must be a date like 2026-12-31, not {until!r}.")
                 return
         try:
-            recurrence = parse_recurrence(str(when), timezone)
+            recurrence = parse_recurrence(str(args["when"]), timezone)
         except RecurrenceError as exc:
             await ctx.reply(str(exc))
             return
-        await create(
+        await self._create(
             ctx,
             args,
             recurrence,
-            prompt=prompt,
+            prompt=str(args["prompt"]),
             target=str(args.get("target", Target.GENERIC.value)),
             tone=str(args.get("tone", "friendly")),
             end_date=until,
             max_runs=args.get("count"),
         )
 
-    async def create(
-        ctx: CommandContext, args: dict[str, Any], recurrence: Recurrence, **fields: Any
+    async def schedule_draft(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        """A saved draft, published once at the time given."""
+        draft_id = str(args["id"])
+        kept = await self._saved.draft(draft_id)
+        if kept is None:
+            await ctx.reply(
+                'Usage: /schedule draft <draft id> at="2026-12-01 09:00" (drafts are kept 30 days)'
+            )
+            return
+        timezone = await self._zone_for(ctx, args)
+        if not args.get("at"):
+            tomorrow = dt.datetime.now(ZoneInfo(timezone)).date() + dt.timedelta(days=1)
+            await ctx.reply(
+                f'When should it go out? /schedule draft {draft_id} at="{tomorrow} 09:00" '
+                f"(time in {timezone}; add tz=… for another zone, mode=auto to skip approval)"
+            )
+            return
+        if len(kept.draft.posts) != 1:
+            await ctx.reply("Threads can't be scheduled yet; draft it without thread=yes.")
+            return
+        await self._once(
+            ctx, args, str(args["at"]), f"draft {draft_id}", kept.draft.target, kept.draft.posts[0]
+        )
+
+    async def schedule_campaign(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        """One post of a saved campaign, published once at its suggested date and time."""
+        campaign = await self._saved.campaign(str(args["id"]))
+        number = int(args["number"])
+        if campaign is None or number > len(campaign.posts):
+            await ctx.reply(
+                "Usage: /schedule campaign <campaign id> <post number> (campaigns are kept 30 days)"
+            )
+            return
+        post = campaign.posts[number - 1]
+        when = f"{post.date.isoformat()} {post.time}"
+        await self._once(ctx, args, when, f"campaign {args['id']}", post.target, publishable(post))
+
+    async def pause(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        schedule = await self._in_chat(ctx, args)
+        if schedule is not None:
+            await self._store.set_paused(schedule.id, True)
+            await ctx.reply(f"Schedule `{schedule.id}` paused.")
+
+    async def resume(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        schedule = await self._in_chat(ctx, args)
+        if schedule is not None:
+            await self._store.set_paused(schedule.id, False)
+            await ctx.reply(f"Schedule `{schedule.id}` resumed.")
+
+    async def delete(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        schedule = await self._in_chat(ctx, args)
+        if schedule is not None:
+            await self._store.delete(schedule.id)
+            await ctx.reply(f"Deleted schedule `{schedule.id}`.")
+
+    async def run_now(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        schedule = await self._in_chat(ctx, args)
+        if schedule is not None:
+            await ctx.reply(await self._actions.run_now(schedule))
+
+    async def decide(self, ctx: CommandContext, args: dict[str, Any], action: str) -> None:
+        """Approve, edit, regenerate or reject a post: the outcome settles the message its
+        buttons were on; a refusal is for the person who acted alone."""
+        text = str(args.get("text") or args.get("reason") or "")
+        result = await self._actions.act(action, str(args["id"]), ctx.event, text)
+        if result.settled:
+            await ctx.conclude(result.message)
+        else:
+            await ctx.notice(result.message)
+
+    async def _once(
+        self, ctx: CommandContext, args: dict[str, Any], when: str, source: str, target: Target, text: str
+    ) -> None:
+        try:
+            recurrence = parse_recurrence(f"once at {when}", await self._zone_for(ctx, args))
+        except RecurrenceError as exc:
+            await ctx.reply(str(exc))
+            return
+        await self._create(
+            ctx,
+            args,
+            recurrence,
+            prompt=f"(saved {source})",
+            target=target.value,
+            max_runs=1,
+            fixed_text=text,
+        )
+
+    async def _create(
+        self, ctx: CommandContext, args: dict[str, Any], recurrence: Recurrence, **fields: Any
     ) -> None:
         """Save a schedule for the chat the command came from, and say when it runs first."""
         event = ctx.event
@@ -167,107 +301,68 @@ def register_schedule_commands(
             created_at=now.isoformat(),
             **fields,
         )
-        await store.save(schedule)
+        await self._store.save(schedule)
         first = recurrence.next_fires(now, 1)
         when_next = first[0].strftime("%a %d %b %Y %H:%M %Z") if first else "never"
-        await ctx.reply(f"Scheduled `{schedule.id}`: {_describe(schedule)}\nNext run: {when_next}.")
+        await ctx.reply(f"Scheduled `{schedule.id}`: {describe(schedule)}\nNext run: {when_next}.")
 
-    async def schedule_saved(ctx: CommandContext, args: dict[str, Any]) -> None:
-        """A saved draft, or one post of a saved campaign, published once at its time."""
-        words = str(args.get("text", "")).split()
-        timezone = await zone_for(ctx, args)
-        if args["action"] == "draft":
-            kept = await saved.draft(words[0]) if words else None
-            if kept is None:
-                await ctx.reply(
-                    'Usage: /schedule draft <draft id> at="2026-12-01 09:00" (drafts are kept 30 days)'
-                )
-                return
-            draft = kept.draft
-            if not args.get("at"):
-                tomorrow = dt.datetime.now(ZoneInfo(timezone)).date() + dt.timedelta(days=1)
-                await ctx.reply(
-                    f'When should it go out? /schedule draft {words[0]} at="{tomorrow} 09:00" '
-                    f"(time in {timezone}; add tz=… for another zone, mode=auto to skip approval)"
-                )
-                return
-            if len(draft.posts) != 1:
-                await ctx.reply("Threads can't be scheduled yet; draft it without thread=yes.")
-                return
-            target, text, when = draft.target, draft.posts[0], str(args["at"])
-        else:
-            campaign = await saved.campaign(words[0]) if words else None
-            number = int(words[1]) if len(words) > 1 and words[1].isdigit() else 0
-            if campaign is None or not 1 <= number <= len(campaign.posts):
-                await ctx.reply(
-                    "Usage: /schedule campaign <campaign id> <post number> (campaigns are kept 30 days)"
-                )
-                return
-            post = campaign.posts[number - 1]
-            target, text, when = post.target, publishable(post), f"{post.date.isoformat()} {post.time}"
-        try:
-            recurrence = parse_recurrence(f"once at {when}", timezone)
-        except RecurrenceError as exc:
-            await ctx.reply(str(exc))
-            return
-        await create(
-            ctx,
-            args,
-            recurrence,
-            prompt=f"(saved {args['action']} {words[0]})",
-            target=target.value,
-            max_runs=1,
-            fixed_text=text,
-        )
+    async def _in_chat(self, ctx: CommandContext, args: dict[str, Any]) -> Schedule | None:
+        """The schedule named, if it belongs to this chat; else the person is told."""
+        event = ctx.event
+        schedule = await self._store.get(str(args["id"]))
+        if schedule is None or (schedule.platform, schedule.chat_id) != (event.platform, event.chat_id):
+            await ctx.reply(f"There is no schedule `{args['id']}` in this chat. /schedule list shows them.")
+            return None
+        return schedule
 
-    registry.add(
-        CommandSpec(
-            "schedule",
-            "Draft posts on a schedule, or schedule a saved draft or campaign post",
-            handle,
-            args=(
-                ArgSpec("action", "What to do", type=ArgType.CHOICE, choices=ACTIONS, required=True),
-                ArgSpec(
-                    "text",
-                    "add: what to post about; approve/reject: post id [text]; timezone: a zone; "
-                    "else schedule id",
-                    max_length=2000,
-                ),
-                ArgSpec(
-                    "when",
-                    'Cron, or a phrase like "every weekday at 09:00"',
-                    keyword_only=True,
-                    max_length=200,
-                ),
-                ArgSpec("tz", "IANA time zone, e.g. Europe/Berlin", keyword_only=True, max_length=64),
-                ArgSpec(
-                    "target",
-                    "Post format",
-                    type=ArgType.CHOICE,
-                    choices=tuple(t.value for t in Target),
-                    keyword_only=True,
-                ),
-                ArgSpec(
-                    "mode",
-                    "approve (a person approves) or auto",
-                    type=ArgType.CHOICE,
-                    choices=tuple(m.value for m in Mode),
-                    keyword_only=True,
-                ),
-                ArgSpec("tone", "Tone of the drafts", keyword_only=True, max_length=200),
-                ArgSpec("until", "Last day to post (YYYY-MM-DD)", keyword_only=True, max_length=10),
-                ArgSpec(
-                    "at", "For draft: when to publish (YYYY-MM-DD HH:MM)", keyword_only=True, max_length=16
-                ),
-                ArgSpec(
-                    "count",
-                    "Stop after this many posts",
-                    type=ArgType.INTEGER,
-                    min_value=1,
-                    max_value=10_000,
-                    keyword_only=True,
-                ),
+    async def _zone_for(self, ctx: CommandContext, args: dict[str, Any]) -> str:
+        """The zone a command names, else the chat's, else the configured default."""
+        if args.get("tz"):
+            return str(args["tz"])
+        event = ctx.event
+        return await self._store.chat_timezone(event.platform, event.chat_id) or self._default_timezone
+
+
+def _is_zone(name: str) -> bool:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        return False
+    return True
+
+
+def _add_spec(handler: Handler) -> CommandSpec:
+    return CommandSpec(
+        "add",
+        "Draft a post on a schedule",
+        handler,
+        args=(
+            ArgSpec("prompt", "What to post about", required=True, max_length=2000),
+            ArgSpec(
+                "when",
+                'Cron, or a phrase like "every weekday at 09:00"',
+                required=True,
+                keyword_only=True,
+                max_length=200,
             ),
-        )
+            TZ,
+            ArgSpec(
+                "target",
+                "Post format",
+                type=ArgType.CHOICE,
+                choices=tuple(t.value for t in Target),
+                keyword_only=True,
+            ),
+            MODE,
+            ArgSpec("tone", "Tone of the drafts", keyword_only=True, max_length=200),
+            ArgSpec("until", "Last day to post (YYYY-MM-DD)", keyword_only=True, max_length=10),
+            ArgSpec(
+                "count",
+                "Stop after this many posts",
+                type=ArgType.INTEGER,
+                min_value=1,
+                max_value=10_000,
+                keyword_only=True,
+            ),
+        ),
     )
-    return registry

@@ -37,6 +37,8 @@ class Campaign(BaseModel):
 
 
 SCHEMA: dict[str, Any] = Campaign.model_json_schema()
+#: a plan is one JSON document: it needs more room than a chat answer
+PLAN_TOKENS = 3000
 
 
 class CampaignFailed(Exception):

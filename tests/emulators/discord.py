@@ -1190,8 +1190,13 @@ class DiscordEmulator:
                 option["value"] = str(option["value"])
             filled.append(option)
         given = {o["name"] for o in options}
+        if any(d.get("type") in (1, 2) for d in defined):
+            # a client can only run one of a command's subcommands, and must pick one
+            if len(filled) != 1 or filled[0]["type"] not in (1, 2):
+                raise ValueError(f"/{where} must be run as exactly one of its subcommands")
+            return filled
         missing = [d["name"] for d in defined if d.get("required") and d["name"] not in given]
-        if missing and not any(d.get("type") in (1, 2) for d in defined):
+        if missing:
             raise ValueError(f"/{where} misses required options {missing}")
         return filled
 
@@ -2450,6 +2455,13 @@ class DiscordEmulator:
     def _check_options(self, options: list[Any], path: list[str | int]) -> None:
         if len(options) > 25:
             raise _too_long(path, 25)
+        kinds = {option.get("type") in (1, 2) for option in options if isinstance(option, dict)}
+        if len(kinds) > 1:
+            raise _invalid_form(
+                path,
+                "APPLICATION_COMMAND_OPTIONS_TYPE_INVALID",
+                "Sub-command and sub-command group option types are mutually exclusive to all other types",
+            )
         names: set[str] = set()
         optional_seen = False
         for index, option in enumerate(options):

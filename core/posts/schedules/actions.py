@@ -16,7 +16,6 @@ from core.posts.schedules.runner import Runner
 from core.posts.schedules.store import InvalidTransition, Post, PostState, Schedule
 from core.posts.targets import Target
 
-ACTIONS = ("approve", "edit", "regenerate", "reject")
 NOT_A_MANAGER = "Only people who manage this chat can approve its posts."
 
 
@@ -57,9 +56,7 @@ class PostActions:
                 state = done.state.value.replace("_", " ")
                 return ActionResult(f"Post `{post_id}` is {state}: {done.reason or ''}".strip(), settled=True)
             if action == "edit":
-                return ActionResult(
-                    f"Send /schedule approve {post_id} followed by the text to publish instead."
-                )
+                return ActionResult(f"Send /schedule edit {post_id} followed by the text to publish instead.")
             if action == "regenerate":
                 await self._runner.regenerate(post_id)
                 return ActionResult(f"A new draft of post `{post_id}` is waiting for approval.", settled=True)

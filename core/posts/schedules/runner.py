@@ -22,7 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
@@ -30,7 +30,9 @@ from apscheduler.triggers.base import BaseTrigger
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.platform import Button
 from core.posts.drafting import Drafter, DraftRequest, DraftTooLong
+from core.posts.schedules.approval import approval_buttons, approval_text
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.recurrence import parse_recurrence
 from core.posts.schedules.store import (
@@ -66,8 +68,9 @@ class Publisher(Protocol):
     async def publish(self, chat_id: str, thread_id: str | None, text: str) -> str:
         """Post `text`; return the platform message id. Raise PublishFailed/PublishUnknown."""
 
-    async def request_approval(self, chat_id: str, post: Post) -> None:
-        """Show `post` to its approver with Approve / Edit / Regenerate / Reject."""
+    async def request_approval(self, chat_id: str, text: str, buttons: Sequence[Button]) -> None:
+        """Show a post to its approver: `text` with its Approve / Edit / Regenerate /
+        Reject `buttons` (command buttons, run like the typed commands)."""
 
     async def notify(self, chat_id: str, text: str) -> None:
         """Tell the approver something (a failure, an unconfirmed send)."""
@@ -183,8 +186,13 @@ class Runner:
             return None
         if schedule.mode is Mode.AUTO:
             return await self.publish(post, schedule)
-        await publisher.request_approval(approver, post)
+        await self._ask_approval(post, schedule)
         return post
+
+    async def _ask_approval(self, post: Post, schedule: Schedule) -> None:
+        approver = schedule.approver_chat or schedule.chat_id
+        publisher = self._publishers[schedule.platform]
+        await publisher.request_approval(approver, approval_text(post), approval_buttons(post.id))
 
     async def approve(self, post_id: str, text: str | None = None) -> Post:
         """A person approved (optionally with edited text): publish it."""
@@ -214,8 +222,7 @@ class Runner:
         )
         text = (await self._drafter.draft(request))[0].posts[0]
         post = await self.store.move(post, PostState.PENDING_APPROVAL, text=text)
-        approver = schedule.approver_chat or schedule.chat_id
-        await self._publishers[schedule.platform].request_approval(approver, post)
+        await self._ask_approval(post, schedule)
         return post
 
     async def publish(self, post: Post, schedule: Schedule) -> Post:

@@ -1,0 +1,48 @@
+"""What a command handler works with: the event, where to answer, and the conversation.
+
+Everything else a handler needs (memory, the model, stores) is given to it when
+it is registered, so commands never reach into the engine.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from core.chat.say import say
+from core.platform import Button, Inbound, PlatformError, Surface
+
+log = logging.getLogger("herald.engine")
+
+
+class Conversation(Protocol):
+    """The chat path, as commands may use it (the engine provides it)."""
+
+    async def answer(self, event: Inbound, surface: Surface, text: str) -> object:
+        """Answer `text` in the event's conversation, as if it had been said to Herald."""
+
+
+@dataclass(frozen=True, slots=True)
+class CommandContext:
+    event: Inbound
+    surface: Surface
+    conversation: Conversation
+
+    async def reply(self, text: str, buttons: Sequence[Button] = ()) -> None:
+        await say(self.surface, text, buttons)
+
+    async def notice(self, text: str) -> None:
+        """Only for the person who acted, where the platform can (see `Surface.notice`)."""
+        try:
+            await self.surface.notice(text)
+        except PlatformError as exc:
+            log.warning("could not show a notice: %s", exc)
+
+    async def conclude(self, text: str) -> None:
+        """The outcome of deciding the message a button was on (see `Surface.conclude`)."""
+        try:
+            await self.surface.conclude(text)
+        except PlatformError as exc:
+            log.warning("could not show an outcome: %s", exc)

@@ -1,0 +1,19 @@
+"""Herald's command set, in the order people see it (/help, the platforms' menus)."""
+
+from __future__ import annotations
+
+from core.commands.chat import ChatCommands, HelpCommand
+from core.commands.drafts import DraftCommands
+from core.commands.registry import CommandRegistry
+from core.commands.schedule import ScheduleCommands
+
+
+def herald_commands(
+    chat: ChatCommands, drafts: DraftCommands, schedules: ScheduleCommands | None = None
+) -> CommandRegistry:
+    registry = CommandRegistry()
+    for spec in (*chat.specs(), *drafts.specs(), HelpCommand(registry).spec()):
+        registry.add(spec)
+    if schedules is not None:
+        registry.add(schedules.spec())
+    return registry
