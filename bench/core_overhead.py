@@ -707,6 +707,18 @@ def report(runs: list[Run], extra_rt: Run, server: str, command: str) -> str:
     w("(`bench.tgi_server`) in its own process; Herald on one asyncio loop.\n\n")
     w(f"Command: `{command}`\n\n")
 
+    _latency(w, runs)
+    _cost(w, runs, extra_rt)
+    _where_in_goes(w, runs)
+    _redis_commands(w, [*runs, extra_rt])
+    _notes(w, runs)
+    return out.getvalue()
+
+
+Write = Callable[[str], object]
+
+
+def _latency(w: Write, runs: list[Run]) -> None:
     w("Latency of the core, ms. in: event in → generation request sent; out: first token in → ")
     w("first send; in+out − prep: the same without the time the model server took to answer the ")
     w("core's tokenize calls.\n\n")
@@ -723,6 +735,9 @@ def report(runs: list[Run], extra_rt: Run, server: str, command: str) -> str:
             p50, p95, p99, top = _summary(values)
             w(f"| {run.name} | {len(ok)} | {metric} | {_ms(p50)} | {_ms(p95)} | {_ms(p99)} | {_ms(top)} |\n")
 
+
+
+def _cost(w: Write, runs: list[Run], extra_rt: Run) -> None:
     w("\nCost and throughput. CPU use: % of one core for Herald / TGI emulator / Redis; ")
     w("msgs per CPU-second: answered messages per second of Herald's CPU.\n\n")
     w("| scenario | sent | not answered | Redis round trips/msg | msgs/s (wall) | msgs per CPU-second ")
@@ -742,6 +757,9 @@ def report(runs: list[Run], extra_rt: Run, server: str, command: str) -> str:
     w(f"| {extra_rt.name} | {len(extra_rt.samples)} | {not_answered(extra_rt)} | {rt:.2f} | – | – | – ")
     w(f"| {rt_verdict(rt)} |\n")
 
+
+
+def _where_in_goes(w: Write, runs: list[Run]) -> None:
     w("\nWhere `in` goes, mean ms per message. Model-server prep calls and Redis are awaited wall ")
     w("time (on a busy loop that includes other messages' turns); the rest is the core's own ")
     w("code and scheduling, of which stream() → sent is the model client building and sending the ")
@@ -765,13 +783,19 @@ def report(runs: list[Run], extra_rt: Run, server: str, command: str) -> str:
         w(f"| {run.name} | {_ms(total)} | {_ms(prep)} ({calls:.1f}) | {own} | {_ms(rds)} ")
         w(f"| {_ms(total - prep - rds)} | {_ms(build)} | {_ms(parse)} | {prompt:.0f} |\n")
 
+
+
+def _redis_commands(w: Write, runs: list[Run]) -> None:
     w("\nRedis round trips per answered message, by command and key kind:\n\n")
     w("| scenario | round trips |\n| --- | --- |\n")
-    for run in [*runs, extra_rt]:
+    for run in runs:
         answered = max(1, len(run.answered))
         parts = ", ".join(f"{label} {n / answered:.2f}" for label, n in run.commands.most_common())
         w(f"| {run.name} | {parts} |\n")
 
+
+
+def _notes(w: Write, runs: list[Run]) -> None:
     w("\n")
     for run in runs:
         pauses = run.meter.full_gc
@@ -782,7 +806,6 @@ def report(runs: list[Run], extra_rt: Run, server: str, command: str) -> str:
             lag = sorted(m.lag_s for m in run.samples if not math.isnan(m.lag_s))
             w(f"- {run.name}: messages started p50 {_ms(percentile(lag, 0.5))} ms, p99 ")
             w(f"{_ms(percentile(lag, 0.99))} ms after their arrival time (a busy loop; not part of `in`)\n")
-    return out.getvalue()
 
 
 # --------------------------------------------------------------------------- orchestration

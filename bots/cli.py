@@ -8,25 +8,30 @@ from __future__ import annotations
 
 import asyncio
 import sys
+from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any, TypeVar
 
 import click
 
 from adapters.console import ConsoleAdapter, read_lines
+from adapters.platform import Platform, PlatformStartError, WithBot
+from adapters.registry import PLATFORMS
+from bots.config import Config, load_config
 from bots.doctor import run_doctor
 from bots.logs import setup_logging
 from bots.run import run as run_bots
-from bots.run import sync_discord_commands
 from bots.runtime import StartupError, open_runtime
-from core.config import ConfigError, Settings, load_settings
+from core.config import ConfigError, Settings
 
 EXIT_CONFIG = 2
 EXIT_STARTUP = 1
+T = TypeVar("T")
 
 
-def _settings(env_file: Path | None) -> Settings:
+def _config(env_file: Path | None) -> Config:
     try:
-        return load_settings(env_file=env_file or ".env")
+        return load_config(env_file=env_file or ".env")
     except ConfigError as exc:
         click.echo(exc.render(), err=True)
         sys.exit(EXIT_CONFIG)
@@ -52,11 +57,11 @@ def main(ctx: click.Context, env_file: Path | None) -> None:
 @click.pass_obj
 def console(env_file: Path | None, user: str, chat: str, verbose: bool) -> None:
     """Chat with Herald in the terminal (one message per line when piped)."""
-    settings = _settings(env_file)
-    setup_logging(settings, None if verbose else "WARNING")
+    config = _config(env_file)
+    setup_logging(config, None if verbose else "WARNING")
     interactive = sys.stdin.isatty()
     try:
-        asyncio.run(_console(settings, user, chat, interactive))
+        asyncio.run(_console(config.core, user, chat, interactive))
     except StartupError as exc:
         click.echo(f"Herald cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP)
@@ -78,41 +83,55 @@ async def _console(settings: Settings, user: str, chat: str, interactive: bool) 
 @main.command()
 @click.pass_obj
 def run(env_file: Path | None) -> None:
-    """Run the platform bots that have tokens configured (Telegram), until stopped."""
-    settings = _settings(env_file)
-    setup_logging(settings)
+    """Run every platform bot that has its token set, until stopped (Ctrl-C or SIGTERM)."""
+    config = _config(env_file)
+    setup_logging(config)
     try:
-        asyncio.run(run_bots(settings))
+        asyncio.run(run_bots(config))
     except StartupError as exc:
         click.echo(f"Herald cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP)
 
 
-@main.group()
-def discord() -> None:
-    """Discord-specific maintenance."""
+def _with_bot(platform: Platform[Any]) -> WithBot[Any]:
+    """Runs a platform's maintenance action with its bot, built in a running core."""
+
+    def run_with(action: Callable[[Any], Awaitable[T]]) -> T:
+        config = _config(click.get_current_context().find_root().obj)
+        setup_logging(config, "WARNING")
+        settings = config.platforms[platform.name]
+        if not platform.enabled(settings):
+            click.echo(f"Herald cannot do that: {platform.switch} is not set.", err=True)
+            sys.exit(EXIT_CONFIG)
+
+        async def go() -> T:
+            async with open_runtime(config.core) as runtime:
+                return await action(platform.build(settings, runtime.bot_deps()))
+
+        try:
+            return asyncio.run(go())
+        except (StartupError, PlatformStartError) as exc:
+            click.echo(f"Herald cannot do that: {exc}", err=True)
+            sys.exit(EXIT_STARTUP)
+
+    return run_with
 
 
-@discord.command("sync-commands")
-@click.option("--guild", type=int, default=None, help="Write to one guild (instant) instead of globally.")
-@click.pass_obj
-def sync_commands(env_file: Path | None, guild: int | None) -> None:
-    """Write Herald's slash commands to Discord now."""
-    settings = _settings(env_file)
-    setup_logging(settings, "WARNING")
-    try:
-        count = asyncio.run(sync_discord_commands(settings, guild))
-    except StartupError as exc:
-        click.echo(f"Herald cannot sync commands: {exc}", err=True)
-        sys.exit(EXIT_STARTUP)
-    click.echo(f"Wrote {count} commands {'to guild ' + str(guild) if guild else 'globally'}.")
+def _add_platform_commands(group: click.Group) -> None:
+    """`herald <platform> …`: each platform's own maintenance commands."""
+    for platform in PLATFORMS:
+        if platform.cli is not None:
+            group.add_command(platform.cli(_with_bot(platform)))
+
+
+_add_platform_commands(main)
 
 
 @main.command()
 @click.pass_obj
 def doctor(env_file: Path | None) -> None:
-    """Check the configuration, Redis and the model server, and say what was found."""
-    settings = _settings(env_file)
-    setup_logging(settings, "WARNING")
-    ok = asyncio.run(run_doctor(settings, click.echo))
+    """Check the configuration, Redis, the model server and each platform, and say what was found."""
+    config = _config(env_file)
+    setup_logging(config, "WARNING")
+    ok = asyncio.run(run_doctor(config, click.echo))
     sys.exit(0 if ok else 1)

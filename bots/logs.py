@@ -2,8 +2,9 @@
 
 `HERALD_LOG_FORMAT=json` writes one JSON object per line with the fields the
 engine attaches (platform, conversation, event id, outcome). Whatever the
-format, the configured secrets are masked in every line, tracebacks included:
-HTTP client libraries put bot tokens in the URLs they log.
+format, every secret-typed setting (wherever it is declared: the core's, a
+platform's) is masked in every line, tracebacks included: HTTP client
+libraries put bot tokens in the URLs they log.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from collections.abc import Iterable
 
 from pythonjsonlogger.json import JsonFormatter
 
-from core.config import Settings
+from bots.config import Config
 
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
@@ -37,18 +38,9 @@ class Redacting(logging.Formatter):
         return text
 
 
-def secrets_of(settings: Settings) -> list[str]:
-    values = (
-        settings.discord_token,
-        settings.telegram_token,
-        settings.telegram_webhook_secret,
-        settings.llm_api_key,
-    )
-    return [v.get_secret_value() for v in values if v is not None]
-
-
-def setup_logging(settings: Settings, level: str | None = None) -> None:
+def setup_logging(config: Config, level: str | None = None) -> None:
     """Configure the root logger once for this process (stderr)."""
+    settings = config.core
     if settings.log_format == "json":
         inner: logging.Formatter = JsonFormatter(
             "%(asctime)s %(levelname)s %(name)s %(message)s",
@@ -57,7 +49,7 @@ def setup_logging(settings: Settings, level: str | None = None) -> None:
     else:
         inner = logging.Formatter(TEXT_FORMAT)
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(Redacting(inner, secrets_of(settings)))
+    handler.setFormatter(Redacting(inner, config.secrets()))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level or settings.log_level)

@@ -13,102 +13,35 @@ import asyncio
 import logging
 import signal
 from collections.abc import Sequence
-from typing import Protocol
+from typing import Any
 
-from adapters.discord.bot import DiscordBot, DiscordStartError
-from adapters.telegram.bot import TelegramBot, TelegramStartError, WebhookConfig
+from adapters.platform import Platform, PlatformBot, PlatformStartError
+from adapters.registry import PLATFORMS
+from bots.config import Config
 from bots.http_server import Check, HttpServer
 from bots.runtime import Runtime, StartupError, open_runtime
-from core.config import Settings
-from core.posts.schedules.runner import Publisher
 from core.posts.schedules.store import PostState
-from core.storage.keys import Keys
 
 log = logging.getLogger("herald")
 #: after the grace period, what still runs (a draft being written) gets this long
 STOP_TIMEOUT = 10.0
 
 
-class PlatformBot(Protocol):
-    async def start(self) -> None: ...
-    async def pause(self) -> None:
-        """Stop taking new events."""
-
-    async def ready(self) -> bool:
-        """Connected to the platform and taking events."""
-
-    async def stop(self) -> None: ...
-    def publisher(self) -> tuple[str, Publisher]:
-        """The platform's name and what publishes scheduled posts there (after start)."""
+Bots = list[tuple[str, PlatformBot]]
 
 
-def configured_platforms(settings: Settings) -> list[str]:
-    tokens = (("telegram", settings.telegram_token), ("discord", settings.discord_token))
-    return [name for name, token in tokens if token]
-
-
-def build_discord(settings: Settings, runtime: Runtime) -> DiscordBot:
-    assert settings.discord_token is not None
-    return DiscordBot(
-        runtime.engine,
-        settings.discord_token.get_secret_value(),
-        redis=runtime.redis,
-        keys=Keys(settings.redis_prefix),
-        shard_ids=[int(i) for i in settings.discord_shard_ids] or None,
-        shard_count=settings.discord_shard_count,
-        message_content=settings.discord_message_content,
-        gateway=settings.discord_gateway,
-        actions=runtime.scheduling.actions,
-    )
-
-
-def build_bots(settings: Settings, runtime: Runtime) -> list[tuple[str, PlatformBot]]:
-    """Each configured platform's bot, by platform name."""
-    engine = runtime.engine
-    bots: list[tuple[str, PlatformBot]] = []
-    if settings.telegram_token:
-        webhook = None
-        if settings.telegram_webhook_url and settings.telegram_webhook_secret:
-            host, _, port = settings.telegram_webhook_listen.rpartition(":")
-            webhook = WebhookConfig(
-                url=settings.telegram_webhook_url,
-                secret=settings.telegram_webhook_secret.get_secret_value(),
-                host=host,
-                port=int(port),
-            )
-        bots.append(
-            (
-                "telegram",
-                TelegramBot(
-                    engine,
-                    settings.telegram_token.get_secret_value(),
-                    api_url=settings.telegram_api_url,
-                    webhook=webhook,
-                    actions=runtime.scheduling.actions,
-                ),
-            )
-        )
-    if settings.discord_token:
-        bots.append(("discord", build_discord(settings, runtime)))
+def build_bots(config: Config, runtime: Runtime, platforms: Sequence[Platform[Any]] = PLATFORMS) -> Bots:
+    """Each enabled platform's bot, by platform name."""
+    deps = runtime.bot_deps()
+    bots: Bots = []
+    for platform in platforms:
+        settings = config.platforms[platform.name]
+        if platform.enabled(settings):
+            bots.append((platform.name, platform.build(settings, deps)))
     return bots
 
 
-async def sync_discord_commands(settings: Settings, guild_id: int | None) -> int:
-    """`herald discord sync-commands`: write the command set now (REST only, no gateway)."""
-    if settings.discord_token is None:
-        raise StartupError("HERALD_DISCORD_TOKEN is not set.")
-    async with open_runtime(settings) as runtime:
-        bot = build_discord(settings, runtime)
-        try:
-            await bot.login()
-            return await bot.sync_commands(guild_id)
-        except DiscordStartError as exc:
-            raise StartupError(str(exc)) from None
-        finally:
-            await bot.client.close()
-
-
-def readiness_checks(runtime: Runtime, bots: Sequence[tuple[str, PlatformBot]]) -> dict[str, Check]:
+def readiness_checks(runtime: Runtime, bots: Bots) -> dict[str, Check]:
     """What /readyz asks: Redis, the model server, and each platform."""
 
     async def redis() -> bool:
@@ -120,27 +53,28 @@ def readiness_checks(runtime: Runtime, bots: Sequence[tuple[str, PlatformBot]]) 
     return checks
 
 
-async def run(settings: Settings, stop: asyncio.Event | None = None) -> None:
+async def run(config: Config, stop: asyncio.Event | None = None) -> None:
     """Run until `stop` is set or a SIGINT/SIGTERM arrives."""
-    if not configured_platforms(settings):
+    if not any(p.enabled(config.platforms[p.name]) for p in PLATFORMS):
+        switches = " or ".join(p.switch for p in PLATFORMS)
         raise StartupError(
-            "Nothing to run: set HERALD_TELEGRAM_TOKEN or HERALD_DISCORD_TOKEN (see README). "
-            "To chat in the terminal, use `herald console`."
+            f"Nothing to run: set {switches} (see README). To chat in the terminal, use `herald console`."
         )
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     try:
-        async with open_runtime(settings) as runtime:
-            await _serve(settings, runtime, stop)
+        async with open_runtime(config.core) as runtime:
+            await _serve(config, runtime, stop)
     finally:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.remove_signal_handler(sig)
 
 
-async def _serve(settings: Settings, runtime: Runtime, stop: asyncio.Event) -> None:
-    named = build_bots(settings, runtime)
+async def _serve(config: Config, runtime: Runtime, stop: asyncio.Event) -> None:
+    settings = config.core
+    named = build_bots(config, runtime)
     scheduling = runtime.scheduling
 
     async def refresh_posts() -> None:
@@ -158,16 +92,15 @@ async def _serve(settings: Settings, runtime: Runtime, stop: asyncio.Event) -> N
         raise StartupError(f"Cannot listen on HERALD_HTTP_ADDR={settings.http_addr}: {exc}") from None
     started: list[PlatformBot] = []
     try:
-        for _, bot in named:
+        for name, bot in named:
             await bot.start()
             started.append(bot)
-            platform, publisher = bot.publisher()
-            scheduling.publishers[platform] = publisher
+            scheduling.publishers[name] = bot.publisher()
         if settings.scheduler:
             await scheduling.service.start()
         log.info("Herald is running; stop it with Ctrl-C or SIGTERM")
         await stop.wait()
-    except (TelegramStartError, DiscordStartError) as exc:
+    except PlatformStartError as exc:
         raise StartupError(str(exc)) from None
     finally:
         log.info("stopping: finishing the answers in flight (up to %.0f s)", settings.shutdown_grace_seconds)

@@ -18,6 +18,7 @@ import platformdirs
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from adapters.platform import BotDeps
 from bots.redis_server import RedisServerError, RedisServerProcess
 from core.chat.access import AccessPolicy
 from core.chat.admission import Admitter, Limits
@@ -61,6 +62,10 @@ class Runtime:
     scheduling: Scheduling
     redis_server: RedisServerProcess | None
     metrics: Metrics
+
+    def bot_deps(self) -> BotDeps:
+        """What the platforms' bots are built from."""
+        return BotDeps(self.engine, self.redis, Keys(self.settings.redis_prefix), self.scheduling.actions)
 
 
 def default_data_dir(settings: Settings) -> Path:

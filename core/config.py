@@ -1,14 +1,17 @@
 """Herald's settings: read once from the environment and `.env`, validated up front.
 
-Every name is `HERALD_` + the field name in capitals. A wrong value ends start-up
-with one message naming each problem and how to fix it (`ConfigError`).
+`Settings` holds the core's own: every name is `HERALD_` + the field name in
+capitals. Each platform declares its own settings the same way, as a
+`HeraldSettings` with its prefix (`HERALD_TELEGRAM_`…), beside its adapter. A
+wrong value ends start-up with one message naming each problem and how to fix
+it (`ConfigError`). A setting typed `SecretStr` is a secret wherever it is
+declared: its value is never echoed, and logs mask it (`secret_values`).
 """
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar, get_args
 from urllib.parse import urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -40,21 +43,29 @@ class ConfigError(Exception):
         return "\n".join(lines)
 
 
-def _split_csv(value: Any) -> Any:
+def split_csv(value: Any) -> Any:
+    """`a, b,c` → ["a", "b", "c"] (for `CsvList` settings, as a `before` validator)."""
     if isinstance(value, str):
         return [item.strip() for item in value.split(",") if item.strip()]
     return value
 
 
-def _check_http_url(value: str, what: str) -> str:
+def http_url(value: str, what: str) -> str:
     parts = urlsplit(value)
     if parts.scheme not in ("http", "https") or not parts.hostname:
         raise ValueError(f"{what} must be an http(s) URL such as http://localhost:8080")
     return value.rstrip("/")
 
 
-class Settings(BaseSettings):
-    """All of Herald's configuration. See README's table for what each one does."""
+def host_port(value: str) -> str:
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError("must be host:port, e.g. 0.0.0.0:8443")
+    return value
+
+
+class HeraldSettings(BaseSettings):
+    """Settings read from the environment and `.env`; subclasses set `env_prefix`."""
 
     model_config = SettingsConfigDict(
         env_prefix=ENV_PREFIX,
@@ -63,6 +74,10 @@ class Settings(BaseSettings):
         extra="ignore",
         validate_default=True,
     )
+
+
+class Settings(HeraldSettings):
+    """The core's configuration. See README's table for what each one does."""
 
     # The model server
     tgi_url: str = "http://localhost:8080"
@@ -105,18 +120,7 @@ class Settings(BaseSettings):
     admins: CsvList = Field(default_factory=list)
     manager_roles: CsvList = Field(default_factory=list)
 
-    # Platforms
-    discord_token: SecretStr | None = None
-    discord_shard_count: int | None = Field(default=None, ge=1)
-    discord_shard_ids: CsvList = Field(default_factory=list)
-    discord_message_content: bool = False
-    telegram_token: SecretStr | None = None
-    telegram_api_url: str | None = None
-    telegram_webhook_url: str | None = None
-    telegram_webhook_secret: SecretStr | None = None
-    telegram_webhook_listen: str = "0.0.0.0:8443"
-
-    discord_gateway: bool = True
+    # Scheduled posts
     scheduler: bool = True
 
     default_timezone: str = "UTC"
@@ -127,12 +131,10 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = "text"
     shutdown_grace_seconds: float = Field(default=20.0, ge=0, le=3600)
 
-    @field_validator(
-        "allowed_chats", "allowed_users", "admins", "manager_roles", "discord_shard_ids", mode="before"
-    )
+    @field_validator("allowed_chats", "allowed_users", "admins", "manager_roles", mode="before")
     @classmethod
     def _csv(cls, value: Any) -> Any:
-        return _split_csv(value)
+        return split_csv(value)
 
     @field_validator("allowed_chats", "allowed_users", "admins", "manager_roles")
     @classmethod
@@ -141,13 +143,6 @@ class Settings(BaseSettings):
             platform, sep, ident = item.partition(":")
             if not sep or not platform or not ident:
                 raise ValueError(f"'{item}' must be written platform:id, e.g. telegram:12345 or discord:*")
-        return value
-
-    @field_validator("discord_shard_ids")
-    @classmethod
-    def _shard_ids(cls, value: list[str]) -> list[str]:
-        if any(not item.isdigit() for item in value):
-            raise ValueError("must be shard numbers separated by commas, e.g. 0,1")
         return value
 
     @field_validator("default_timezone")
@@ -162,34 +157,12 @@ class Settings(BaseSettings):
     @field_validator("tgi_url")
     @classmethod
     def _tgi_url(cls, value: str) -> str:
-        return _check_http_url(value, "the model server URL")
+        return http_url(value, "the model server URL")
 
-    @field_validator("telegram_api_url")
-    @classmethod
-    def _telegram_url(cls, value: str | None) -> str | None:
-        return None if not value else _check_http_url(value, "the Telegram Bot API URL")
-
-    @field_validator("telegram_webhook_url")
-    @classmethod
-    def _webhook_url(cls, value: str | None) -> str | None:
-        if value and urlsplit(value).scheme != "https":
-            raise ValueError("must be the public https:// URL Telegram will post updates to")
-        return value or None
-
-    @field_validator("telegram_webhook_secret")
-    @classmethod
-    def _webhook_secret(cls, value: SecretStr | None) -> SecretStr | None:
-        if value is not None and not re.fullmatch(r"[A-Za-z0-9_-]{1,256}", value.get_secret_value()):
-            raise ValueError("must be 1-256 characters of A-Z, a-z, 0-9, _ and -")
-        return value
-
-    @field_validator("telegram_webhook_listen", "http_addr")
+    @field_validator("http_addr")
     @classmethod
     def _listen(cls, value: str) -> str:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise ValueError("must be host:port, e.g. 0.0.0.0:8443")
-        return value
+        return host_port(value)
 
     @field_validator("redis_url")
     @classmethod
@@ -212,15 +185,6 @@ class Settings(BaseSettings):
 
     @model_validator(mode="after")
     def _fits_together(self) -> Settings:
-        if self.discord_shard_ids and (
-            self.discord_shard_count is None
-            or any(int(i) >= self.discord_shard_count for i in self.discord_shard_ids)
-        ):
-            raise ValueError(
-                "HERALD_DISCORD_SHARD_IDS needs HERALD_DISCORD_SHARD_COUNT, and every id below it"
-            )
-        if self.telegram_webhook_url and not self.telegram_webhook_secret:
-            raise ValueError("HERALD_TELEGRAM_WEBHOOK_SECRET is required with HERALD_TELEGRAM_WEBHOOK_URL")
         if self.llm_api == "openai" and self.max_new_tokens >= self.llm_max_input_tokens:
             raise ValueError("HERALD_MAX_NEW_TOKENS must be smaller than HERALD_LLM_MAX_INPUT_TOKENS")
         return self
@@ -230,21 +194,47 @@ class Settings(BaseSettings):
         return int(self.history_ttl_days * 86400)
 
 
-def _describe(error: dict[str, Any]) -> str:
+def is_secret(settings: type[BaseSettings], field: str) -> bool:
+    """Whether a field is typed as a secret (`SecretStr`, optional or not)."""
+    info = settings.model_fields.get(field)
+    if info is None:
+        return False
+    annotation = info.annotation
+    return annotation is SecretStr or SecretStr in get_args(annotation)
+
+
+def secret_values(*settings: BaseSettings) -> list[str]:
+    """The value of every secret-typed setting in `settings`: what logs must mask."""
+    return [
+        value.get_secret_value()
+        for item in settings
+        for name in type(item).model_fields
+        if isinstance(value := getattr(item, name), SecretStr) and value.get_secret_value()
+    ]
+
+
+def _describe(settings: type[BaseSettings], error: dict[str, Any]) -> str:
+    prefix = str(settings.model_config.get("env_prefix", ""))
     loc = [str(part) for part in error.get("loc", ()) if not str(part).isdigit()]
-    name = ENV_PREFIX + loc[0].upper() if loc else "configuration"
+    name = prefix + loc[0].upper() if loc else "configuration"
     message = str(error.get("msg", "is invalid"))
     message = message.removeprefix("Value error, ")
     given = error.get("input")
-    shown = "" if not loc or isinstance(given, dict) else f" (got {given!r})"
-    if loc and loc[0].endswith(("token", "api_key")):
-        shown = ""  # never echo secrets
+    shown = "" if not loc or isinstance(given, dict) or is_secret(settings, loc[0]) else f" (got {given!r})"
     return f"{name}: {message}{shown}"
 
 
-def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
-    """Read settings, turning every validation failure into one `ConfigError`."""
+S = TypeVar("S", bound=BaseSettings)
+
+
+def read_settings(settings: type[S], env_file: str | Path | None = ".env", **overrides: Any) -> S:
+    """Read one settings class, turning every validation failure into one `ConfigError`."""
     try:
-        return Settings(_env_file=env_file, **overrides)  # type: ignore[call-arg]
+        return settings(_env_file=env_file, **overrides)
     except ValidationError as exc:
-        raise ConfigError([_describe(dict(e)) for e in exc.errors()]) from None
+        raise ConfigError([_describe(settings, dict(e)) for e in exc.errors()]) from None
+
+
+def load_settings(env_file: str | Path | None = ".env", **overrides: Any) -> Settings:
+    """The core's settings (the platforms' are read beside them: `bots.config`)."""
+    return read_settings(Settings, env_file, **overrides)

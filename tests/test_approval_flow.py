@@ -45,8 +45,7 @@ async def herald(
             engine, telegram.token, api_url=telegram.url, poll_timeout=1, actions=scheduling.actions
         )
         await bot.start()
-        name, publisher = bot.publisher()
-        scheduling.publishers[name] = publisher
+        scheduling.publishers["telegram"] = bot.publisher()
         try:
             yield telegram, scheduling
         finally:
@@ -224,8 +223,7 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 engine, emu.token, redis=redis, keys=keys, ready_timeout=10, actions=scheduling.actions
             )
             await bot.start()
-            name, publisher = bot.publisher()
-            scheduling.publishers[name] = publisher
+            scheduling.publishers["discord"] = bot.publisher()
             try:
                 interaction = emu.slash_command(
                     "schedule",

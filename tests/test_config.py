@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-import pytest
+import logging
 
-from core.config import ConfigError, load_settings
+import pytest
+from pydantic import SecretStr
+from pydantic_settings import SettingsConfigDict
+
+from adapters.discord.platform import DiscordSettings
+from adapters.platform import Platform
+from adapters.registry import PLATFORMS
+from adapters.telegram.platform import TelegramSettings
+from bots.config import load_config
+from bots.logs import setup_logging
+from core.config import ConfigError, HeraldSettings, Settings, is_secret, load_settings
 
 
 def test_defaults_are_usable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -24,13 +34,14 @@ def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_every_problem_is_named_and_secrets_are_not_echoed(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The core's and the platforms' problems, in one message."""
     monkeypatch.setenv("HERALD_TOP_P", "1")
     monkeypatch.setenv("HERALD_LLM_API", "bard")
     monkeypatch.setenv("HERALD_REDIS_URL", "http://redis")
     monkeypatch.setenv("HERALD_TELEGRAM_API_URL", "not a url")
     monkeypatch.setenv("HERALD_LLM_API_KEY", "")
     with pytest.raises(ConfigError) as caught:
-        load_settings(env_file=None)
+        load_config(env_file=None)
     text = caught.value.render()
     for name in ("HERALD_TOP_P", "HERALD_LLM_API", "HERALD_REDIS_URL", "HERALD_TELEGRAM_API_URL"):
         assert name in text
@@ -40,10 +51,11 @@ def test_every_problem_is_named_and_secrets_are_not_echoed(monkeypatch: pytest.M
 def test_dotenv_file(tmp_path: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
     env = tmp_path / ".env"  # type: ignore[operator]
     env.write_text("HERALD_MAX_NEW_TOKENS=64\nHERALD_DISCORD_TOKEN=abc.def\n")
-    settings = load_settings(env_file=env)
-    assert settings.max_new_tokens == 64
-    assert settings.discord_token is not None
-    assert "abc.def" not in repr(settings)
+    config = load_config(env_file=env)
+    assert config.core.max_new_tokens == 64
+    discord = config.platforms["discord"]
+    assert isinstance(discord, DiscordSettings) and discord.token is not None
+    assert "abc.def" not in repr(config)
 
 
 def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -53,7 +65,7 @@ def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         "text",
         20.0,
     )
-    assert settings.discord_gateway and settings.scheduler
+    assert settings.scheduler
     monkeypatch.setenv("HERALD_HTTP_ADDR", "8787")
     monkeypatch.setenv("HERALD_LOG_FORMAT", "yaml")
     monkeypatch.setenv("HERALD_SHUTDOWN_GRACE_SECONDS", "-1")
@@ -66,3 +78,70 @@ def test_operations_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "HERALD_SHUTDOWN_GRACE_SECONDS" in problems
     assert "HERALD_MANAGER_ROLES: '12345' must be written platform:id" in problems
     assert len(caught.value.problems) == 4
+
+
+def test_platform_settings_are_the_platforms_own(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HERALD_TELEGRAM_WEBHOOK_URL", "http://example.org/hook")
+    monkeypatch.setenv("HERALD_DISCORD_SHARD_IDS", "0,3")
+    monkeypatch.setenv("HERALD_DISCORD_SHARD_COUNT", "2")
+    with pytest.raises(ConfigError) as caught:
+        load_config(env_file=None)
+    problems = caught.value.problems
+    assert "HERALD_TELEGRAM_WEBHOOK_URL: must be the public https:// URL Telegram will post updates to" in (
+        " ".join(problems)
+    )
+    assert any("HERALD_DISCORD_SHARD_IDS needs HERALD_DISCORD_SHARD_COUNT" in p for p in problems)
+    assert "discord_shard_ids" not in Settings.model_fields  # the core knows no platform's settings
+    monkeypatch.delenv("HERALD_DISCORD_SHARD_IDS")
+    monkeypatch.setenv("HERALD_TELEGRAM_WEBHOOK_URL", "https://example.org/hook")
+    monkeypatch.setenv("HERALD_TELEGRAM_WEBHOOK_SECRET", "s3cr3t-value")
+    telegram = load_config(env_file=None).platforms["telegram"]
+    assert isinstance(telegram, TelegramSettings)
+    webhook = telegram.webhook()
+    assert webhook is not None and (webhook.url, webhook.port) == ("https://example.org/hook", 8443)
+
+
+class ShopSettings(HeraldSettings):
+    """A platform added later, declaring a secret of its own."""
+
+    model_config = SettingsConfigDict(env_prefix="HERALD_SHOP_")
+
+    signing_key: SecretStr | None = None
+    store_name: str = "herald"
+
+
+def test_a_secret_setting_is_masked_wherever_it_is_declared(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Logs mask every SecretStr setting by its type: a new platform's secret is masked
+    without the logging code naming it."""
+    shop = Platform(
+        name="shop",
+        settings=ShopSettings,
+        switch="HERALD_SHOP_SIGNING_KEY",
+        enabled=lambda settings: False,
+        build=lambda settings, deps: None,  # type: ignore[arg-type,return-value]
+        doctor=lambda settings: None,  # type: ignore[arg-type,return-value]
+    )
+    monkeypatch.setenv("HERALD_SHOP_SIGNING_KEY", "sk-live-4242424242")
+    monkeypatch.setenv("HERALD_SHOP_STORE_NAME", "corner-shop")
+    monkeypatch.setenv("HERALD_TELEGRAM_TOKEN", "123456:telegram-token-value")
+    monkeypatch.setenv("HERALD_LLM_API_KEY", "model-key-value")
+    config = load_config(env_file=None, platforms=(*PLATFORMS, shop))
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    setup_logging(config)
+    try:
+        logging.getLogger("herald.test").warning(
+            "calling https://api.example/sk-live-4242424242/123456:telegram-token-value with "
+            "model-key-value for corner-shop"
+        )
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    logged = capsys.readouterr().err
+    assert "corner-shop" in logged  # not a secret: shown
+    for secret in ("sk-live-4242424242", "telegram-token-value", "model-key-value"):
+        assert secret not in logged
+    assert logged.count("***") == 3
+    assert is_secret(ShopSettings, "signing_key") and not is_secret(ShopSettings, "store_name")

@@ -8,6 +8,7 @@ import os
 import sys
 from pathlib import Path
 
+from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 
 
@@ -105,20 +106,35 @@ async def test_unreachable_model_server_ends_start_clearly(
 
 
 async def test_doctor_reports_what_it_found(tmp_path: Path, tgi: TGIEmulator, redis_url: str) -> None:
-    code, out, err = await run_herald(
-        ["doctor"],
-        "",
-        tmp_path,
-        HERALD_TGI_URL=tgi.url,
-        HERALD_REDIS_URL=redis_url,
-        HERALD_TELEGRAM_TOKEN="123:secret",
-    )
-    assert code == 0, out + err
-    assert "Redis: OK" in out
-    assert "Model server: OK — herald/emulated-7b" in out
-    assert "Telegram token: set" in out and "secret" not in out
+    async with TelegramEmulator() as telegram:
+        code, out, err = await run_herald(
+            ["doctor"],
+            "",
+            tmp_path,
+            HERALD_TGI_URL=tgi.url,
+            HERALD_REDIS_URL=redis_url,
+            HERALD_TELEGRAM_TOKEN=telegram.token,
+            HERALD_TELEGRAM_API_URL=telegram.url,
+        )
+        assert code == 0, out + err
+        assert "Redis: OK" in out
+        assert "Model server: OK — herald/emulated-7b" in out
+        assert "Telegram: OK — @HeraldBot, long polling, privacy mode on" in out
+        assert "Discord: not configured (set HERALD_DISCORD_TOKEN to run it)" in out
+        assert telegram.token not in out + err
+        code, out, _ = await run_herald(
+            ["doctor"],
+            "",
+            tmp_path,
+            HERALD_TGI_URL=tgi.url,
+            HERALD_REDIS_URL=redis_url,
+            HERALD_TELEGRAM_TOKEN="123:wrong",
+            HERALD_TELEGRAM_API_URL=telegram.url,
+        )
+        assert code == 1 and "Telegram: FAILED — the Bot API refused HERALD_TELEGRAM_TOKEN" in out
     tgi.healthy = False
     code, out, _ = await run_herald(
         ["doctor"], "", tmp_path, HERALD_TGI_URL=tgi.url, HERALD_REDIS_URL=redis_url
     )
     assert code == 1 and "UNHEALTHY" in out
+

@@ -22,7 +22,9 @@ from urllib.parse import urlsplit
 import pytest
 import yaml
 
-from core.config import ENV_PREFIX, ConfigError, Settings, load_settings
+from adapters.registry import PLATFORMS
+from bots.config import load_config
+from core.config import ENV_PREFIX, ConfigError, Settings
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -80,14 +82,24 @@ def assert_ok(result: subprocess.CompletedProcess[str]) -> None:
     )
 
 
+def all_settings() -> dict[str, Any]:
+    """Every setting Herald reads (the core's and each platform's), by environment name."""
+    classes = (Settings, *(platform.settings for platform in PLATFORMS))
+    return {
+        str(cls.model_config["env_prefix"]) + name.upper(): info
+        for cls in classes
+        for name, info in cls.model_fields.items()
+    }
+
+
 def setting_names() -> set[str]:
-    return {ENV_PREFIX + name.upper() for name in Settings.model_fields}
+    return set(all_settings())
 
 
 def setting_default(env_name: str) -> Any:
-    field = env_name.removeprefix(ENV_PREFIX).lower()
-    assert field in Settings.model_fields, f"{env_name} is not a setting of core.config.Settings"
-    return Settings.model_fields[field].default
+    found = all_settings()
+    assert env_name in found, f"{env_name} is not a setting of Herald's core or of any platform"
+    return found[env_name].default
 
 
 def port_of(address: str) -> int:
@@ -225,7 +237,7 @@ def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Setti
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     try:
-        return load_settings(env_file=None)
+        return load_config(env_file=None).core
     except ConfigError as err:
         pytest.fail(err.render())
 
@@ -381,7 +393,7 @@ def test_every_herald_name_in_the_deploy_files_is_a_real_setting() -> None:
             names -= COMPOSE_ONLY_VARIABLES
         if names:
             unknown[str(path.relative_to(ROOT))] = sorted(names)
-    assert not unknown, f"HERALD_* names that core.config.Settings does not define: {unknown}"
+    assert not unknown, f"HERALD_* names that no settings of Herald define: {unknown}"
 
 
 def test_kubernetes_herald_pods_have_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,6 +12,8 @@ import pytest
 from redis.asyncio import Redis
 
 from adapters.discord.bot import DiscordBot
+from adapters.discord.platform import DISCORD, DiscordSettings
+from bots.cli import main
 from core.chat.engine import Engine
 from core.chat.splitting import closing_fence
 from core.storage.keys import Keys
@@ -301,7 +303,7 @@ async def test_restart_keeps_the_conversation_and_commands_are_written_once(
     discord_emu.user_message(dm, ada, "my name is Grace")
     await settled(discord_emu, dm, "You said: my name is Grace")
     await bot.stop()
-    assert len(discord_emu.global_commands) == 11  # shutting down never removes commands
+    assert len(discord_emu.global_commands) == len(COMMAND_NAMES)  # shutting down never removes commands
     restarted = await start_bot(await make_engine())
     assert discord_emu.command_puts == puts  # unchanged commands are not written again
     discord_emu.user_message(dm, ada, "what is my name?")
@@ -323,7 +325,7 @@ async def test_without_the_gateway_it_only_publishes(
     bot = await start_bot(gateway=False)
     assert discord_emu.identifies == [] and discord_emu.connected() == []
     assert await bot.ready()
-    _, publisher = bot.publisher()
+    publisher = bot.publisher()
     message_id = await publisher.publish(str(CHANNEL), None, "Release notes are out @everyone")
     [posted] = [m for m in discord_emu.messages_in(CHANNEL) if str(m.id) == message_id]
     assert posted.content == "Release notes are out @everyone" and not posted.pinged_everyone
@@ -374,3 +376,14 @@ async def test_schedule_is_a_command_with_typed_subcommands(
         and r.content == "Only people who manage this chat can change its schedules.",
         10,
     )
+
+
+async def test_doctor_checks_the_token_over_rest(discord_emu: DiscordEmulator) -> None:
+    """`herald doctor`'s Discord line: a login over REST, no gateway."""
+    found = await DISCORD.doctor(DiscordSettings(_env_file=None, token=discord_emu.token))  # type: ignore[call-arg]
+    assert found.ok and found.lines == (f"Discord: OK — {discord_emu.bot_name}, gateway, shards all",)
+    refused = await DISCORD.doctor(DiscordSettings(_env_file=None, token="not-the-token"))  # type: ignore[call-arg]
+    assert not refused.ok and refused.lines == ("Discord: FAILED — Discord refused HERALD_DISCORD_TOKEN",)
+    assert discord_emu.identifies == []  # the gateway was never opened
+    assert "sync-commands" in main.commands["discord"].commands  # type: ignore[attr-defined]
+

@@ -25,6 +25,7 @@ from adapters.discord.editor import edit_form, form_text
 from adapters.discord.publisher import DiscordPublisher
 from adapters.discord.surface import NO_PINGS, ChannelSurface, DecisionSurface, InteractionSurface
 from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
+from adapters.platform import PlatformStartError
 from core import messages
 from core.chat.engine import Engine
 from core.commands.registry import clicked_command
@@ -32,10 +33,6 @@ from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
 from core.storage.keys import Keys
-
-
-class DiscordStartError(Exception):
-    """The bot could not start (bad token, gateway unreachable); the message says why."""
 
 
 class _Client(discord.AutoShardedClient):
@@ -95,11 +92,11 @@ class DiscordBot:
         try:
             await self.client.login(self._token)
         except discord.LoginFailure:
-            raise DiscordStartError(
+            raise PlatformStartError(
                 "Discord refused the bot token: check HERALD_DISCORD_TOKEN (Developer Portal → Bot)."
             ) from None
         except (discord.HTTPException, OSError) as exc:
-            raise DiscordStartError(f"Cannot reach Discord: {exc}") from None
+            raise PlatformStartError(f"Cannot reach Discord: {exc}") from None
 
     async def start(self) -> None:
         await self.login()
@@ -115,13 +112,13 @@ class DiscordBot:
             ready.cancel()
             failure = self._runner.exception() if self._runner in done else None
             await self.client.close()
-            raise DiscordStartError(f"Discord gateway did not become ready: {failure or 'timed out'}")
+            raise PlatformStartError(f"Discord gateway did not become ready: {failure or 'timed out'}")
         user = self.client.user
         self._log.info("Discord: %s ready on shards %s", user, self.client.shard_ids)
         await self.sync_commands_if_changed()
 
-    def publisher(self) -> tuple[str, DiscordPublisher]:
-        return PLATFORM, DiscordPublisher(self.client)
+    def publisher(self) -> DiscordPublisher:
+        return DiscordPublisher(self.client)
 
     async def pause(self) -> None:
         """Stop taking events; what is running goes on."""
@@ -154,7 +151,7 @@ class DiscordBot:
         payload = command_payload(self._engine.commands)
         app_id = self.client.application_id
         if app_id is None:
-            raise DiscordStartError("Discord did not say the application id; log in first")
+            raise PlatformStartError("Discord did not say the application id; log in first")
         if guild_id is None:
             await self.client.http.bulk_upsert_global_commands(app_id, payload)
         else:

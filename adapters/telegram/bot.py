@@ -26,6 +26,7 @@ from telegram.ext import (
     filters,
 )
 
+from adapters.platform import PlatformStartError
 from adapters.telegram.publisher import TelegramPublisher
 from adapters.telegram.surface import ClickSurface, TelegramSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
@@ -40,9 +41,6 @@ ADMIN_CACHE_SECONDS = 60.0
 ADMIN_CACHE_SIZE = 10_000
 MAX_CONCURRENT_UPDATES = 256
 
-
-class TelegramStartError(Exception):
-    """The bot could not start (bad token, unreachable Bot API); the message says why."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -94,11 +92,11 @@ class TelegramBot:
         try:
             await self.app.initialize()  # getMe: proves the token and the API URL
         except InvalidToken:
-            raise TelegramStartError(
+            raise PlatformStartError(
                 "Telegram refused the bot token: check HERALD_TELEGRAM_TOKEN (from @BotFather)."
             ) from None
         except TelegramError as exc:
-            raise TelegramStartError(f"Cannot reach the Telegram Bot API: {exc}") from None
+            raise PlatformStartError(f"Cannot reach the Telegram Bot API: {exc}") from None
         me = self.app.bot.bot
         self._identity = BotIdentity(me.id, me.username)
         self._explain_privacy(bool(me.can_read_all_group_messages))
@@ -125,8 +123,8 @@ class TelegramBot:
             )
             self._log.info("Telegram: @%s receiving updates by webhook", me.username)
 
-    def publisher(self) -> tuple[str, TelegramPublisher]:
-        return PLATFORM, TelegramPublisher(self.app.bot)
+    def publisher(self) -> TelegramPublisher:
+        return TelegramPublisher(self.app.bot)
 
     async def pause(self) -> None:
         """Stop taking updates (polling or webhook); what is running goes on."""

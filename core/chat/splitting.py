@@ -207,11 +207,36 @@ def _next_part(
     text: str, pos: int, fence: _Fence | None, limit: int, measure: Measure
 ) -> tuple[Part, tuple[int, _Fence | None] | None]:
     head = _head(fence, limit, measure)
-    n = len(text)
     last_part = _fits_whole(text, pos, fence, head, limit, measure)
     if last_part is not None:
         return last_part, None
-    cost = measure(head)
+    scan = _scan(text, pos, fence, measure(head), limit, measure)
+    if scan.overflow < 0:
+        body = text[pos:].rstrip()
+        end_state = _after_line(text[scan.line_start :], scan.state)
+        tail = "" if end_state is None else "\n" + end_state.close
+        return Part(head, body, tail, pos, pos + len(body)), None
+    lines = scan.lines
+    partial = text[scan.line_start : scan.overflow + 1]
+    lines.append(_Line(scan.line_start, -1, scan.state, None, _fence_like(partial)))
+    cut = _choose(text, pos, scan.overflow, lines)
+    body = text[pos : cut.end]
+    tail = "" if cut.fence is None else "\n" + cut.fence.close
+    return Part(head, body, tail, pos, cut.end), (cut.next_start, cut.fence)
+
+
+@dataclass(slots=True)
+class _Scan:
+    overflow: int  # index of the first character that does not fit, or -1
+    lines: list[_Line]  # the complete lines before it
+    line_start: int  # where the line holding `overflow` (or the last line) starts
+    state: _Fence | None  # the fence open at `line_start`
+
+
+def _scan(
+    text: str, pos: int, fence: _Fence | None, cost: int, limit: int, measure: Measure
+) -> _Scan:
+    """Walk from `pos` until a character would overflow the part (this loop is hot)."""
     nonws_cost = cost
     state = fence  # at the start of the current line
     close_cost = 0 if state is None else measure("\n" + state.close)
@@ -221,9 +246,8 @@ def _next_part(
     run_char = ""
     run_len = 0
     in_run = True
-    overflow = -1
-    unit: dict[str, int] = {}  # measure() per character, memoised: this loop is hot
-    for i in range(pos, n):
+    unit: dict[str, int] = {}  # measure() per character, memoised
+    for i in range(pos, len(text)):
         ch = text[i]
         step = unit.get(ch)
         if step is None:
@@ -259,21 +283,8 @@ def _next_part(
         else:
             reserve = 0
         if nonws_cost + reserve > limit:
-            overflow = i
-            break
-
-    if overflow < 0:
-        body = text[pos:].rstrip()
-        end_state = _after_line(text[line_start:], state)
-        tail = "" if end_state is None else "\n" + end_state.close
-        return Part(head, body, tail, pos, pos + len(body)), None
-
-    partial = text[line_start : overflow + 1]
-    lines.append(_Line(line_start, -1, state, None, _fence_like(partial)))
-    cut = _choose(text, pos, overflow, lines)
-    body = text[pos : cut.end]
-    tail = "" if cut.fence is None else "\n" + cut.fence.close
-    return Part(head, body, tail, pos, cut.end), (cut.next_start, cut.fence)
+            return _Scan(i, lines, line_start, state)
+    return _Scan(-1, lines, line_start, state)
 
 
 def _choose(text: str, pos: int, last: int, lines: list[_Line]) -> _Cut:

@@ -1,0 +1,82 @@
+"""How a platform package describes itself to Herald, once.
+
+Each `adapters/<platform>/` package exports one `Platform`: its name, its own
+settings (its `HERALD_<PLATFORM>_…` variables), how to build its bot from the
+running core, what `herald doctor` checks, and any maintenance commands of its
+own. `adapters.registry` lists them; `herald run`, `doctor`, the command line
+and the logs' secret masking loop over that list and know no platform by name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, Generic, Protocol, TypeVar
+
+import click
+from redis.asyncio import Redis
+
+from core.chat.engine import Engine
+from core.config import HeraldSettings
+from core.posts.schedules.actions import PostActions
+from core.posts.schedules.runner import Publisher
+from core.storage.keys import Keys
+
+
+class PlatformStartError(Exception):
+    """A bot could not start (bad token, unreachable API); the message says why and what to do."""
+
+
+class PlatformBot(Protocol):
+    async def start(self) -> None:
+        """Connect and take events; raise `PlatformStartError` with a clear reason."""
+
+    async def pause(self) -> None:
+        """Stop taking new events; what is running goes on."""
+
+    async def ready(self) -> bool:
+        """Connected to the platform and taking events."""
+
+    async def stop(self) -> None:
+        """Let the answers in flight finish, then disconnect."""
+
+    def publisher(self) -> Publisher:
+        """What publishes scheduled posts on this platform (after `start`)."""
+
+
+@dataclass(frozen=True, slots=True)
+class BotDeps:
+    """What a platform's bot is built from: the running core."""
+
+    engine: Engine
+    redis: Redis
+    keys: Keys
+    actions: PostActions
+
+
+@dataclass(frozen=True, slots=True)
+class DoctorReport:
+    """What `herald doctor` says of a platform: one line each, and whether it works."""
+
+    lines: tuple[str, ...]
+    ok: bool = True
+
+
+S = TypeVar("S", bound=HeraldSettings)
+T = TypeVar("T")
+
+#: runs `action` with the platform's bot, built in a running core (for maintenance commands)
+WithBot = Callable[[Callable[[Any], Awaitable[T]]], T]
+
+
+@dataclass(frozen=True, slots=True)
+class Platform(Generic[S]):
+    name: str
+    settings: type[S]
+    #: the setting that turns the platform on, named for people ("HERALD_TELEGRAM_TOKEN")
+    switch: str
+    enabled: Callable[[S], bool]
+    build: Callable[[S, BotDeps], PlatformBot]
+    doctor: Callable[[S], Awaitable[DoctorReport]]
+    #: `herald <name> …` maintenance commands, given a way to run them with the bot
+    cli: Callable[[WithBot[Any]], click.Group] | None = None
