@@ -18,6 +18,10 @@ CAMPAIGN_FAILED = (
 )
 THREAD_TOO_LONG = "That would be a very long thread — try a shorter brief."
 RESTARTING = "Herald is restarting — try again in a moment."
+CUT_SHORT = "✂️ That answer reached my length limit and stops mid-way."
+NOTHING_TO_CONTINUE = "There's nothing to continue here — my last answer was complete."
+#: what the model is asked when a person wants the rest of a cut answer
+CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating anything."
 
 
 def rate_limited(seconds: float) -> str:

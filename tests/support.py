@@ -17,6 +17,7 @@ COMMAND_NAMES = {
     "reset",
     "persona",
     "cancel",
+    "continue",
     "draft",
     "copy",
     "regenerate",

@@ -138,3 +138,27 @@ async def test_doctor_reports_what_it_found(tmp_path: Path, tgi: TGIEmulator, re
     )
     assert code == 1 and "UNHEALTHY" in out
 
+
+async def test_console_continues_an_answer_cut_short(
+    tmp_path: Path, tgi: TGIEmulator, redis_url: str, prefix: str
+) -> None:
+    answers = iter([" ".join(f"w{i}" for i in range(1, 41)), "and that is the end."])
+    tgi.responder = lambda messages: next(answers)
+    code, out, err = await run_herald(
+        ["console"],
+        "count to forty\n/continue\n",
+        tmp_path,
+        HERALD_TGI_URL=tgi.url,
+        HERALD_REDIS_URL=redis_url,
+        HERALD_REDIS_PREFIX=prefix,
+        HERALD_MAX_NEW_TOKENS="12",
+    )
+    assert code == 0, err
+    lines = out.splitlines()
+    assert lines[0].startswith("w1 w2 w3") and "w40" not in lines[0]
+    assert lines[1:] == [
+        "✂️ That answer reached my length limit and stops mid-way.",
+        "",
+        "/continue",
+        "and that is the end.",
+    ]

@@ -387,3 +387,26 @@ async def test_doctor_checks_the_token_over_rest(discord_emu: DiscordEmulator) -
     assert discord_emu.identifies == []  # the gateway was never opened
     assert "sync-commands" in main.commands["discord"].commands  # type: ignore[attr-defined]
 
+
+async def test_an_answer_cut_short_offers_continue(
+    start_bot: BotFactory,
+    discord_emu: DiscordEmulator,
+    ada: dict[str, Any],
+    make_engine: EngineFactory,
+    tgi: TGIEmulator,
+) -> None:
+    await start_bot(await make_engine(max_new_tokens=12))
+    answers = iter([" ".join(f"w{i}" for i in range(1, 41)), "and that is the end."])
+    tgi.responder = lambda messages: next(answers)
+    me = bot_user(discord_emu)
+    discord_emu.user_message(CHANNEL, ada, f"<@{discord_emu.bot_id}> count", guild_id=GUILD, mentions=[me])
+    note = "✂️ That answer reached my length limit and stops mid-way."
+    await settled(discord_emu, CHANNEL, note)
+    shown = next(m for m in discord_emu.messages_in(CHANNEL) if m.content == note)
+    assert [c["custom_id"] for row in shown.components for c in row["components"]] == ["cmd:continue"]
+    click = discord_emu.click_button(shown.id, "cmd:continue", user=ada, guild_id=GUILD)
+    rest = "and that is the end."
+    await discord_emu.wait_until(
+        lambda: (r := discord_emu.interaction_response(click)) is not None and r.content == rest, 10
+    )
+    assert discord_emu.interaction_callbacks(click)[0]["type"] == 5  # a new message, not an edit

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import re
 
+from core import messages
 from core.chat.engine import Outcome
-from core.platform import ConversationKey
+from core.platform import Button, Capabilities, ConversationKey
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import Fault, TGIEmulator
 from tests.support import RecordingSurface, event
@@ -231,3 +232,45 @@ async def test_persona_in_groups_needs_a_chat_admin(make_engine: EngineFactory) 
     assert refused.last == "Only chat admins can change that here."
     _, done = await ask(engine, "/persona set pirate", private=False, chat="g", chat_admin=True)
     assert done.last == "Persona set for this chat."
+
+
+LONG = " ".join(f"w{i}" for i in range(1, 41)) + "."
+
+
+async def test_an_answer_cut_at_the_length_limit_says_so_and_can_continue(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    engine = await make_engine(max_new_tokens=12)
+    answered = iter([LONG, "and that is the end."])
+    tgi.responder = lambda messages: next(answered)
+    outcome, cut = await ask(engine, "count to forty")
+    assert outcome is Outcome.ANSWERED
+    [answer, note] = cut.texts
+    assert LONG.startswith(answer) and len(answer) < len(LONG)  # the model stopped mid-way
+    # no buttons on this surface: the command the button stands for is shown
+    assert note == "✂️ That answer reached my length limit and stops mid-way.\n\n/continue"
+    conv = ConversationKey("test", "c1", None)
+    history = await engine.memory.history(conv)
+    assert [(t.role, t.cut) for t in history] == [("user", False), ("assistant", True)]
+
+    outcome, rest = await ask(engine, "/continue")
+    assert outcome is Outcome.COMMAND and rest.texts == ["and that is the end."]
+    history = await engine.memory.history(conv)
+    assert [(t.role, t.content, t.cut) for t in history[2:]] == [
+        ("user", messages.CONTINUE_PROMPT, False),
+        ("assistant", "and that is the end.", False),
+    ]
+    assert answer in tgi.prompts[-1]  # the model saw what it had written so far
+    _, nothing = await ask(engine, "/continue")
+    assert nothing.texts == ["There's nothing to continue here — my last answer was complete."]
+    assert len(await engine.memory.history(conv)) == 4
+
+
+async def test_with_buttons_the_note_carries_continue(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    engine = await make_engine(max_new_tokens=12)
+    tgi.responder = lambda messages: LONG
+    surface = RecordingSurface(caps=Capabilities(max_length=2000, min_edit_interval=0.0, has_buttons=True))
+    await engine.handle(event("count to forty"), surface)
+    note_id = list(surface.messages)[-1]
+    assert surface.messages[note_id] == "✂️ That answer reached my length limit and stops mid-way."
+    assert surface.buttons[note_id] == (Button("▶️ Continue", "continue"),)

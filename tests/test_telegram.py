@@ -453,3 +453,23 @@ async def test_model_output_mentions_ping_nobody(
     telegram.send_user_message(group, ADA, "@HeraldBot who knows?")
     # a fullwidth "＠" is not a mention: Telegram notifies nobody
     await settled(telegram, GROUP_ID, "Ask ＠bob_smith or ＠admins about it.")
+
+
+async def test_an_answer_cut_short_offers_continue(
+    start_bot: BotFactory, telegram: TelegramEmulator, make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    await start_bot(await make_engine(max_new_tokens=12))
+    answers = iter([" ".join(f"w{i}" for i in range(1, 41)), "and that is the end."])
+    tgi.responder = lambda messages: next(answers)
+    chat = telegram.private_chat(ADA["id"], "Ada")
+    telegram.send_user_message(chat, ADA, "count to forty")
+    note = "✂️ That answer reached my length limit and stops mid-way."
+    await settled(telegram, chat["id"], note)
+    shown = next(m for m in telegram.messages_in(chat["id"]) if m.text == note)
+    keyboard = shown.reply_markup["inline_keyboard"]  # type: ignore[index]
+    assert keyboard == [[{"text": "▶️ Continue", "callback_data": "cmd:continue"}]]
+    telegram.send_callback_query(chat, ADA, shown.message_id, "cmd:continue")
+    await settled(telegram, chat["id"], "and that is the end.")
+    rest = telegram.messages_in(chat["id"])[-1]
+    assert rest.reply_to_message_id == shown.message_id
+    assert len(telegram.calls_to("answerCallbackQuery")) == 1  # the click's loading stopped

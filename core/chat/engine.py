@@ -32,7 +32,7 @@ from core.commands.registry import CommandError, CommandRegistry, ParsedCommand
 from core.llm.base import Finished, GenerationParams, LLMClient, TextDelta
 from core.llm.errors import ContextTooLong, LLMError
 from core.metrics import MeteredSurface, Metrics
-from core.platform import ConversationKey, Inbound, Surface
+from core.platform import Button, ConversationKey, Inbound, Surface
 
 
 class Outcome(enum.Enum):
@@ -77,6 +77,8 @@ class _Generated:
     text: str
     tokens: int
     outcome: Outcome
+    #: the model stopped at the length limit (`max_new_tokens`), mid-thought
+    cut: bool = False
 
     @property
     def partial(self) -> bool:
@@ -88,6 +90,8 @@ class _RetryWithLessHistory(Exception):
 
 
 RendererFactory = Callable[[Surface], StreamRenderer]
+#: under an answer the model cut short at the length limit
+CONTINUE = Button("▶️ Continue", "continue")
 
 
 class Engine:
@@ -202,8 +206,11 @@ class Engine:
             return Outcome.BUSY
         return Outcome.COMMAND
 
-    async def answer(self, event: Inbound, surface: Surface, text: str) -> Outcome:
-        """Answer `text` in the event's conversation, waiting for its turn."""
+    async def answer(
+        self, event: Inbound, surface: Surface, text: str, *, continuing: bool = False
+    ) -> Outcome:
+        """Answer `text` in the event's conversation, waiting for its turn. `continuing`:
+        only if the conversation's last answer was cut short at the length limit."""
         text = text.strip()
         if not text:
             await say(surface, messages.EMPTY_MESSAGE)
@@ -214,21 +221,34 @@ class Engine:
         counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
             async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
-                return await self._answer_in_turn(event, surface, text, counting, started)
+                return await self._answer_in_turn(event, surface, text, counting, started, continuing)
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
         finally:
             _settle(counting)
 
+    async def continue_answer(self, event: Inbound, surface: Surface) -> Outcome:
+        """`/continue`: the rest of an answer the model cut short, in the same conversation."""
+        return await self.answer(event, surface, messages.CONTINUE_PROMPT, continuing=True)
+
     async def _answer_in_turn(
-        self, event: Inbound, surface: Surface, text: str, counting: asyncio.Future[int], started: float
+        self,
+        event: Inbound,
+        surface: Surface,
+        text: str,
+        counting: asyncio.Future[int],
+        started: float,
+        continuing: bool,
     ) -> Outcome:
         conv = event.conversation
         if self.closing:  # it waited for its turn while the process began to stop
             await say(surface, messages.RESTARTING)
             return Outcome.SHUTTING_DOWN
         persona, history = await self.memory.load(conv)
+        if continuing and not (history and history[-1].role == "assistant" and history[-1].cut):
+            await say(surface, messages.NOTHING_TO_CONTINUE)
+            return Outcome.INVALID
         system = persona or self.policy.system_prompt
         renderer = self._renderer(surface)
         await renderer.start()
@@ -264,12 +284,14 @@ class Engine:
                 conv,
                 [
                     Turn("user", text, built.user_tokens),
-                    Turn("assistant", result.text, result.tokens, partial=result.partial),
+                    Turn("assistant", result.text, result.tokens, partial=result.partial, cut=result.cut),
                 ],
             )
             await self.admitter.charge(
                 event.platform, event.author.user_id, built.prompt.input_tokens + result.tokens
             )
+        if result.cut:  # said once the turn is saved, so /continue finds it
+            await say(surface, messages.CUT_SHORT, (CONTINUE,))
         return result.outcome
 
     async def _generate(
@@ -323,7 +345,8 @@ class Engine:
                 await renderer.finish(note=messages.interrupted(exc.user_message))
                 return _Generated(state.text, state.tokens, Outcome.FAILED)
         await renderer.finish()
-        return _Generated(state.text, state.tokens, Outcome.ANSWERED)
+        cut = state.finished is not None and state.finished.finish_reason == "length"
+        return _Generated(state.text, state.tokens, Outcome.ANSWERED, cut=cut)
 
     def _observe(self, platform: str, started: float, renderer: StreamRenderer) -> None:
         if renderer.visible_at is not None:

@@ -45,12 +45,15 @@ class Turn:
     content: str
     tokens: int
     seq: int = 0
-    partial: bool = False
+    partial: bool = False  # stopped before the model finished (cancelled, failed, restarted)
+    cut: bool = False  # the model stopped at the length limit: `/continue` may write the rest
 
     def encode(self) -> str:
         data: dict[str, Any] = {"r": self.role, "c": self.content, "t": self.tokens}
         if self.partial:
             data["p"] = 1
+        if self.cut:
+            data["x"] = 1
         return json.dumps(data, ensure_ascii=False)
 
     @staticmethod
@@ -61,7 +64,9 @@ class Turn:
             role = data["r"]
             if role not in ("user", "assistant"):
                 return None
-            return Turn(role, str(data["c"]), int(data["t"]), int(data["n"]), bool(data.get("p")))
+            return Turn(
+                role, str(data["c"]), int(data["t"]), int(data["n"]), bool(data.get("p")), bool(data.get("x"))
+            )
         except (ValueError, KeyError, TypeError):
             return None
 

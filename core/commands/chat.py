@@ -1,4 +1,4 @@
-"""The conversation's own commands: ask, reset, persona, cancel, help."""
+"""The conversation's own commands: ask, reset, persona, cancel, continue, help."""
 
 from __future__ import annotations
 
@@ -56,6 +56,7 @@ class ChatCommands:
                 ),
             ),
             CommandSpec("cancel", "Stop the answer in progress", self.cancel),
+            CommandSpec("continue", "Write the rest of an answer cut short", self.continue_, generates=True),
         )
 
     async def ask(self, ctx: CommandContext, args: dict[str, Any]) -> None:
@@ -87,6 +88,9 @@ class ChatCommands:
             prompt = personas.resolve(str(args["text"]))
             await self._memory.set_persona(event.platform, event.chat_id, prompt)
             await ctx.reply("Persona set for this chat.")
+
+    async def continue_(self, ctx: CommandContext, args: dict[str, Any]) -> None:
+        await ctx.conversation.continue_answer(ctx.event, ctx.surface)
 
     async def cancel(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         conv = ctx.event.conversation

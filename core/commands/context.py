@@ -23,6 +23,9 @@ class Conversation(Protocol):
     async def answer(self, event: Inbound, surface: Surface, text: str) -> object:
         """Answer `text` in the event's conversation, as if it had been said to Herald."""
 
+    async def continue_answer(self, event: Inbound, surface: Surface) -> object:
+        """Write the rest of the conversation's last answer, if the model cut it short."""
+
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:
