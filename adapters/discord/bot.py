@@ -217,8 +217,10 @@ class DiscordBot:
         self, interaction: discord.Interaction, event: Inbound, decision: bool = False
     ) -> None:
         if not self._accepting:
-            with contextlib.suppress(discord.HTTPException):
+            try:
                 await interaction.response.send_message(messages.RESTARTING, ephemeral=True)
+            except discord.HTTPException as exc:
+                self._log.warning("Discord: could not say that Herald is restarting: %s", exc)
             return
         with self._tracked():
             try:

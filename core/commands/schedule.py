@@ -20,7 +20,7 @@ from core.commands.registry import ArgSpec, ArgType, CommandSpec, Handler
 from core.posts.campaigns import publishable
 from core.posts.saved import SavedContent
 from core.posts.schedules.actions import PostActions
-from core.posts.schedules.recurrence import Recurrence, RecurrenceError, parse_recurrence
+from core.posts.schedules.recurrence import RecurrenceError, parse_recurrence
 from core.posts.schedules.store import Mode, Schedule, ScheduleStore, new_id
 from core.posts.targets import Target
 
@@ -179,15 +179,11 @@ class ScheduleCommands:
             except ValueError:
                 await ctx.reply(f"until must be a date like 2026-12-31, not {until!r}.")
                 return
-        try:
-            recurrence = parse_recurrence(str(args["when"]), timezone)
-        except RecurrenceError as exc:
-            await ctx.reply(str(exc))
-            return
         await self._create(
             ctx,
             args,
-            recurrence,
+            str(args["when"]),
+            timezone,
             prompt=str(args["prompt"]),
             target=str(args.get("target", Target.GENERIC.value)),
             tone=str(args.get("tone", "friendly")),
@@ -268,25 +264,21 @@ class ScheduleCommands:
     async def _once(
         self, ctx: CommandContext, args: dict[str, Any], when: str, source: str, target: Target, text: str
     ) -> None:
+        """A saved text, published once at `when` (in the command's or the chat's zone)."""
+        zone = await self._zone_for(ctx, args)
+        fields = {"prompt": f"(saved {source})", "target": target.value, "max_runs": 1, "fixed_text": text}
+        await self._create(ctx, args, f"once at {when}", zone, **fields)
+
+    async def _create(
+        self, ctx: CommandContext, args: dict[str, Any], when: str, timezone: str, **fields: Any
+    ) -> None:
+        """Save a schedule for the chat the command came from, and say when it runs first
+        (or why `when` is not a time it understands)."""
         try:
-            recurrence = parse_recurrence(f"once at {when}", await self._zone_for(ctx, args))
+            recurrence = parse_recurrence(when, timezone)
         except RecurrenceError as exc:
             await ctx.reply(str(exc))
             return
-        await self._create(
-            ctx,
-            args,
-            recurrence,
-            prompt=f"(saved {source})",
-            target=target.value,
-            max_runs=1,
-            fixed_text=text,
-        )
-
-    async def _create(
-        self, ctx: CommandContext, args: dict[str, Any], recurrence: Recurrence, **fields: Any
-    ) -> None:
-        """Save a schedule for the chat the command came from, and say when it runs first."""
         event = ctx.event
         now = dt.datetime.now(dt.UTC)
         schedule = Schedule(
