@@ -43,6 +43,7 @@ class CancelBus:
         self._running: dict[str, Generation] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
+        self._stopping = False
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="herald-cancel-listener")
@@ -51,6 +52,10 @@ class CancelBus:
                 await self._subscribed.wait()
 
     async def stop(self) -> None:
+        # The flag as well as the cancel: on Python 3.11 a cancel that lands as the
+        # listener's read times out can be turned into that timeout, which redis-py
+        # answers with "no message"; the loop then ends at its next poll instead.
+        self._stopping = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -86,13 +91,13 @@ class CancelBus:
 
     async def _listen(self) -> None:
         delay = 0.1
-        while True:
+        while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 delay = 0.1
-                while True:
+                while not self._stopping:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._cancel_local(str(message["data"]))
