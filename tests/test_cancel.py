@@ -13,9 +13,9 @@ from core.storage.keys import Keys
 
 
 class LosesCancels:
-    """A real pub/sub whose reads answer "no message" when cancelled: what redis-py does
-    on Python 3.11 when a cancel lands as the read's own timeout expires (the cancel
-    becomes that timeout, and a timed-out read means no message)."""
+    """A real pub/sub whose reads answer "no message" when cancelled: a cancel lost inside
+    a Redis read, as Python 3.11's `asyncio.wait_for` and timeouts can lose one when it
+    lands as the read completes or times out."""
 
     def __init__(self, pubsub: PubSub) -> None:
         self._pubsub = pubsub
@@ -49,5 +49,5 @@ async def test_stopping_ends_the_listener_even_if_its_cancel_is_lost(redis: Redi
     client = Client(redis)
     bus = CancelBus(cast(Redis, client), Keys(prefix))
     await bus.start()
-    await asyncio.wait_for(bus.stop(), timeout=10)  # without the stop flag: forever
+    await asyncio.wait_for(bus.stop(), timeout=10)  # unless the lost cancel is honoured: forever
     assert sum(p.lost for p in client.pubsubs) == 1

@@ -447,6 +447,7 @@ async def test_command_tree_sync_and_slash_command_with_defer_edit_and_followup(
 ) -> None:
     tree = app_commands.CommandTree(bot)
     seen: list[tuple[str, int, bool]] = []
+    finished: list[str] = []  # handlers whose last request is done
 
     @tree.command(name="ask", description="Ask Herald")
     @app_commands.describe(prompt="What to ask", count="How many answers")
@@ -455,10 +456,12 @@ async def test_command_tree_sync_and_slash_command_with_defer_edit_and_followup(
         await interaction.response.defer()
         await interaction.edit_original_response(content=f"answer to {prompt}")
         await interaction.followup.send(f"and {count - 1} more")
+        finished.append("ask")
 
     @tree.command(name="admin", description="Guild only", guild=discord.Object(GUILD))
     async def admin(interaction: discord.Interaction) -> None:
         await interaction.response.send_message("ok", ephemeral=True)
+        finished.append("admin")
 
     await tree.sync()
     await tree.sync(guild=discord.Object(GUILD))
@@ -473,7 +476,8 @@ async def test_command_tree_sync_and_slash_command_with_defer_edit_and_followup(
         channel_id=CHANNEL,
         user=emu.user(ADA),
     )
-    await emu.wait_until(lambda: len(emu.followups(handle)) == 1)
+    await emu.wait_until(lambda: finished == ["ask"])
+    assert len(emu.followups(handle)) == 1
     assert seen == [("life", 3, False)]
     assert [c["type"] for c in emu.interaction_callbacks(handle)] == [5]
     callback = next(c for c in emu.calls if c.path.endswith("/callback"))
@@ -486,7 +490,7 @@ async def test_command_tree_sync_and_slash_command_with_defer_edit_and_followup(
     assert [m.content for m in emu.messages_in(CHANNEL)] == ["answer to life", "and 2 more"]
 
     guild_only = emu.slash_command("admin", [], channel_id=CHANNEL, user=emu.user(ADA))
-    await emu.wait_until(lambda: emu.interaction_response(guild_only) is not None)
+    await emu.wait_until(lambda: finished == ["ask", "admin"])
     response = emu.interaction_response(guild_only)
     assert response is not None and response.ephemeral and response.content == "ok"
     with pytest.raises(ValueError, match="not registered"):
@@ -496,23 +500,27 @@ async def test_command_tree_sync_and_slash_command_with_defer_edit_and_followup(
 async def test_member_permissions_come_from_roles_discord_py_can_see(emu: DiscordEmulator, bot: Bot) -> None:
     tree = app_commands.CommandTree(bot)
     seen: list[tuple[bool, bool]] = []
+    answered: list[int] = []
 
     @tree.command(name="admin", description="Admins only")
     async def admin(interaction: discord.Interaction) -> None:
         assert isinstance(interaction.user, discord.Member)
         seen.append((interaction.user.guild_permissions.manage_guild, interaction.permissions.manage_guild))
         await interaction.response.send_message("ok")
+        answered.append(interaction.id)  # its last request is done: the client may close now
 
     await tree.sync()
     manage_guild = 1 << 5
-    emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(BOB))
+    handles = [emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(BOB))]
     emu.member(GUILD, BOB, permissions=manage_guild)
-    emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(BOB))
-    emu.user(44, "cy")
-    emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(44), permissions=manage_guild)
-    emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(ADA))  # the owner
-    await emu.wait_until(lambda: len(seen) == 4)
+    handles.append(emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(BOB)))
+    cy = emu.user(44, "cy")
+    handles.append(emu.slash_command("admin", channel_id=CHANNEL, user=cy, permissions=manage_guild))
+    handles.append(emu.slash_command("admin", channel_id=CHANNEL, user=emu.user(ADA)))  # the owner
+    await emu.wait_until(lambda: len(answered) == 4)
     assert seen == [(False, False), (True, True), (True, True), (True, True)]
+    assert sorted(answered) == sorted(h.id for h in handles)
+    assert all((r := emu.interaction_response(h)) is not None and r.content == "ok" for h in handles)
 
 
 async def test_first_followup_after_defer_fills_the_thinking_message(emu: DiscordEmulator, bot: Bot) -> None:
@@ -538,17 +546,19 @@ async def test_slash_command_in_a_dm_with_a_user_option_and_ephemeral_followup(
 ) -> None:
     tree = app_commands.CommandTree(bot)
     seen: list[tuple[type, int, int]] = []
+    finished: list[int] = []
 
     @tree.command(name="greet", description="Greet someone")
     async def greet(interaction: discord.Interaction, who: discord.User) -> None:
         seen.append((type(interaction.channel), who.id, interaction.user.id))
         await interaction.response.send_message(f"hi {who.mention}")
         await interaction.followup.send("just for you", ephemeral=True)
+        finished.append(interaction.id)  # its last request is done: the client may close now
 
     await tree.sync()
     dm = emu.dm_channel(ADA)
     handle = emu.slash_command("greet", [{"name": "who", "value": BOB}], channel_id=dm, user=emu.user(ADA))
-    await emu.wait_until(lambda: len(emu.followups(handle)) == 1)
+    await emu.wait_until(lambda: finished == [handle.id])
     assert seen == [(discord.DMChannel, BOB, ADA)]
     response = emu.interaction_response(handle)
     assert response is not None and response.content == f"hi <@{BOB}>" and response.pinged_users == [BOB]
@@ -558,15 +568,15 @@ async def test_slash_command_in_a_dm_with_a_user_option_and_ephemeral_followup(
 
 async def test_interaction_must_be_acknowledged_once_and_in_time(emu: DiscordEmulator) -> None:
     emu.strict_commands = False
-    emu.interaction_deadline = 0.2
-    first = emu.slash_command("ping", channel_id=CHANNEL, user=emu.user(ADA))
+    first = emu.slash_command("ping", channel_id=CHANNEL, user=emu.user(ADA))  # Discord's 3 s to answer
     path = f"/interactions/{first.id}/{first.token}/callback"
     status, _, _ = await raw(emu, "POST", path, {"type": 4, "data": {"content": "pong"}})
     assert status == 204  # no ?with_response
     status, _, body = await raw(emu, "POST", path, {"type": 4, "data": {"content": "again"}})
     assert (status, body["code"]) == (400, 40060)
+    emu.interaction_deadline = 0.2
     late = emu.slash_command("ping", channel_id=CHANNEL, user=emu.user(ADA))
-    await asyncio.sleep(0.25)
+    await asyncio.sleep(0.25)  # past the deadline, however fast or slow the machine
     status, _, body = await raw(emu, "POST", f"/interactions/{late.id}/{late.token}/callback", {"type": 5})
     assert (status, body) == (404, {"message": "Unknown interaction", "code": 10062})
     status, _, body = await raw(
@@ -616,6 +626,7 @@ class ButtonBot(Bot):
     def __init__(self) -> None:
         super().__init__()
         self.clicks: list[tuple[str, int, type, int | None]] = []
+        self.answered: list[str] = []  # clicks whose last request is done
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         if interaction.type is not discord.InteractionType.component or interaction.data is None:
@@ -631,6 +642,7 @@ class ButtonBot(Bot):
         else:
             await interaction.response.defer()
             await interaction.edit_original_response(content="seen")
+        self.answered.append(custom_id)
 
 
 async def test_buttons_are_stored_and_a_click_reaches_on_interaction(emu: DiscordEmulator) -> None:
@@ -656,7 +668,8 @@ async def test_buttons_are_stored_and_a_click_reaches_on_interaction(emu: Discor
         ]
 
         click = emu.click_button(sent.id, "herald:approve:7", user=emu.user(BOB), permissions=1 << 5)
-        await emu.wait_until(lambda: len(emu.followups(click)) == 1)
+        await emu.wait_until(lambda: bot.answered == ["herald:approve:7"])
+        assert len(emu.followups(click)) == 1
         assert bot.clicks == [("herald:approve:7", BOB, discord.Member, sent.id)]
         assert [c["type"] for c in emu.interaction_callbacks(click)] == [7]
         approved = emu.bot_message(sent.id)
@@ -680,7 +693,7 @@ async def test_ephemeral_answer_defer_raw_components_and_dm_clicks(emu: DiscordE
         assert isinstance(channel, discord.TextChannel)
         sent = await channel.send("Publish post 8?", view=approval_view(8))
         reject = emu.click_button(sent.id, "herald:reject:8", user=emu.user(ADA), guild_id=GUILD)
-        await emu.wait_until(lambda: emu.interaction_response(reject) is not None)
+        await emu.wait_until(lambda: bot.answered == ["herald:reject:8"])
         assert [(c["type"], c["data"]["flags"]) for c in emu.interaction_callbacks(reject)] == [(4, 64)]
         answer = emu.interaction_response(reject)
         assert answer is not None and answer.ephemeral and answer.content == "Only editors may reject"
@@ -710,7 +723,8 @@ async def test_ephemeral_answer_defer_raw_components_and_dm_clicks(emu: DiscordE
         assert raw_message.components[0]["components"][0]["custom_id"] == "herald:ack"
         components = list(raw_message.components)
         ack = emu.click_button(raw_message.id, "herald:ack", user=emu.user(ADA))
-        await emu.wait_until(lambda: raw_message.content == "seen")  # the live record
+        await emu.wait_until(lambda: bot.answered[-1:] == ["herald:ack"])
+        assert raw_message.content == "seen"  # the live record
         assert [c["type"] for c in emu.interaction_callbacks(ack)] == [6]
         assert bot.clicks[-1] == ("herald:ack", ADA, discord.User, raw_message.id)
         assert raw_message.components == components and raw_message.edits == 1

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +16,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from redis.asyncio import Redis
 
 from core.platform import Button
-from core.posts.drafting import Drafter
+from core.posts.drafting import Draft, Drafter, DraftRequest
 from core.posts.schedules.approval import approval_buttons
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.runner import (
@@ -75,10 +75,44 @@ def schedule(**changes: Any) -> Schedule:
     return Schedule(**values)
 
 
+async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
+    """Poll `check` until it holds. The timeout only bounds a broken run; it paces nothing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {what}")
+        await asyncio.sleep(0.02)
+
+
+class HeldDrafter(Drafter):
+    """Drafts only once `go` is set: a run stays in the middle of drafting for as long as
+    the test needs, however fast or slow the machine."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.go = asyncio.Event()
+        self.waiting = 0
+
+    async def draft(self, request: DraftRequest) -> list[Draft]:
+        self.waiting += 1
+        try:
+            await self.go.wait()
+        finally:
+            self.waiting -= 1
+        return await super().draft(request)
+
+
 async def make_runner(
-    engine: Any, redis: Redis, prefix: str, publisher: RecordingPublisher, owner: str
+    engine: Any,
+    redis: Redis,
+    prefix: str,
+    publisher: RecordingPublisher,
+    owner: str,
+    *,
+    drafter: Drafter | None = None,
 ) -> Runner:
-    drafter = Drafter(engine.llm, engine.policy.generation)
+    drafter = drafter or Drafter(engine.llm, engine.policy.generation)
     return Runner(
         ScheduleStore(redis, Keys(prefix)),
         drafter,
@@ -134,30 +168,36 @@ async def test_two_approvals_at_once_publish_once(
         await other.aclose()
 
 
-async def claimed_mid_draft(runner: Runner, slot: dt.datetime) -> asyncio.Task[Post | None]:
-    """Start a run and return once it has claimed its slot and is drafting."""
+def held(engine: Any) -> HeldDrafter:
+    return HeldDrafter(engine.llm, engine.policy.generation)
+
+
+async def claimed_mid_draft(
+    runner: Runner, drafter: HeldDrafter, slot: dt.datetime
+) -> asyncio.Task[Post | None]:
+    """Start a run and return once it has claimed its slot and is drafting; the runner's
+    `drafter` keeps it there until its `go` is set."""
     run = asyncio.create_task(runner.run_slot(schedule(), slot))
-    for _ in range(200):
-        if await runner.store.unwritten():
-            return run
-        await asyncio.sleep(0.01)
-    raise AssertionError("the run never claimed its slot")
+
+    async def drafting() -> bool:
+        return drafter.waiting == 1 and bool(await runner.store.unwritten())
+
+    await eventually(drafting, "the run claimed its slot and is drafting")
+    return run
 
 
 async def test_a_draft_left_by_a_dead_leader_is_finished_once(
     make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
 ) -> None:
     tgi.responder = lambda m: "Release notes are out! #herald"
-    tgi.token_delay = 0.1  # drafting takes a while: the leader dies in the middle
     engine = await make_engine()
     publisher = RecordingPublisher()
-    dead = await make_runner(engine, redis, prefix, publisher, "a")
+    dead = await make_runner(engine, redis, prefix, publisher, "a", drafter=(drafter := held(engine)))
     await dead.store.save(schedule())
-    run = await claimed_mid_draft(dead, START)
+    run = await claimed_mid_draft(dead, drafter, START)  # the leader dies in the middle of drafting
     run.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await run
-    tgi.token_delay = 0.0
     heir = await make_runner(engine, redis, prefix, publisher, "b")
     [finished] = await heir.resume(since=START - dt.timedelta(minutes=5))
     assert finished.state is PostState.PUBLISHED
@@ -171,16 +211,16 @@ async def test_a_leader_that_was_only_slow_loses_its_draft(
     make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
 ) -> None:
     tgi.responder = lambda m: "Release notes are out! #herald"
-    tgi.token_delay = 0.05
     engine = await make_engine()
     publisher = RecordingPublisher()
-    slow = await make_runner(engine, redis, prefix, publisher, "a")
+    slow = await make_runner(engine, redis, prefix, publisher, "a", drafter=(drafter := held(engine)))
     await slow.store.save(schedule())
     other = connect_redis(redis_url)
     try:
         heir = await make_runner(engine, other, prefix, publisher, "b")
-        run = await claimed_mid_draft(slow, START)
+        run = await claimed_mid_draft(slow, drafter, START)
         resumed = await heir.resume(since=START - dt.timedelta(minutes=5))
+        drafter.go.set()  # the slow leader finishes its draft only now
         assert await run is None  # its draft lost the race: taken over
     finally:
         await other.aclose()
@@ -201,11 +241,13 @@ async def test_a_failed_send_is_retried_by_the_next_leader(
     await dead.close()  # it dies with its retry pending
     heir = await make_runner(engine, redis, prefix, publisher, "b")
     assert await heir.resume(since=START) == []
-    for _ in range(100):
+
+    async def republished() -> bool:
         current = await heir.store.post(post.id)
-        if current is not None and current.state is PostState.PUBLISHED:
-            break
-        await asyncio.sleep(0.02)
+        return current is not None and current.state is PostState.PUBLISHED
+
+    await eventually(republished, "the failed send was retried")
+    current = await heir.store.post(post.id)
     assert current is not None and current.state is PostState.PUBLISHED and current.attempts == 2
     assert publisher.published == [("channel", "Release notes are out! #herald")]
     await heir.close()
@@ -214,12 +256,11 @@ async def test_a_failed_send_is_retried_by_the_next_leader(
 async def test_drafts_left_too_long_ago_are_cancelled(
     make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
 ) -> None:
-    tgi.token_delay = 0.1
     engine = await make_engine()
     publisher = RecordingPublisher()
-    dead = await make_runner(engine, redis, prefix, publisher, "a")
+    dead = await make_runner(engine, redis, prefix, publisher, "a", drafter=(drafter := held(engine)))
     await dead.store.save(schedule())
-    run = await claimed_mid_draft(dead, START)
+    run = await claimed_mid_draft(dead, drafter, START)
     run.cancel()
     with contextlib.suppress(asyncio.CancelledError):
         await run
@@ -264,15 +305,17 @@ async def test_failed_sends_are_retried_and_unknown_ones_never(
     runner = await make_runner(await make_engine(), redis, prefix, publisher, "a")
     post = await runner.run_slot(schedule(), START)
     assert post is not None and post.state is PostState.FAILED
-    async with asyncio.timeout(2):
-        while (await runner.store.post(post.id)).state is not PostState.PUBLISHED:  # type: ignore[union-attr]  # noqa: ASYNC110
-            await asyncio.sleep(0.02)
+
+    async def retried() -> bool:
+        return (await runner.store.post(post.id)).state is PostState.PUBLISHED  # type: ignore[union-attr]
+
+    await eventually(retried, "the failed send was retried")
     assert len(publisher.published) == 1
 
     publisher.failures = [PublishUnknown("timed out after sending")]
     unknown = await runner.run_slot(schedule(), START + dt.timedelta(days=1))
     assert unknown is not None and unknown.state is PostState.UNCONFIRMED
-    await asyncio.sleep(0.2)
+    await asyncio.sleep(0.2)  # four retry delays: no retry comes (can catch a wrong one, never cry wolf)
     assert (await runner.store.post(unknown.id)).state is PostState.UNCONFIRMED  # type: ignore[union-attr]
     assert any("may or may not have been published" in n for n in publisher.notices)
     await runner.close()
@@ -302,11 +345,16 @@ def test_the_slot_of_a_late_job_is_its_latest_fire_time() -> None:
 async def test_killing_the_leader_hands_over_without_duplicates_or_gaps(
     make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
 ) -> None:
-    """Two scheduler services on one Redis, a schedule every second, the leader stopped."""
+    """Two scheduler services on one Redis, a schedule every second, the leader stopped.
+
+    The services tell the time by the test's clock, which moves on one slot at a time once
+    the previous slot is published: how slowly a busy machine runs changes nothing. (APScheduler
+    still fires every wall-clock second; each fire runs the clock's latest slot.)"""
     tgi.responder = lambda m: m[-1]["content"]
     engine = await make_engine()
     publisher = RecordingPublisher()
     origin = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    now = origin
 
     def every_second(definition: Schedule) -> IntervalTrigger:
         return IntervalTrigger(seconds=1, start_date=origin)
@@ -317,26 +365,49 @@ async def test_killing_the_leader_hands_over_without_duplicates_or_gaps(
     services = []
     for client, owner in ((redis, "a"), (other_redis, "b")):
         runner = await make_runner(engine, client, prefix, publisher, owner)
-        lease = LeaderLease(client, Keys(prefix), ttl=0.5, poll=0.05)
-        services.append(SchedulerService(runner, client, Keys(prefix), lease=lease, trigger_for=every_second))
+        lease = LeaderLease(client, Keys(prefix), ttl=2.0, poll=0.05)
+        services.append(
+            SchedulerService(
+                runner, client, Keys(prefix), lease=lease, trigger_for=every_second, clock=lambda: now
+            )
+        )
     first, second = services
+
+    async def published(count: int) -> None:
+        async def done() -> bool:
+            posts = await store.posts_of("s1")
+            return sum(p.state is PostState.PUBLISHED for p in posts) >= count
+
+        await eventually(done, f"{count} posts published")
+
+    async def leads(service: SchedulerService) -> bool:
+        return service.leading
+
     try:
         await first.start()
-        await asyncio.sleep(0.3)
+        await eventually(lambda: leads(first), "the first service leads")
+        await published(1)  # the slot it caught up with as it took the lead
         await second.start()
-        await asyncio.sleep(2.5)
+        for count in (2, 3, 4):  # the leader's own fires, lasting longer than a lease
+            now += dt.timedelta(seconds=1)
+            await published(count)
         assert first.leading and not second.leading
-        await first.stop()  # the leader goes away
-        await asyncio.sleep(2.5)
-        assert second.leading
+        now += dt.timedelta(seconds=1)  # a slot falls due as the leader goes away
+        await first.stop()
+        await eventually(lambda: leads(second), "the second service leads")
+        await published(5)  # the new leader catches up with it
+        now += dt.timedelta(seconds=1)
+        await published(6)  # and carries on
     finally:
+        await first.stop()
         await second.stop()
         await other_redis.aclose()
     posts = await store.posts_of("s1")
     slots = [dt.datetime.fromisoformat(p.slot) for p in posts]
-    assert len(slots) == len(set(slots)) >= 4  # nothing published twice
+    assert len(slots) == len(set(slots)) == 6  # nothing published twice
     gaps = {(b - a).total_seconds() for a, b in itertools.pairwise(slots)}
     assert gaps == {1.0}  # and no slot lost over the hand-over
+    assert len(publisher.published) == 6
 
 
 async def test_stopping_lets_a_run_under_way_finish(
@@ -344,32 +415,215 @@ async def test_stopping_lets_a_run_under_way_finish(
 ) -> None:
     """A graceful stop in the middle of drafting: the claimed slot still gets its post."""
     tgi.responder = lambda m: "Release notes: " + " ".join(f"item{i}" for i in range(20))
-    tgi.token_delay = 0.05  # about a second of drafting
     engine = await make_engine()
     publisher = RecordingPublisher()
     origin = dt.datetime.now(dt.UTC).replace(microsecond=0)
     store = ScheduleStore(redis, Keys(prefix))
     await store.save(schedule(prompt="slot {date}"))
-    runner = await make_runner(engine, redis, prefix, publisher, "a")
+    drafter = held(engine)
+    runner = await make_runner(engine, redis, prefix, publisher, "a", drafter=drafter)
     service = SchedulerService(
         runner,
         redis,
         Keys(prefix),
-        lease=LeaderLease(redis, Keys(prefix), ttl=0.5, poll=0.05),
+        lease=LeaderLease(redis, Keys(prefix), ttl=2.0, poll=0.05),
         trigger_for=lambda d: IntervalTrigger(seconds=1, start_date=origin),
     )
     await service.start()
-    claimed = f"{prefix}:slot:s1:*"
-    for _ in range(100):  # until a slot is claimed: its draft is being written
-        if [key async for key in redis.scan_iter(match=claimed)]:
-            break
-        await asyncio.sleep(0.05)
+
+    async def drafting() -> bool:
+        return drafter.waiting >= 1
+
+    await eventually(drafting, "a slot is claimed and its draft is being written")
     assert not publisher.published
-    await service.stop()
+    stopping = asyncio.create_task(service.stop())
+
+    async def stepped_down() -> bool:
+        return not service.leading
+
+    await eventually(stepped_down, "the stop is under way")
+    drafter.go.set()  # the drafts under way finish only now, during the stop
+    await stopping
+    claimed = f"{prefix}:slot:s1:*"
     slots = [key async for key in redis.scan_iter(match=claimed)]
     posts = await store.posts_of("s1")
     assert len(slots) == len(posts) >= 1 and len(publisher.published) == len(posts)
     assert not await redis.exists(Keys(prefix).scheduler_lease())  # and the lease is free
+
+
+async def test_stopping_lets_a_fire_under_way_finish(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    """APScheduler cancels the jobs it is running when it shuts down; a fire that claimed
+    its slot still gets its post."""
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    origin = dt.datetime.now(dt.UTC).replace(microsecond=0)
+    now = origin
+    store = ScheduleStore(redis, Keys(prefix))
+    await store.save(schedule())
+    drafter = held(engine)
+    runner = await make_runner(engine, redis, prefix, publisher, "a", drafter=drafter)
+    drafter.go.set()
+    service = SchedulerService(
+        runner,
+        redis,
+        Keys(prefix),
+        lease=LeaderLease(redis, Keys(prefix), ttl=2.0, poll=0.05),
+        trigger_for=lambda d: IntervalTrigger(seconds=1, start_date=origin),
+        clock=lambda: now,
+    )
+    await service.start()
+
+    async def published(count: int) -> bool:
+        return len(publisher.published) >= count
+
+    await eventually(lambda: published(1), "the slot caught up with at the election is published")
+    drafter.go.clear()
+    now += dt.timedelta(seconds=1)  # the next fire claims this slot, and drafts until `go`
+
+    async def drafting() -> bool:
+        return drafter.waiting == 1
+
+    await eventually(drafting, "a fire claimed the next slot and is drafting")
+    stopping = asyncio.create_task(service.stop())
+
+    async def stepped_down() -> bool:
+        return not service.leading
+
+    await eventually(stepped_down, "the stop is under way: APScheduler is shut down")
+    drafter.go.set()
+    await stopping
+    posts = await store.posts_of("s1")
+    assert [p.state for p in posts] == [PostState.PUBLISHED] * 2 and len(publisher.published) == 2
+
+
+async def test_the_lease_is_renewed_while_catching_up(
+    make_engine: EngineFactory, redis: Redis, redis_url: str, prefix: str, tgi: TGIEmulator
+) -> None:
+    """Catching up after taking the lead drafts posts, which can take longer than the lease
+    lasts: the new leader keeps renewing it meanwhile, so no other replica takes over."""
+    tgi.responder = lambda m: "Release notes are out! #herald"
+    engine = await make_engine()
+    publisher = RecordingPublisher()
+    store = ScheduleStore(redis, Keys(prefix))
+    await store.save(schedule())
+    drafter = held(engine)
+    runner = await make_runner(engine, redis, prefix, publisher, "a", drafter=drafter)
+    renewals = 0
+
+    class CountingLease(LeaderLease):
+        async def renew(self) -> bool:
+            nonlocal renewals
+            renewed = await super().renew()
+            renewals += renewed
+            return renewed
+
+    lease = CountingLease(redis, Keys(prefix), ttl=5.0, poll=0.02)
+    service = SchedulerService(runner, redis, Keys(prefix), lease=lease, clock=lambda: START)
+    await service.start()
+    try:
+
+        async def catching_up() -> bool:
+            return drafter.waiting == 1  # START's slot, caught up with, is being drafted
+
+        await eventually(catching_up, "the new leader catches up")
+        before = renewals
+
+        async def renewed() -> bool:
+            return renewals >= before + 3
+
+        await eventually(renewed, "the lease is renewed while the catch-up drafts", timeout=10)
+        assert service.leading and drafter.waiting == 1
+        drafter.go.set()
+
+        async def published() -> bool:
+            return len(publisher.published) == 1
+
+        await eventually(published, "the caught-up slot is published")
+    finally:
+        drafter.go.set()
+        await service.stop()
+
+
+class SwallowingRedis:
+    """redis-py on Python 3.11: `asyncio.wait_for` returns the result instead of raising when
+    a cancellation arrives as the awaited send completes. Here every pub/sub poll does that."""
+
+    def __init__(self, redis: Redis) -> None:
+        self._redis = redis
+        self.polling = asyncio.Event()
+        self.swallow = True
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._redis, name)
+
+    def pubsub(self, **kwargs: Any) -> Any:
+        pubsub = self._redis.pubsub(**kwargs)
+        poll = pubsub.get_message
+
+        async def get_message(**kwargs: Any) -> Any:
+            self.polling.set()
+            try:
+                return await poll(**kwargs)
+            except asyncio.CancelledError:
+                if not self.swallow:
+                    raise
+                return None
+
+        pubsub.get_message = get_message  # type: ignore[method-assign]
+        return pubsub
+
+
+async def test_a_swallowed_cancellation_still_stops_the_service(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    runner = await make_runner(await make_engine(), redis, prefix, RecordingPublisher(), "a")
+    swallowing = SwallowingRedis(redis)
+    service = SchedulerService(
+        runner,
+        swallowing,  # type: ignore[arg-type]
+        Keys(prefix),
+        lease=LeaderLease(redis, Keys(prefix), ttl=5.0, poll=0.05),
+    )
+    await service.start()
+
+    async def settled() -> bool:  # leading, its scheduler running, the watcher in its poll
+        scheduler = service.scheduler
+        return scheduler is not None and scheduler.running and swallowing.polling.is_set()
+
+    await eventually(settled, "the service leads and watches for changes")
+    stopping = asyncio.create_task(service.stop())
+    done, _ = await asyncio.wait({stopping}, timeout=30)  # a bound for a broken stop, not a pace
+    swallowing.swallow = False  # from here on, cancelling works: a failed run can still tear down
+    assert stopping in done, "stop() never returned: the watcher ignored its cancellation"
+    await stopping
+    assert not service.leading
+    assert not await redis.exists(Keys(prefix).scheduler_lease())
+
+
+async def test_stopping_while_taking_the_lead(
+    make_engine: EngineFactory, redis: Redis, prefix: str, tgi: TGIEmulator
+) -> None:
+    """`stop` while the new leader loads its jobs: no error, and no scheduler left running."""
+    runner = await make_runner(await make_engine(), redis, prefix, RecordingPublisher(), "a")
+    loading = asyncio.Event()
+
+    class SlowStore(ScheduleStore):
+        async def all(self) -> list[Schedule]:
+            loading.set()
+            await asyncio.Event().wait()  # until cancelled
+            raise AssertionError("unreachable")
+
+    runner.store = SlowStore(redis, Keys(prefix))
+    service = SchedulerService(runner, redis, Keys(prefix), lease=LeaderLease(redis, Keys(prefix)))
+    await service.start()
+    await asyncio.wait_for(loading.wait(), 30)
+    scheduler = service.scheduler
+    assert scheduler is not None
+    await service.stop()  # before the fix: SchedulerNotRunningError
+    assert not service.leading and not scheduler.running
 
 
 async def test_schedules_survive_a_restart(redis: Redis, redis_url: str, prefix: str) -> None:

@@ -58,15 +58,6 @@ async def start_bot(make_engine: EngineFactory, telegram: TelegramEmulator) -> A
         await bot.stop()
 
 
-async def answer_in(
-    telegram: TelegramEmulator, chat_id: int, count: int, thread_id: int | None = None
-) -> str:
-    """Wait until the bot has sent `count` messages there and the last is final; its text."""
-    await telegram.wait_until(lambda: len(telegram.messages_in(chat_id, thread_id)) >= count, timeout=10)
-    await asyncio.sleep(0.05)
-    return telegram.messages_in(chat_id, thread_id)[count - 1].text
-
-
 async def settled(telegram: TelegramEmulator, chat_id: int, expected: str) -> None:
     await telegram.wait_until(
         lambda: any(m.text == expected for m in telegram.messages_in(chat_id)), timeout=10
@@ -292,7 +283,9 @@ async def test_forum_topics_and_group_migration(
             await asyncio.sleep(0.01)
     telegram.migrate_group(-42, -1009)
     new = telegram.group(-1009, "Small group", supergroup=True)
-    await asyncio.sleep(0.3)  # the service messages are handled
+    async with asyncio.timeout(5):  # the service messages are handled: the memory moved
+        while len(await engine.memory.history(ConversationKey("telegram", "-1009", None))) < 2:  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
     telegram.send_user_message(new, BOB, "@HeraldBot what is my name")
     await settled(telegram, -1009, "Your name is Bob.")
 

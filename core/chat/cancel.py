@@ -17,6 +17,7 @@ from redis.exceptions import RedisError
 
 from core.platform import ConversationKey
 from core.storage.keys import Keys
+from core.storage.redis_client import honour_cancellation
 
 
 @dataclass(slots=True)
@@ -43,7 +44,6 @@ class CancelBus:
         self._running: dict[str, Generation] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
-        self._stopping = False
 
     async def start(self) -> None:
         self._listener = asyncio.create_task(self._listen(), name="herald-cancel-listener")
@@ -52,10 +52,6 @@ class CancelBus:
                 await self._subscribed.wait()
 
     async def stop(self) -> None:
-        # The flag as well as the cancel: on Python 3.11 a cancel that lands as the
-        # listener's read times out can be turned into that timeout, which redis-py
-        # answers with "no message"; the loop then ends at its next poll instead.
-        self._stopping = True
         if self._listener is not None:
             self._listener.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -91,16 +87,17 @@ class CancelBus:
 
     async def _listen(self) -> None:
         delay = 0.1
-        while not self._stopping:
+        while True:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 delay = 0.1
-                while not self._stopping:
+                while True:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None and message.get("type") == "message":
                         self._cancel_local(str(message["data"]))
+                    honour_cancellation()  # `stop`'s cancel, should the read have swallowed it
             except (RedisError, OSError) as exc:
                 self._log.warning("cancel listener lost Redis (%s); reconnecting", exc)
                 await asyncio.sleep(delay)

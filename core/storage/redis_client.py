@@ -10,6 +10,8 @@ store unavailable" answers and locks left behind until their lease expired.
 
 from __future__ import annotations
 
+import asyncio
+
 from redis.asyncio import BlockingConnectionPool, Redis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
@@ -36,3 +38,17 @@ def connect_redis(
         health_check_interval=15,
     )
     return Redis.from_pool(pool)  # the client owns the pool and closes it
+
+
+def honour_cancellation() -> None:
+    """Raise the CancelledError that a library swallowed.
+
+    On Python 3.11, `asyncio.wait_for` returns the result instead of raising when the
+    cancellation arrives just as the awaited operation completes, and redis-py sends
+    every command through it: a task cancelled during a Redis call can carry on as if
+    nothing happened (its `cancelling()` count stays up). A loop that runs until it is
+    cancelled calls this between rounds, or it could run on forever.
+    """
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError

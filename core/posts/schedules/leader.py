@@ -20,6 +20,7 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.storage.keys import Keys
+from core.storage.redis_client import honour_cancellation
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -84,6 +85,7 @@ class LeaderLease:
                 elif was_leading and not leading:
                     self._log.warning("this replica lost the scheduler lease")
                     await on_deposed()
+                honour_cancellation()
                 await asyncio.sleep(self._poll)
         finally:
             if self.leading:

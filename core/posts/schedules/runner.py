@@ -22,8 +22,8 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterator, Mapping, Sequence
-from typing import Protocol
+from collections.abc import Callable, Coroutine, Mapping, Sequence
+from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
@@ -46,6 +46,7 @@ from core.posts.schedules.store import (
 )
 from core.posts.targets import Target
 from core.storage.keys import Keys
+from core.storage.redis_client import honour_cancellation
 
 Clock = Callable[[], dt.datetime]
 
@@ -310,7 +311,7 @@ class SchedulerService:
         self._log = logger or logging.getLogger("herald.scheduler")
         self._scheduler: AsyncIOScheduler | None = None
         self._tasks: list[asyncio.Task[None]] = []
-        self._runs = 0  # runs under way (fires and catch-up)
+        self._runs: set[asyncio.Task[None]] = set()  # runs under way (fires and catch-ups)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -327,14 +328,20 @@ class SchedulerService:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(drain):
                 await self._idle.wait()
-        for task in self._tasks:
+        tasks = [*self._tasks, *self._runs]
+        for task in tasks:
             task.cancel()
-        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await asyncio.gather(*tasks, return_exceptions=True)
         await self._runner.close()
 
     @property
     def leading(self) -> bool:
         return self._scheduler is not None
+
+    @property
+    def scheduler(self) -> AsyncIOScheduler | None:
+        """The leader's APScheduler (started before it is shown here); None while not leading."""
+        return self._scheduler
 
     async def catch_up(self, now: dt.datetime) -> None:
         """Run each schedule's latest slot within the grace period (claimed at most once)."""
@@ -345,13 +352,21 @@ class SchedulerService:
 
     async def _elected(self) -> None:
         scheduler = AsyncIOScheduler(timezone=dt.UTC)
+        scheduler.start()  # before `_deposed` can see it: `stop` may come during `reload`
         self._scheduler = scheduler
         await self.reload()
-        scheduler.start()
-        with self._run():
-            now = self._clock()
+        if self._scheduler is not scheduler:
+            return  # stopped meanwhile
+        # Catching up drafts posts, which can take longer than the lease lasts: not in the
+        # lease's loop, which has to keep renewing meanwhile.
+        self._run_beside(self._catch_up_after_election(self._clock()), "scheduler-catch-up")
+
+    async def _catch_up_after_election(self, now: dt.datetime) -> None:
+        try:
             await self._runner.resume(since=now - self._grace)
             await self.catch_up(now)
+        except Exception:
+            self._log.exception("catching up after taking the lead failed")
 
     async def _deposed(self) -> None:
         scheduler, self._scheduler = self._scheduler, None
@@ -377,32 +392,38 @@ class SchedulerService:
                 max_instances=1,
             )
 
-    @contextlib.contextmanager
-    def _run(self) -> Iterator[None]:
-        """A run under way: `stop` lets it finish, so a slot it claimed gets its post."""
-        self._runs += 1
+    def _run_beside(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
+        """A run under way, in a task of its own: `stop` lets it finish, so a slot it claimed
+        gets its post. Nothing else cancels it, APScheduler included (its shutdown cancels
+        the jobs under way)."""
+        task = asyncio.create_task(work, name=name)
+        self._runs.add(task)
         self._idle.clear()
-        try:
-            yield
-        finally:
-            self._runs -= 1
-            if not self._runs:
-                self._idle.set()
+        task.add_done_callback(self._run_done)
+        return task
+
+    def _run_done(self, task: asyncio.Task[None]) -> None:
+        self._runs.discard(task)
+        if not self._runs:
+            self._idle.set()
 
     async def _fire(self, schedule_id: str) -> None:
-        with self._run():
-            if not self.leading:  # a fire that was due just as this replica stepped down
-                return
+        await asyncio.shield(self._run_beside(self._fire_run(schedule_id), f"scheduler-fire-{schedule_id}"))
+
+    async def _fire_run(self, schedule_id: str) -> None:
+        if not self.leading:  # a fire that was due just as this replica stepped down
+            return
+        slot = None
+        try:
             schedule = await self._runner.store.get(schedule_id)
             if schedule is None:
                 return
             slot = last_fire(self._trigger_for(schedule), self._clock(), self._grace)
             if slot is None:
                 return
-            try:
-                await self._runner.run_slot(schedule, slot)
-            except Exception:
-                self._log.exception("schedule %s failed at %s", schedule_id, slot)
+            await self._runner.run_slot(schedule, slot)
+        except Exception:  # logged here: APScheduler may have stopped waiting for this run
+            self._log.exception("schedule %s failed at %s", schedule_id, slot)
 
     async def _watch_changes(self) -> None:
         while True:
@@ -413,6 +434,7 @@ class SchedulerService:
                     message = await pubsub.get_message(timeout=1.0)
                     if message is not None:
                         await self.reload()
+                    honour_cancellation()
             except (RedisError, OSError) as exc:
                 self._log.warning("schedule watcher lost Redis (%s); retrying", exc)
                 await asyncio.sleep(1.0)
