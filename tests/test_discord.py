@@ -186,7 +186,9 @@ async def test_reset_persona_cancel_as_slash_commands(
         user=ada,
         guild_id=GUILD,
     )
-    await discord_emu.wait_until(lambda: discord_emu.interaction_response(asking) is not None, 10)
+    await discord_emu.wait_until(  # the answer is streaming (not just deferred): there is one to stop
+        lambda: (r := discord_emu.interaction_response(asking)) is not None and r.content.startswith("w0"), 10
+    )
     await command("cancel", [], "Stopping the current answer.")
     await discord_emu.wait_until(
         lambda: (

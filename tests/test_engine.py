@@ -4,11 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import re
+from collections.abc import Sequence
 
+from redis.asyncio import Redis
+
+from bots.runtime import build_engine, build_llm
 from core import messages
 from core.chat.engine import Outcome
+from core.llm.base import ChatMessage, LLMClient, PreparedPrompt
+from core.llm.forwarding import ForwardingLLM
 from core.platform import Button, Capabilities, ConversationKey
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, SettingsFactory
 from tests.emulators.tgi import Fault, TGIEmulator
 from tests.support import RecordingSurface, event
 
@@ -194,6 +200,47 @@ async def test_cancel_from_another_process(make_engine: EngineFactory, tgi: TGIE
     assert history[-1].partial and len(history[-1].content.split()) < 200
     _, idle = await ask(other, "/cancel")
     assert idle.last.startswith("Nothing to cancel")
+
+
+class HeldPrompt(ForwardingLLM):
+    """The model client, holding every prompt until `go` is set: a turn that has begun
+    but whose generation has not, for as long as the test needs."""
+
+    def __init__(self, inner: LLMClient) -> None:
+        super().__init__(inner)
+        self.go = asyncio.Event()
+        self.held = asyncio.Event()
+
+    async def prepare(self, messages: Sequence[ChatMessage]) -> PreparedPrompt:
+        self.held.set()
+        await self.go.wait()
+        return await super().prepare(messages)
+
+
+async def test_cancel_before_the_generation_starts_stops_it(
+    make_settings: SettingsFactory, redis: Redis, tgi: TGIEmulator
+) -> None:
+    """/cancel while the answer's prompt is being built: "Stopping" is true."""
+    settings = make_settings()
+    llm = HeldPrompt(build_llm(settings))
+    await llm.start()
+    engine = build_engine(settings, redis, llm)
+    await engine.cancels.start()
+    try:
+        tgi.responder = lambda messages: "an answer that should never be shown"
+        surface = RecordingSurface()
+        answering = asyncio.create_task(engine.handle(event("talk"), surface))
+        await asyncio.wait_for(llm.held.wait(), 10)  # its turn began; the prompt is held
+        outcome, told = await ask(engine, "/cancel")
+        assert outcome is Outcome.COMMAND and told.last == "Stopping the current answer."
+        llm.go.set()
+        assert await answering is Outcome.STOPPED
+        assert surface.texts == ["⏹️ Stopped."]
+        _, next_one = await ask(engine, "talk again")  # a request is for one answer only
+        assert next_one.last == "an answer that should never be shown"
+    finally:
+        await engine.cancels.stop()
+        await llm.close()
 
 
 async def test_commands(make_engine: EngineFactory, tgi: TGIEmulator) -> None:

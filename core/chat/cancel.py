@@ -1,7 +1,10 @@
 """Stopping a conversation's in-flight generation, in whichever process runs it.
 
 `/cancel` publishes the conversation key on a Redis channel; every process
-listens and cancels its local generation task for that key, if it has one.
+listens and cancels its local generation task for that key, if it has one. A
+request that arrives while the conversation's turn has begun but its generation
+has not (the prompt is being built) is remembered, and stops that generation as
+it starts: "Stopping the current answer" is then true.
 """
 
 from __future__ import annotations
@@ -18,6 +21,9 @@ from redis.exceptions import RedisError
 from core.platform import ConversationKey
 from core.storage.keys import Keys
 from core.storage.redis_client import honour_cancellation
+
+#: conversations whose stop request found no generation, remembered at most
+MAX_REMEMBERED = 1024
 
 
 @dataclass(slots=True)
@@ -42,6 +48,8 @@ class CancelBus:
         self._channel = keys.cancel_channel()
         self._log = logger or logging.getLogger(__name__)
         self._running: dict[str, Generation] = {}
+        #: requests that found no generation here, by conversation: when they came
+        self._requested: dict[str, float] = {}
         self._listener: asyncio.Task[None] | None = None
         self._subscribed = asyncio.Event()
 
@@ -66,8 +74,15 @@ class CancelBus:
         return len(running)
 
     @contextlib.contextmanager
-    def track(self, conv: ConversationKey, task: asyncio.Task[object]) -> Iterator[Generation]:
+    def track(
+        self, conv: ConversationKey, task: asyncio.Task[object], *, since: float
+    ) -> Iterator[Generation]:
+        """Make `task` stoppable; a request made since `since` (the turn's start, on the
+        loop's clock) that found no generation yet stops it at once."""
         generation = Generation(task)
+        requested = self._requested.pop(str(conv), None)
+        if requested is not None and requested >= since:
+            generation.cancel()
         self._running[str(conv)] = generation
         try:
             yield generation
@@ -84,6 +99,12 @@ class CancelBus:
         generation = self._running.get(key)
         if generation is not None:
             generation.cancel()
+            return
+        now = asyncio.get_running_loop().time()
+        if len(self._requested) >= MAX_REMEMBERED:  # forget the oldest half
+            for old in sorted(self._requested, key=self._requested.__getitem__)[: MAX_REMEMBERED // 2]:
+                del self._requested[old]
+        self._requested[key] = now
 
     async def _listen(self) -> None:
         delay = 0.1

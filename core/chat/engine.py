@@ -67,6 +67,7 @@ class EnginePolicy:
 class _Stream:
     started: float  # when the message was taken (monotonic)
     platform: str
+    turn: float  # when the conversation's turn began (the loop's clock): stops since count
     text: str = ""
     tokens: int = 0
     finished: Finished | None = None
@@ -245,6 +246,7 @@ class Engine:
         if self.closing:  # it waited for its turn while the process began to stop
             await say(surface, messages.RESTARTING)
             return Outcome.SHUTTING_DOWN
+        turn = asyncio.get_running_loop().time()
         persona, history = await self.memory.load(conv)
         if continuing and not (history and history[-1].role == "assistant" and history[-1].cut):
             await say(surface, messages.NOTHING_TO_CONTINUE)
@@ -262,7 +264,7 @@ class Engine:
                     conv,
                     built,
                     renderer,
-                    _Stream(started, event.platform),
+                    _Stream(started, event.platform, turn),
                     may_retry=skip < self.policy.overflow_retries,
                 )
                 break
@@ -322,7 +324,7 @@ class Engine:
         *,
         may_retry: bool,
     ) -> _Generated:
-        with self.cancels.track(conv, pump) as generation:
+        with self.cancels.track(conv, pump, since=state.turn) as generation:
             try:
                 await pump
             except asyncio.CancelledError:

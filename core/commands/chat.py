@@ -94,8 +94,9 @@ class ChatCommands:
 
     async def cancel(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         conv = ctx.event.conversation
-        busy = await self._locks.is_held(conv)
-        await self._cancels.request(conv)
+        busy = await self._locks.is_held(conv)  # an answer holds the conversation's turn
+        if busy:  # a request now would stop the next answer, were it still remembered
+            await self._cancels.request(conv)
         await ctx.reply(messages.CANCELLING if busy else messages.NOTHING_TO_CANCEL)
 
 
