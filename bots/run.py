@@ -42,14 +42,20 @@ def build_bots(config: Config, runtime: Runtime, platforms: Sequence[Platform[An
 
 
 def readiness_checks(runtime: Runtime, bots: Bots) -> dict[str, Check]:
-    """What /readyz asks: Redis, the model server, and each platform."""
+    """What /readyz asks: Redis, the model server, each platform, and the scheduler
+    where this replica runs one."""
 
     async def redis() -> bool:
         return bool(await runtime.redis.ping())
 
+    async def scheduler() -> bool:
+        return runtime.scheduling.service.healthy
+
     checks: dict[str, Check] = {"redis": redis, "model": runtime.llm.health}
     for name, bot in bots:
         checks[name] = bot.ready
+    if runtime.settings.scheduler:
+        checks["scheduler"] = scheduler
     return checks
 
 

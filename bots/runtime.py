@@ -262,6 +262,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             waiting=lambda: running.locks.waiting,
             generating=lambda: running.generating,
             leader=lambda: float(scheduling.service.leading),
+            scheduler_healthy=lambda: float(scheduling.service.healthy),
+            schedules_broken=lambda: float(scheduling.service.broken),
         )
         await engine.cancels.start()
         settle_heap()

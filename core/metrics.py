@@ -67,6 +67,10 @@ class Metrics:
         self.model_errors = Counter(
             "herald_model_errors", "Model-server failures, by type", ["type"], registry=registry
         )
+        #: limit: tokens (the server ran past max_new_tokens) or time (HERALD_ANSWER_TIMEOUT)
+        self.answers_limited = Counter(
+            "herald_answers_limited", "Answers stopped at Herald's own limit", ["limit"], registry=registry
+        )
         self.platform_errors = Counter(
             "herald_platform_errors",
             "Platform API calls that failed (kind: rate_limited or error)",
@@ -87,8 +91,21 @@ class Metrics:
         self.generations_in_flight = Gauge(
             "herald_generations_in_flight", "Answers being generated right now", registry=registry
         )
+        self._scheduler_gauges(registry)
+
+    def _scheduler_gauges(self, registry: CollectorRegistry) -> None:
         self.scheduler_leader = Gauge(
             "herald_scheduler_leader", "1 while this process holds the scheduler's lease", registry=registry
+        )
+        self.scheduler_healthy = Gauge(
+            "herald_scheduler_healthy",
+            "1 while this process's scheduler works (its lease and watcher run; a leader has its jobs)",
+            registry=registry,
+        )
+        self.schedules_broken = Gauge(
+            "herald_schedules_broken",
+            "Stored schedules the leader skipped because they cannot be read or scheduled",
+            registry=registry,
         )
         self.posts = Gauge(
             "herald_posts", "Scheduled posts, by lifecycle state", ["state"], registry=registry
@@ -100,12 +117,16 @@ class Metrics:
         waiting: Callable[[], float] | None = None,
         generating: Callable[[], float] | None = None,
         leader: Callable[[], float] | None = None,
+        scheduler_healthy: Callable[[], float] | None = None,
+        schedules_broken: Callable[[], float] | None = None,
     ) -> None:
         """Read these gauges from whoever keeps the state, at every scrape."""
         for gauge, read in (
             (self.conversations_waiting, waiting),
             (self.generations_in_flight, generating),
             (self.scheduler_leader, leader),
+            (self.scheduler_healthy, scheduler_healthy),
+            (self.schedules_broken, schedules_broken),
         ):
             if read is not None:
                 gauge.set_function(read)

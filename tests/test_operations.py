@@ -137,7 +137,7 @@ async def test_health_readiness_metrics_and_logs(
         status, body = await herald.ready()
         assert (status, body) == (
             200,
-            {"ready": True, "checks": {"redis": "ok", "model": "ok", "telegram": "ok"}},
+            {"ready": True, "checks": {"redis": "ok", "model": "ok", "telegram": "ok", "scheduler": "ok"}},
         )
 
         before = await herald.metrics()
@@ -167,7 +167,12 @@ async def test_health_readiness_metrics_and_logs(
         # each dependency down in turn: 503, naming it and only it
         tgi.healthy = False
         status, body = await herald.ready()
-        assert status == 503 and body["checks"] == {"redis": "ok", "model": "not ready", "telegram": "ok"}
+        assert status == 503 and body["checks"] == {
+            "redis": "ok",
+            "model": "not ready",
+            "telegram": "ok",
+            "scheduler": "ok",
+        }
         tgi.healthy = True
         assert (await herald.ready())[0] == 200
 

@@ -86,15 +86,17 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
 ) -> None:
     import datetime as dt
     import json
+    from zoneinfo import ZoneInfo
 
     from core.posts.schedules.recurrence import parse_recurrence
 
+    day = dt.date.today() + dt.timedelta(days=40)  # always ahead: a time in the past is refused
     engine = await make_engine()
     tgi.responder = lambda m: "Herald 2.0 ships today! #herald"  # type: ignore[attr-defined]
     drafted = await say(engine, "/draft x announce the release")
     draft_id = re.search(r"/schedule draft (\w+)", drafted)[1]  # type: ignore[index]
-    added = await say(engine, f'/schedule draft {draft_id} at="2026-12-01 09:00" tz=Europe/Berlin mode=auto')
-    assert added.startswith("Scheduled `") and "once at 2026-12-01 09:00 (Europe/Berlin) → x, auto" in added
+    added = await say(engine, f'/schedule draft {draft_id} at="{day} 09:00" tz=Europe/Berlin mode=auto')
+    assert added.startswith("Scheduled `") and f"once at {day} 09:00 (Europe/Berlin) → x, auto" in added
     schedule_id = re.match(r"Scheduled `(\w+)`", added)[1]  # type: ignore[index]
     store = ScheduleStore(redis, Keys(prefix))
     stored = await store.get(schedule_id)
@@ -102,9 +104,10 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
         stored is not None and stored.fixed_text == "Herald 2.0 ships today! #herald" and stored.max_runs == 1
     )
     fires = parse_recurrence(stored.recurrence, stored.timezone).next_fires(
-        dt.datetime(2026, 11, 27, tzinfo=dt.UTC), 3
+        dt.datetime.now(dt.UTC), 3
     )
-    assert [f.isoformat() for f in fires] == ["2026-12-01T09:00:00+01:00"]  # exactly once
+    nine = dt.datetime.combine(day, dt.time(9, 0), tzinfo=ZoneInfo("Europe/Berlin"))
+    assert [f.isoformat() for f in fires] == [nine.isoformat()]  # exactly once
 
     plan = {
         "name": "Launch",
@@ -112,7 +115,7 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
         "key_messages": ["fast"],
         "posts": [
             {
-                "date": "2026-12-02",
+                "date": (day + dt.timedelta(days=1)).isoformat(),
                 "time": "10:30",
                 "target": "telegram",
                 "text": "Day one!",
@@ -124,10 +127,12 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
     planned = await say(engine, "/campaign posts=1 channels=telegram Launch")
     campaign_id = re.search(r"/schedule campaign (\w+)", planned)[1]  # type: ignore[index]
     added = await say(engine, f"/schedule campaign {campaign_id} 1")
-    assert "once at 2026-12-02 10:30 (UTC) → telegram, approve" in added
-    assert (await say(engine, f"/schedule campaign {campaign_id} 7")).startswith("Usage: /schedule campaign")
-    assert (await say(engine, '/schedule draft nope at="2026-12-01 09:00"')).startswith(
-        "Usage: /schedule draft"
+    assert f"once at {day + dt.timedelta(days=1)} 10:30 (UTC) → telegram, approve" in added
+    assert await say(engine, f"/schedule campaign {campaign_id} 7") == (
+        f"Campaign `{campaign_id}` has 1 post: pick 1 to 1."
+    )
+    assert await say(engine, f'/schedule draft nope at="{day} 09:00"') == (
+        "There is no draft `nope` (drafts are kept 30 days). /draft writes one."
     )
 
 

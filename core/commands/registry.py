@@ -9,8 +9,10 @@ word in text, and chosen as a Discord subcommand.
 
 from __future__ import annotations
 
+import difflib
 import enum
 import re
+import unicodedata
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -205,17 +207,33 @@ def _arguments(
 def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
     """`name=value` (or `name="a few words"`) words set keyword-only arguments wherever
     they stand; the other words fill the positional arguments in order, and the last
-    positional one takes the rest of the text as written (line breaks included)."""
+    positional one takes the rest of the text as written (line breaks included).
+
+    Strict where a mistake would otherwise slip into the post: an option given twice,
+    a quote never closed, or a word that looks like a misspelt option is refused."""
     keyword = {arg.name for arg in spec.args if arg.keyword_only}
     values: dict[str, object] = {}
     kept: list[str] = []
     last = 0
-    for word in _WORD.finditer(text):
+    for word in _WORD.finditer(text) if keyword else ():
         name, sep, value = word.group().partition("=")
-        if sep and name in keyword and name not in values:
-            values[name] = word["quoted"] if word["quoted"] is not None else value
-            kept.append(text[last : word.start()])
-            last = word.end()
+        if not sep:
+            continue
+        key = name.lower()
+        if key not in keyword:
+            guess = _misspelt(key, keyword)
+            if guess:
+                raise CommandError(f"Unknown option {name}= (did you mean {guess}=?)")
+            continue
+        if key in values:
+            raise CommandError(f"{key}= is given twice; give each option once.")
+        if word["quoted"] is None and value.startswith('"'):
+            raise CommandError(
+                f'The quote in {word.group()} is never closed: write {key}="…" with a closing ".'
+            )
+        values[key] = word["quoted"] if word["quoted"] is not None else value
+        kept.append(text[last : word.start()])
+        last = word.end()
     rest = "".join(kept) + text[last:]
     positional = [arg for arg in spec.args if not arg.keyword_only]
     words = list(re.finditer(r"\S+", rest))
@@ -225,6 +243,15 @@ def _split_positional(spec: CommandSpec, text: str) -> dict[str, object]:
         remainder = rest[words[0].start() :].strip()
         values[positional[0].name if positional else "extra words"] = remainder
     return values
+
+
+def _misspelt(name: str, options: set[str]) -> str | None:
+    """The option `name=` most likely meant (`tärget` → `target`), if it is that close."""
+    plain = unicodedata.normalize("NFKD", name)
+    plain = "".join(c for c in plain if not unicodedata.combining(c)).casefold()
+    found = difflib.get_close_matches(plain, sorted(options), n=1, cutoff=0.8)
+    found = found or difflib.get_close_matches(name.casefold(), sorted(options), n=1, cutoff=0.8)
+    return found[0] if found else None
 
 
 def _convert(how: str, arg: ArgSpec, value: object) -> object:

@@ -11,6 +11,7 @@ platform. Times are in the zone a command names, else the chat's own
 from __future__ import annotations
 
 import datetime as dt
+import logging
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
@@ -23,6 +24,8 @@ from core.posts.schedules.actions import PostActions
 from core.posts.schedules.recurrence import RecurrenceError, parse_recurrence
 from core.posts.schedules.store import Mode, Schedule, ScheduleStore, new_id
 from core.posts.targets import Target
+
+log = logging.getLogger("herald.scheduler")
 
 NOT_ALLOWED = "Only people who manage this chat can change its schedules."
 USAGE = (
@@ -196,9 +199,7 @@ class ScheduleCommands:
         draft_id = str(args["id"])
         kept = await self._saved.draft(draft_id)
         if kept is None:
-            await ctx.reply(
-                'Usage: /schedule draft <draft id> at="2026-12-01 09:00" (drafts are kept 30 days)'
-            )
+            await ctx.reply(f"There is no draft `{draft_id}` (drafts are kept 30 days). /draft writes one.")
             return
         timezone = await self._zone_for(ctx, args)
         if not args.get("at"):
@@ -219,9 +220,15 @@ class ScheduleCommands:
         """One post of a saved campaign, published once at its suggested date and time."""
         campaign = await self._saved.campaign(str(args["id"]))
         number = int(args["number"])
-        if campaign is None or number > len(campaign.posts):
+        if campaign is None:
             await ctx.reply(
-                "Usage: /schedule campaign <campaign id> <post number> (campaigns are kept 30 days)"
+                f"There is no campaign `{args['id']}` (campaigns are kept 30 days). /campaign plans one."
+            )
+            return
+        if number > len(campaign.posts):
+            count = len(campaign.posts)
+            await ctx.reply(
+                f"Campaign `{args['id']}` has {count} post{'s' if count != 1 else ''}: pick 1 to {count}."
             )
             return
         post = campaign.posts[number - 1]
@@ -274,13 +281,25 @@ class ScheduleCommands:
     ) -> None:
         """Save a schedule for the chat the command came from, and say when it runs first
         (or why `when` is not a time it understands)."""
+        now = dt.datetime.now(dt.UTC)
         try:
             recurrence = parse_recurrence(when, timezone)
+            first = recurrence.next_fires(now, 1)  # the whole definition, tried before it is saved
         except RecurrenceError as exc:
             await ctx.reply(str(exc))
             return
+        except (OverflowError, ValueError) as exc:
+            log.warning("schedule %r in %s cannot be computed: %r", when, timezone, exc)
+            await ctx.reply(
+                f"I can't work out when {when!r} would run; try a shorter interval or another time."
+            )
+            return
+        end = fields.get("end_date")
+        problem = _never_runs(when, first, dt.date.fromisoformat(end) if end else None)
+        if problem:
+            await ctx.reply(problem)
+            return
         event = ctx.event
-        now = dt.datetime.now(dt.UTC)
         schedule = Schedule(
             id=new_id(),
             platform=event.platform,
@@ -294,9 +313,7 @@ class ScheduleCommands:
             **fields,
         )
         await self._store.save(schedule)
-        first = recurrence.next_fires(now, 1)
-        when_next = first[0].strftime("%a %d %b %Y %H:%M %Z") if first else "never"
-        await ctx.reply(f"Scheduled `{schedule.id}`: {describe(schedule)}\nNext run: {when_next}.")
+        await ctx.reply(f"Scheduled `{schedule.id}`: {describe(schedule)}\nNext run: {_shown(first[0])}.")
 
     async def _in_chat(self, ctx: CommandContext, args: dict[str, Any]) -> Schedule | None:
         """The schedule named, if it belongs to this chat; else the person is told."""
@@ -313,6 +330,21 @@ class ScheduleCommands:
             return str(args["tz"])
         event = ctx.event
         return await self._store.chat_timezone(event.platform, event.chat_id) or self._default_timezone
+
+
+def _shown(moment: dt.datetime) -> str:
+    return moment.strftime("%a %d %b %Y %H:%M %Z")
+
+
+def _never_runs(when: str, first: list[dt.datetime], until: dt.date | None) -> str:
+    """Why a schedule would never run (a time in the past, an end before its start), or ""."""
+    if not first:
+        return f"{when!r} is in the past, so it would never run."
+    if until is not None and first[0].date() > until:
+        return (
+            f"until={until.isoformat()} is before the first run ({_shown(first[0])}), so it would never run."
+        )
+    return ""
 
 
 def _is_zone(name: str) -> bool:

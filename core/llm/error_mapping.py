@@ -19,6 +19,7 @@ import aiohttp
 from text_generation import errors as tg_errors
 
 from core.llm.errors import (
+    ConnectionLost,
     ContextTooLong,
     GenerationFailed,
     InvalidRequest,
@@ -191,7 +192,7 @@ def error_from_exception(exc: BaseException, *, in_body: bool, streaming: bool) 
             return StreamStalled("no data from the model server within the idle timeout")
         return ModelUnreachable("no answer from the model server within the idle timeout")
     if in_body and streaming:
-        return GenerationFailed(f"connection lost mid-stream ({name}: {exc})")
+        return ConnectionLost(f"connection lost mid-stream ({name}: {exc})")
     if isinstance(exc, aiohttp.ClientResponseError | aiohttp.ClientPayloadError) and streaming:
         return GenerationFailed(f"bad response ({name}: {exc})")
     return ModelUnreachable(f"connection failed ({name}: {exc})")

@@ -50,3 +50,9 @@ class GenerationFailed(LLMError):
 
 class StreamStalled(GenerationFailed):
     user_message = "The model stopped responding while answering."
+
+
+class ConnectionLost(GenerationFailed):
+    """The connection to the model server broke while an answer was streaming."""
+
+    user_message = "I lost the connection to the model server while answering — try again."

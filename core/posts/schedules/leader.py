@@ -68,6 +68,20 @@ class LeaderLease:
                 await self._release(keys=[self._key], args=[self.owner])
         self.leading = False
 
+    async def _elect(self, on_elected: Callback, on_deposed: Callback) -> bool:
+        """Start leading; if that fails, say so loudly and give the lease back at once, so
+        that another replica (or this one, next round) can try: a leader that runs no
+        scheduler must not hold the lease."""
+        try:
+            await on_elected()
+            return True
+        except Exception:
+            self._log.exception("this replica could not start the scheduler; giving up the lease")
+            await on_deposed()
+            await self.release()
+            await asyncio.sleep(self._poll)
+            return False
+
     async def run(self, on_elected: Callback, on_deposed: Callback) -> None:
         """Campaign for the lease forever; call back when leadership starts or ends."""
         try:
@@ -81,7 +95,8 @@ class LeaderLease:
                     self.leading = False
                 if leading and not was_leading:
                     self._log.info("this replica now runs the scheduler")
-                    await on_elected()
+                    if not await self._elect(on_elected, on_deposed):
+                        continue
                 elif was_leading and not leading:
                     self._log.warning("this replica lost the scheduler lease")
                     await on_deposed()

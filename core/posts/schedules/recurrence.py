@@ -190,6 +190,8 @@ class Recurrence:
 
 
 _ONCE = re.compile(r"once at (?P<date>\d{4}-\d{2}-\d{2})[ t](?P<time>\d{1,2}:\d{2})")
+#: the longest interval: beyond it, dates leave what a calendar (and APScheduler) can count
+MAX_INTERVAL_DAYS = 3650
 
 
 def parse_recurrence(text: str, timezone: str) -> Recurrence:
@@ -215,7 +217,11 @@ def parse_recurrence(text: str, timezone: str) -> Recurrence:
         at = _parse_time(m["time"]) if m["time"] else None
         if n < 1:
             raise RecurrenceError(f"The interval in {text!r} must be at least 1, e.g. 'every 2 hours'.")
-        if m["unit"].startswith("hour"):
+        hourly = m["unit"].startswith("hour")
+        if n > (MAX_INTERVAL_DAYS * 24 if hourly else MAX_INTERVAL_DAYS):
+            longest = f"every {MAX_INTERVAL_DAYS * 24} hours" if hourly else f"every {MAX_INTERVAL_DAYS} days"
+            raise RecurrenceError(f"The interval in {text!r} is too long: at most {longest}.")
+        if hourly:
             if at is not None:
                 raise RecurrenceError(f"{text!r}: hourly schedules take no time of day. Try 'every 2 hours'.")
             return Recurrence(text, timezone, "interval", every_hours=n)

@@ -314,6 +314,8 @@ class SchedulerService:
         self._runs: set[asyncio.Task[None]] = set()  # runs under way (fires and catch-ups)
         self._idle = asyncio.Event()
         self._idle.set()
+        #: stored schedules the last load skipped (unreadable, or no trigger can be made)
+        self.broken = 0
 
     async def start(self) -> None:
         self._tasks = [
@@ -339,16 +341,29 @@ class SchedulerService:
         return self._scheduler is not None
 
     @property
+    def healthy(self) -> bool:
+        """Working: the lease and watcher loops run (none died), and a leader's scheduler
+        runs. Broken definitions are skipped and counted (`broken`), not fatal."""
+        if not self._tasks or any(task.done() for task in self._tasks):
+            return False
+        scheduler = self._scheduler
+        return scheduler is None or bool(scheduler.running)
+
+    @property
     def scheduler(self) -> AsyncIOScheduler | None:
         """The leader's APScheduler (started before it is shown here); None while not leading."""
         return self._scheduler
 
     async def catch_up(self, now: dt.datetime) -> None:
-        """Run each schedule's latest slot within the grace period (claimed at most once)."""
+        """Run each schedule's latest slot within the grace period (claimed at most once);
+        one that fails is logged, and the others still run."""
         for schedule in await self._runner.store.all():
-            slot = last_fire(self._trigger_for(schedule), now, self._grace)
-            if slot is not None:
-                await self._runner.run_slot(schedule, slot)
+            try:
+                slot = last_fire(self._trigger_for(schedule), now, self._grace)
+                if slot is not None:
+                    await self._runner.run_slot(schedule, slot)
+            except Exception:
+                self._log.exception("schedule %s could not catch up; the others go on", schedule.id)
 
     async def _elected(self) -> None:
         scheduler = AsyncIOScheduler(timezone=dt.UTC)
@@ -378,19 +393,27 @@ class SchedulerService:
         scheduler = self._scheduler
         if scheduler is None:
             return
+        stored = await self._runner.store.count()
+        schedules = await self._runner.store.all()  # unreadable ones are logged and left out
+        broken = stored - len(schedules)
         scheduler.remove_all_jobs()
-        for schedule in await self._runner.store.all():
+        for schedule in schedules:
             if schedule.paused:
                 continue
-            scheduler.add_job(
-                self._fire,
-                trigger=self._trigger_for(schedule),
-                args=[schedule.id],
-                id=schedule.id,
-                misfire_grace_time=int(self._grace.total_seconds()),
-                coalesce=True,
-                max_instances=1,
-            )
+            try:
+                scheduler.add_job(
+                    self._fire,
+                    trigger=self._trigger_for(schedule),
+                    args=[schedule.id],
+                    id=schedule.id,
+                    misfire_grace_time=int(self._grace.total_seconds()),
+                    coalesce=True,
+                    max_instances=1,
+                )
+            except Exception as exc:  # a definition no trigger can be made from: skip it alone
+                broken += 1
+                self._log.error("skipping schedule %s: it cannot be scheduled (%r)", schedule.id, exc)
+        self.broken = broken
 
     def _run_beside(self, work: Coroutine[Any, Any, None], name: str) -> asyncio.Task[None]:
         """A run under way, in a task of its own: `stop` lets it finish, so a slot it claimed

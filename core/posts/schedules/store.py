@@ -16,13 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import enum
 import json
+import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from typing import Any
+from typing import Any, TypeVar
 
 from redis.asyncio import Redis
 
 from core.storage.keys import Keys
+
+R = TypeVar("R")
 
 
 class Mode(enum.Enum):
@@ -58,6 +62,11 @@ class InvalidTransition(Exception):
     pass
 
 
+class BadRecord(ValueError):
+    """A stored schedule or post that cannot be read (corrupt, or written by another
+    version): skipped and logged, never allowed to stop the others."""
+
+
 @dataclass(frozen=True, slots=True)
 class Schedule:
     id: str
@@ -85,9 +94,15 @@ class Schedule:
 
     @staticmethod
     def decode(raw: str | bytes) -> Schedule:
-        data = json.loads(raw)
-        data["mode"] = Mode(data["mode"])
-        return Schedule(**data)
+        try:
+            data = json.loads(raw)
+            data["mode"] = Mode(data["mode"])
+            schedule = Schedule(**data)
+            if schedule.end_date is not None:
+                dt.date.fromisoformat(schedule.end_date)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BadRecord(f"unreadable schedule: {exc!r}") from None
+        return schedule
 
     def ends_before(self, slot: dt.datetime) -> bool:
         return self.end_date is not None and slot.date() > dt.date.fromisoformat(self.end_date)
@@ -115,10 +130,13 @@ class Post:
 
     @staticmethod
     def decode(raw: str | bytes) -> Post:
-        data = json.loads(raw)
-        data["state"] = PostState(data["state"])
-        data["history"] = tuple(data.get("history", ()))
-        return Post(**data)
+        try:
+            data = json.loads(raw)
+            data["state"] = PostState(data["state"])
+            data["history"] = tuple(data.get("history", ()))
+            return Post(**data)
+        except (ValueError, TypeError, KeyError) as exc:
+            raise BadRecord(f"unreadable post: {exc!r}") from None
 
 
 def new_id() -> str:
@@ -138,10 +156,11 @@ return 1
 
 
 class ScheduleStore:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: Redis, keys: Keys, *, logger: logging.Logger | None = None) -> None:
         self._redis = redis
         self._keys = keys
         self._move = redis.register_script(_MOVE)
+        self._log = logger or logging.getLogger("herald.scheduler")
 
     async def save(self, schedule: Schedule) -> None:
         pipe = self._redis.pipeline(transaction=True)
@@ -151,11 +170,24 @@ class ScheduleStore:
 
     async def get(self, schedule_id: str) -> Schedule | None:
         raw = await self._redis.hget(self._keys.schedules(), schedule_id)
-        return None if raw is None else Schedule.decode(raw)
+        return None if raw is None else self._readable(Schedule.decode, schedule_id, raw)
 
     async def all(self) -> list[Schedule]:
+        """Every readable schedule; one that cannot be read is logged and left out."""
         raw = await self._redis.hgetall(self._keys.schedules())
-        return sorted((Schedule.decode(v) for v in raw.values()), key=lambda s: s.id)
+        found = (self._readable(Schedule.decode, key, value) for key, value in raw.items())
+        return sorted((s for s in found if s is not None), key=lambda s: s.id)
+
+    def _readable(self, decode: Callable[[str | bytes], R], key: object, raw: str | bytes) -> R | None:
+        try:
+            return decode(raw)
+        except BadRecord as exc:
+            self._log.error("skipping stored record %s: %s (the others are unaffected)", key, exc)
+            return None
+
+    async def count(self) -> int:
+        """How many schedules are stored, readable or not."""
+        return int(await self._redis.hlen(self._keys.schedules()))
 
     async def in_chat(self, platform: str, chat_id: str) -> list[Schedule]:
         return [s for s in await self.all() if (s.platform, s.chat_id) == (platform, chat_id)]
@@ -195,18 +227,22 @@ class ScheduleStore:
 
     async def post(self, post_id: str) -> Post | None:
         raw = await self._redis.hget(self._keys.posts(), post_id)
-        return None if raw is None else Post.decode(raw)
+        return None if raw is None else self._readable(Post.decode, post_id, raw)
+
+    async def _posts(self) -> list[Post]:
+        raw = await self._redis.hgetall(self._keys.posts())
+        found = (self._readable(Post.decode, key, value) for key, value in raw.items())
+        return [post for post in found if post is not None]
 
     async def posts_of(self, schedule_id: str) -> list[Post]:
-        raw = await self._redis.hgetall(self._keys.posts())
-        posts = (Post.decode(v) for v in raw.values())
+        posts = await self._posts()
         return sorted((p for p in posts if p.schedule_id == schedule_id), key=lambda p: p.slot)
 
     async def count_by_state(self) -> dict[str, int]:
         """How many posts are in each lifecycle state (reads every post: for metrics)."""
         counts = dict.fromkeys((s.value for s in PostState), 0)
-        for raw in await self._redis.hvals(self._keys.posts()):
-            counts[Post.decode(raw).state.value] += 1
+        for post in await self._posts():
+            counts[post.state.value] += 1
         return counts
 
     async def move(self, post: Post, state: PostState, **changes: Any) -> Post:
@@ -223,8 +259,7 @@ class ScheduleStore:
         return await self._swap(post, replace(post, history=(*post.history, PostState.DRAFT.value)))
 
     async def in_state(self, state: PostState) -> list[Post]:
-        raw = await self._redis.hvals(self._keys.posts())
-        return [post for post in map(Post.decode, raw) if post.state is state]
+        return [post for post in await self._posts() if post.state is state]
 
     async def unwritten(self) -> list[Post]:
         """Claimed posts still waiting for their first draft."""
