@@ -134,6 +134,7 @@ def build_commands(
     access: AccessPolicy,
     locks: ConversationLocks,
     cancels: CancelBus,
+    context: ContextBuilder,
 ) -> CommandRegistry:
     """Herald's commands, each group given what it works with."""
     generation = generation_params(settings)
@@ -147,7 +148,7 @@ def build_commands(
         default_timezone=settings.default_timezone,
     )
     return herald_commands(
-        ChatCommands(memory, access, locks, cancels),
+        ChatCommands(memory, access, locks, cancels, context, llm),
         DraftCommands(drafter, planner, scheduling.saved),
         schedules,
     )
@@ -176,21 +177,29 @@ def build_engine(
         burst=settings.rate_limit_burst,
         daily_tokens=settings.daily_token_quota,
     )
+    context = ContextBuilder(
+        llm,
+        max_new_tokens=settings.max_new_tokens,
+        margin=settings.context_margin,
+        block_messages=settings.context_block_messages,
+    )
     return Engine(
         memory=memory,
         admitter=Admitter(redis, keys, limits),
         locks=locks,
         cancels=cancels,
         llm=llm,
-        context=ContextBuilder(
-            llm,
-            max_new_tokens=settings.max_new_tokens,
-            margin=settings.context_margin,
-            block_messages=settings.context_block_messages,
-        ),
+        context=context,
         access=access,
         commands=build_commands(
-            settings, llm, scheduling, memory=memory, access=access, locks=locks, cancels=cancels
+            settings,
+            llm,
+            scheduling,
+            memory=memory,
+            access=access,
+            locks=locks,
+            cancels=cancels,
+            context=context,
         ),
         policy=EnginePolicy(
             system_prompt=settings.system_prompt,

@@ -160,3 +160,15 @@ async def test_a_lost_connection_is_named(make_engine: EngineFactory, tgi: TGIEm
     assert await engine.handle(event("count"), surface) is Outcome.FAILED
     assert surface.last.startswith("one two three")
     assert "I lost the connection to the model server while answering" in surface.last
+
+
+async def test_a_persona_that_leaves_too_little_room_is_refused(
+    make_engine: EngineFactory, tgi: TGIEmulator, redis: Redis, prefix: str
+) -> None:
+    tgi.max_input_tokens, tgi.max_total_tokens = 500, 800
+    engine = await make_engine(max_new_tokens=256)  # the budget: min(500, 800 - 256) - 32 = 468
+    refused = await say(engine, "/persona set " + "Always answer as a very formal butler would. " * 40)
+    assert refused.startswith("That persona is ") and "the model reads 468 at once" in refused
+    assert "at most 234 of them" in refused
+    assert not [key async for key in redis.scan_iter(match=f"{prefix}:persona:*")]  # nothing saved
+    assert await say(engine, "/persona set pirate") == "Persona set for this chat."

@@ -97,7 +97,7 @@ def leaves() -> Iterator[tuple[CommandSpec, CommandSpec | None]]:
 
     registry = CommandRegistry()
     specs = (
-        *ChatCommands(None, None, None, None).specs(),  # type: ignore[arg-type]
+        *ChatCommands(None, None, None, None, None, None).specs(),  # type: ignore[arg-type]
         *DraftCommands(None, None, object()).specs(),  # type: ignore[arg-type]
         HelpCommand(registry).spec(),
         ScheduleCommands(None, None, None, None).spec(),  # type: ignore[arg-type]

@@ -8,10 +8,12 @@ from core import messages
 from core.chat import personas
 from core.chat.access import AccessPolicy
 from core.chat.cancel import CancelBus
+from core.chat.context import ContextBuilder
 from core.chat.locks import ConversationLocks
 from core.chat.memory import ConversationStore
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandRegistry, CommandSpec, usage
+from core.llm.base import LLMClient
 
 
 class ChatCommands:
@@ -21,11 +23,15 @@ class ChatCommands:
         access: AccessPolicy,
         locks: ConversationLocks,
         cancels: CancelBus,
+        context: ContextBuilder,
+        llm: LLMClient,
     ) -> None:
         self._memory = memory
         self._access = access
         self._locks = locks
         self._cancels = cancels
+        self._context = context
+        self._llm = llm
 
     def specs(self) -> tuple[CommandSpec, ...]:
         return (
@@ -86,8 +92,24 @@ class ChatCommands:
             await ctx.reply("Tell me which persona: /persona set NAME or /persona set <your own text>.")
         else:
             prompt = personas.resolve(str(args["text"]))
+            too_long = await self._too_long(prompt)
+            if too_long:
+                await ctx.reply(too_long)
+                return
             await self._memory.set_persona(event.platform, event.chat_id, prompt)
             await ctx.reply("Persona set for this chat.")
+
+    async def _too_long(self, prompt: str) -> str:
+        """Why a persona leaves too little room for the conversation, or "": it may take
+        half of what the model reads at once, at most."""
+        budget = self._context.budget
+        tokens = await self._llm.count_tokens(prompt)
+        if tokens <= budget // 2:
+            return ""
+        return (
+            f"That persona is {tokens:,} tokens; the model reads {budget:,} at once, and a persona "
+            f"may take at most {budget // 2:,} of them so that the conversation fits. Please shorten it."
+        )
 
     async def continue_(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         await ctx.conversation.continue_answer(ctx.event, ctx.surface)
