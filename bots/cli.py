@@ -7,6 +7,7 @@ message and a non-zero exit status, never a traceback.
 from __future__ import annotations
 
 import asyncio
+import io
 import sys
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ from typing import Any, TypeVar
 
 import click
 
-from adapters.console import ConsoleAdapter, read_lines
+from adapters.console import ConsoleAdapter, printable, read_lines
 from adapters.platform import Platform, PlatformStartError, WithBot
 from adapters.registry import PLATFORMS
 from bots.config import Config, load_config
@@ -60,12 +61,14 @@ def console(env_file: Path | None, user: str, chat: str, verbose: bool) -> None:
     config = _config(env_file)
     setup_logging(config, None if verbose else "WARNING")
     interactive = sys.stdin.isatty()
+    if isinstance(sys.stdout, io.TextIOWrapper):  # a character the terminal lacks prints as "?"
+        sys.stdout.reconfigure(errors="replace")
     try:
         asyncio.run(_console(config.core, user, chat, interactive))
     except StartupError as exc:
-        click.echo(f"Herald cannot start: {exc}", err=True)
+        click.echo(printable(f"Herald cannot start: {exc}"), err=True)
         sys.exit(EXIT_STARTUP)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # while starting or stopping; the console handles Ctrl-C itself
         click.echo("", err=True)
 
 
@@ -73,11 +76,13 @@ async def _console(settings: Settings, user: str, chat: str, interactive: bool) 
     async with open_runtime(settings) as runtime:
         if interactive:
             click.echo(
-                f"Herald on {runtime.llm.info.model_id}. Type a message, /help for commands, Ctrl-D to leave."
+                printable(
+                    f"Herald on {runtime.llm.info.model_id}. Type a message, /help for commands, "
+                    "Ctrl-C to stop an answer, Ctrl-D to leave."
+                )
             )
-        adapter = ConsoleAdapter(runtime.engine, user=user, chat=chat)
-        prompt = "› " if interactive else None
-        await adapter.run(read_lines(sys.stdin, prompt, sys.stdout))
+        adapter = ConsoleAdapter(runtime.engine, user=user, chat=chat, interactive=interactive)
+        await adapter.run(read_lines(sys.stdin.fileno(), sys.stdin.encoding or "utf-8"))
 
 
 @main.command()
