@@ -10,13 +10,27 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
+from core.llm.markers import neutralise
+
 Role = Literal["system", "user", "assistant"]
 
 
 @dataclass(frozen=True, slots=True)
 class ChatMessage:
+    """One turn of a prompt. Its content is data to the model, whoever wrote it.
+
+    Template markers in it are neutralised here, on construction (`markers.py`):
+    every path to the model (TGI's `/chat_tokenize` then `/generate_stream`, any
+    `/v1/chat/completions`, the estimates) starts from these messages, so no text
+    can forge a turn — a message, a persona, an earlier answer of the model, a
+    draft's brief. Only the server's chat template writes markers.
+    """
+
     role: Role
     content: str
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "content", neutralise(self.content))
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +109,8 @@ class LLMClient(Protocol):
         """Count the prompt's tokens (exactly where the server can) and template it."""
 
     async def count_tokens(self, text: str) -> int:
-        """Tokens of a plain text, with the model's tokenizer where offered."""
+        """Tokens of a plain text as a message would carry it (markers neutralised),
+        with the model's tokenizer where offered."""
 
     def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         """Yield `TextDelta`s then one `Finished`; raise `LLMError` subclasses.

@@ -28,6 +28,7 @@ from core.llm.client_base import ClientBase
 from core.llm.error_mapping import error_from_event
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate
+from core.llm.markers import neutralise
 from core.llm.transport import DEFAULT_OPTIONS, Transport, TransportOptions, json_event
 
 CHAT_PATH = "/v1/chat/completions"
@@ -251,7 +252,7 @@ class OpenAIClient(ClientBase):
         return estimated_prompt(messages)
 
     async def count_tokens(self, text: str) -> int:
-        return estimate_text_tokens(text)
+        return estimate_text_tokens(neutralise(text))  # as a ChatMessage will carry it
 
     async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         events = stream_chat(self.transport, self.model, prompt.messages, params)

@@ -31,6 +31,7 @@ from core.llm.client_base import ClientBase
 from core.llm.error_mapping import error_from_event
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate, gate_limit
+from core.llm.markers import neutralise
 from core.llm.openai import (
     estimate_text_tokens,
     estimated_prompt,
@@ -227,6 +228,7 @@ class TGIClient(ClientBase):
         return estimated_prompt(messages)
 
     async def count_tokens(self, text: str) -> int:
+        text = neutralise(text)  # counted as a ChatMessage will carry it
         if self._tokenize:
             payload = await self.transport.request_json(
                 "POST", "/tokenize", {"inputs": text}, none_on_404=True

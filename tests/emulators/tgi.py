@@ -6,6 +6,11 @@ TGI's real failure shapes (422 in-stream context overflow, 429 overload, dropped
 connections) instead of mocks. Every limit is computed from a deterministic
 tokenizer that tests can call themselves to compute expected numbers.
 
+The model family is configurable (`ChatTemplate`: ChatML as Qwen uses it, the
+default; Llama 3; Zephyr): its chat template, its special tokens, which its
+tokenizer reads in any input text as TGI's does, and a model that believes
+every turn marker it reads, forged or not, on either route.
+
 Run standalone for benchmarks: ``python -m tests.emulators.tgi --port 8080``.
 """
 
@@ -19,14 +24,25 @@ import math
 import re
 import time
 import zlib
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, Literal
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-__all__ = ["Fault", "RecordedRequest", "TGIEmulator", "Token", "default_responder"]
+__all__ = [
+    "CHATML",
+    "LLAMA3",
+    "ZEPHYR",
+    "ChatTemplate",
+    "Fault",
+    "RecordedRequest",
+    "TGIEmulator",
+    "Token",
+    "default_responder",
+]
 
 IM_START = "<|im_start|>"
 IM_END = "<|im_end|>"
@@ -37,11 +53,86 @@ MAX_PIECE_CHARS = 8
 # TGI's validation chunk for requests without max_new_tokens (validation.rs).
 DEFAULT_GENERATION_LENGTH = 1024
 
-_SPECIAL_SPLIT = re.compile(f"({re.escape(IM_START)}|{re.escape(IM_END)})")
 _PIECE = re.compile(r"\s*\w+|\s*[^\w\s]|\s+")
-_CHATML_TURN = re.compile(re.escape(IM_START) + r"([^\n]*)\n(.*?)" + re.escape(IM_END), re.S)
 _NAME_QUESTION = re.compile(r"what\s+is\s+my\s+name", re.I)
 _NAME_STATEMENT = re.compile(r"my\s+name\s+is\s+([\w'-]+)", re.I)
+
+
+@dataclass(frozen=True)
+class ChatTemplate:
+    """A model family's chat template and added tokens, as its tokenizer_config.json has them.
+
+    TGI's tokenizer reads each of `specials` as that one special token wherever
+    it appears in an input text (/tokenize, /chat_tokenize and the generation
+    routes alike), so a marker inside a message is a real marker to the model;
+    `turns` reads the turns back the way the model would: a new one at every
+    turn-opening marker, wherever it came from.
+    """
+
+    name: str
+    specials: Mapping[str, int]
+    #: ends an assistant turn; generation stops at it
+    eos: str
+    #: added by the tokenizer on /tokenize and the native generation routes
+    bos: str | None
+    #: the template writes the BOS too (Llama), or not (Zephyr)
+    bos_in_template: bool
+    #: one turn, with {role} and {content}
+    turn: str
+    generation_prompt: str
+    #: (role, content) of each turn, as the model reads them
+    turns: re.Pattern[str]
+    #: the template trims each message's content (Llama 3's `| trim`)
+    trims: bool = False
+
+
+#: Qwen 2.5 / ChatML: the markers are special tokens; no BOS.
+CHATML = ChatTemplate(
+    name="chatml",
+    specials=MappingProxyType(SPECIAL_IDS),
+    eos=IM_END,
+    bos=None,
+    bos_in_template=True,
+    turn=IM_START + "{role}\n{content}" + IM_END + "\n",
+    generation_prompt=IM_START + "assistant\n",
+    turns=re.compile(r"<\|im_start\|>([^\n]*)\n(.*?)(?=<\|im_end\|>|<\|im_start\|>)", re.S),
+)
+#: Llama 3 Instruct: header and end-of-turn markers are special tokens; the template
+#: writes the BOS, which the tokenizer adds again on the native routes.
+LLAMA3 = ChatTemplate(
+    name="llama3",
+    specials=MappingProxyType(
+        {
+            "<|begin_of_text|>": 128000,
+            "<|end_of_text|>": 128001,
+            "<|start_header_id|>": 128006,
+            "<|end_header_id|>": 128007,
+            "<|eot_id|>": 128009,
+        }
+    ),
+    eos="<|eot_id|>",
+    bos="<|begin_of_text|>",
+    bos_in_template=True,
+    turn="<|start_header_id|>{role}<|end_header_id|>\n\n{content}<|eot_id|>",
+    generation_prompt="<|start_header_id|>assistant<|end_header_id|>\n\n",
+    turns=re.compile(
+        r"<\|start_header_id\|>(.*?)<\|end_header_id\|>(?:\n\n)?(.*?)(?=<\|eot_id\|>|<\|start_header_id\|>)",
+        re.S,
+    ),
+    trims=True,
+)
+#: Zephyr (Mistral's tokenizer): `<|user|>` is plain text, `</s>` the special EOS
+#: that closes every turn; the tokenizer adds `<s>`, the template does not write it.
+ZEPHYR = ChatTemplate(
+    name="zephyr",
+    specials=MappingProxyType({"<unk>": 0, "<s>": 1, "</s>": 2}),
+    eos="</s>",
+    bos="<s>",
+    bos_in_template=False,
+    turn="<|{role}|>\n{content}</s>\n",
+    generation_prompt="<|assistant|>\n",
+    turns=re.compile(r"<\|(system|user|assistant)\|>\n?(.*?)(?=</s>|<\|(?:system|user|assistant)\|>)", re.S),
+)
 
 # How TGI maps an error_type to an HTTP status (server.rs, From<InferError>).
 _ERROR_STATUS: dict[str, int] = {
@@ -60,12 +151,17 @@ Responder = Callable[[list[dict[str, str]]], str]
 
 @dataclass(frozen=True)
 class Token:
-    """One token of the emulated tokenizer; ``start``/``stop`` are character offsets."""
+    """One token of the emulated tokenizer; ``start``/``stop`` are character offsets.
+
+    ``special``: one of the template's added tokens or the BOS (TGI's /tokenize does
+    not say so; tests inspecting what the model saw do).
+    """
 
     id: int
     text: str
     start: int
     stop: int
+    special: bool = False
 
 
 @dataclass
@@ -300,6 +396,7 @@ class TGIEmulator:
         version: str = "3.3.6",
         record: bool = True,
         bos: str | None = None,
+        template: ChatTemplate = CHATML,
     ) -> None:
         self.model_id = model_id
         self.max_input_tokens = max_input_tokens
@@ -311,10 +408,17 @@ class TGIEmulator:
         # Tests assert on `requests` and `prompts`; a long benchmark run turns the
         # recording off so the emulator's heap (and its GC pauses) stay flat.
         self.record = record
-        # A Llama-style model: the chat template writes `bos` into the text, and the
-        # native routes (and /tokenize) add it again as a special token, as TGI does.
-        self.bos = bos
-        specials = [IM_START, IM_END, *([bos] if bos else [])]
+        # `bos` makes the template a Llama-style one: it writes `bos` into the text, and
+        # the native routes (and /tokenize) add it again as a special token, as TGI does.
+        if bos is not None:
+            template = replace(template, bos=bos, bos_in_template=True)
+        self.template = template
+        self.bos = template.bos
+        self._special_ids = dict(template.specials)
+        if self.bos is not None:
+            self._special_ids.setdefault(self.bos, BOS_ID)
+        # Longest first, so that no special token is split at a shorter one.
+        specials = sorted(self._special_ids, key=len, reverse=True)
         self._special_split = re.compile("(" + "|".join(map(re.escape, specials)) + ")")
         self.healthy = True
         # SSE field prefix of /generate_stream and the compat route; set to "data: " to
@@ -322,6 +426,10 @@ class TGIEmulator:
         self.native_sse_prefix = "data:"
         # Seconds without an event after which a stream gets an SSE comment (axum's default).
         self.keep_alive_interval = 15.0
+        # A broken server: streams valid tokens for ever, whatever max_new_tokens says,
+        # until the client goes away; `endless_tokens` counts what such streams sent.
+        self.endless = False
+        self.endless_tokens = 0
         self.url = ""
         self.requests: list[RecordedRequest] = []
         self.prompts: list[str] = []
@@ -387,14 +495,14 @@ class TGIEmulator:
         """
         tokens: list[Token] = []
         if add_special_tokens and self.bos:
-            tokens.append(Token(BOS_ID, self.bos, 0, 0))
+            tokens.append(Token(self._special_ids[self.bos], self.bos, 0, 0, special=True))
         offset = 0
         for segment in self._special_split.split(text):
             if not segment:
                 continue
-            if segment in SPECIAL_IDS or segment == self.bos:
-                token_id = SPECIAL_IDS.get(segment, BOS_ID)
-                tokens.append(Token(token_id, segment, offset, offset + len(segment)))
+            token_id = self._special_ids.get(segment)
+            if token_id is not None:  # an added token, wherever it is in the text
+                tokens.append(Token(token_id, segment, offset, offset + len(segment), special=True))
                 offset += len(segment)
                 continue
             for match in _PIECE.finditer(segment):
@@ -410,14 +518,20 @@ class TGIEmulator:
         return len(self.tokenize(text))
 
     def apply_template(self, messages: list[dict[str, str]]) -> str:
-        """ChatML, with the generation prompt, as a Qwen-style model's template renders it."""
-        turns = "".join(f"{IM_START}{m['role']}\n{m['content']}{IM_END}\n" for m in messages)
-        return f"{self.bos or ''}{turns}{IM_START}assistant\n"
+        """The prompt the model's own template renders, with the generation prompt."""
+        t = self.template
+        turns = "".join(
+            t.turn.format(role=m["role"], content=m["content"].strip() if t.trims else m["content"])
+            for m in messages
+        )
+        bos = t.bos if t.bos and t.bos_in_template else ""
+        return f"{bos}{turns}{t.generation_prompt}"
 
     def parse_template(self, text: str) -> list[dict[str, str]]:
-        """Recover messages from a ChatML prompt; any other text is one user message."""
+        """The turns the model reads in a prompt, a new one at every turn-opening
+        marker, forged or not; any other text is one user message."""
         messages = [
-            {"role": role.strip(), "content": content} for role, content in _CHATML_TURN.findall(text)
+            {"role": role.strip(), "content": content} for role, content in self.template.turns.findall(text)
         ]
         return messages or [{"role": "user", "content": text}]
 
@@ -608,11 +722,12 @@ class TGIEmulator:
             "details": True,
         }
         stream = bool(body.get("stream", False))
+        inputs = self.apply_template(messages)
         return _Spec(
             kind="chat",
             stream=stream,
-            inputs=self.apply_template(messages),
-            messages=messages,
+            inputs=inputs,
+            messages=self.parse_template(inputs),  # the model reads tokens, not JSON
             params=params,
             model=body.get("model"),
             include_usage=bool(stream_options.get("include_usage", False)),
@@ -703,17 +818,16 @@ class TGIEmulator:
 
     def _decode(self, answer: str, budget: int, stop: list[str]) -> tuple[list[_GenToken], str]:
         """The answer's tokens, then EOS (special), cut at a stop sequence or the budget."""
-        pieces = [
-            _GenToken(t.id, t.text, self._logprob(t.id), t.text in SPECIAL_IDS) for t in self.tokenize(answer)
-        ]
-        pieces.append(_GenToken(SPECIAL_IDS[IM_END], IM_END, -0.0625, True))
+        pieces = [_GenToken(t.id, t.text, self._logprob(t.id), t.special) for t in self.tokenize(answer)]
+        eos = self.template.eos
+        pieces.append(_GenToken(self._special_ids[eos], eos, -0.0625, True))
         out: list[_GenToken] = []
         text = ""
         for piece in pieces:
             if len(out) >= budget:
                 return out, "length"
             out.append(piece)
-            if piece.special and piece.text == IM_END:
+            if piece.special and piece.text == eos:
                 return out, "eos_token"
             text += piece.text
             if any(text.endswith(s) for s in stop if s):
@@ -954,6 +1068,9 @@ class TGIEmulator:
         plan: _Plan,
         fault: Fault | None,
     ) -> None:
+        if self.endless:
+            await self._stream_endless(response, spec, plan)
+            return
         fault_at = self._fault_point(fault, plan)
         last = len(plan.tokens) - 1
         for index, token in enumerate(plan.tokens):
@@ -1002,6 +1119,24 @@ class TGIEmulator:
             await self._sse(response, spec, "[DONE]")
         self._counters["success"] += 1
         await response.write_eof()
+
+    async def _stream_endless(self, response: web.StreamResponse, spec: _Spec, plan: _Plan) -> None:
+        """The answer's text tokens over and over, never a final event. Ends only when the
+        client goes away: the write fails, or handler_cancellation cancels this."""
+        tokens = [t for t in plan.tokens if not t.special] or [_GenToken(7, " la", -0.5, False)]
+        index = 0
+        while True:
+            await asyncio.sleep(self.token_delay)  # yields even at 0: tests share this loop
+            token = tokens[index % len(tokens)]
+            index += 1
+            if spec.kind == "chat":
+                delta = {"role": "assistant", "content": token.text}
+                choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}
+                await self._sse(response, spec, self._chat_chunk(spec, [choice], None))
+            else:
+                event = {"index": index, "token": token.wire(), "generated_text": None, "details": None}
+                await self._sse(response, spec, event)
+            self.endless_tokens += 1
 
 
 # --- standalone server -------------------------------------------------------------------
