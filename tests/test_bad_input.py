@@ -172,3 +172,20 @@ async def test_a_persona_that_leaves_too_little_room_is_refused(
     assert "at most 234 of them" in refused
     assert not [key async for key in redis.scan_iter(match=f"{prefix}:persona:*")]  # nothing saved
     assert await say(engine, "/persona set pirate") == "Persona set for this chat."
+
+
+async def test_a_draft_too_long_to_rewrite_is_refused_with_its_numbers(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    """The rewrite would overflow the model's context: the draft's length and the limit
+    are still what the person is told."""
+    tgi.max_input_tokens, tgi.max_total_tokens = 600, 1200
+    engine = await make_engine(max_new_tokens=400)
+    long_post = "Herald ships today with streamed answers everywhere. " * 30
+    tgi.responder = lambda m: long_post
+    refused = await say(engine, "/draft x announce v2")
+    length = len(long_post.strip())
+    assert refused == (
+        f"I couldn't make that fit X (Twitter): my best draft is {length:,} characters and the limit "
+        "is 280. Try a shorter brief."
+    )

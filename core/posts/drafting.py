@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, replace
 
 from core.llm.base import ChatMessage, GenerationParams, LLMClient, TextDelta
+from core.llm.errors import ContextTooLong
 from core.posts.targets import Target, split_thread, unnumbered
 
 TONES: dict[str, str] = {
@@ -167,7 +168,10 @@ class Drafter:
                     "message. Reply with the post only.",
                 ),
             ]
-            text = _clean(await self.complete(history, replace(params or self._params, json_schema=None)))
+            try:
+                text = _clean(await self.complete(history, replace(params or self._params, json_schema=None)))
+            except ContextTooLong:  # the draft itself is too long to send back: say so, with its numbers
+                raise DraftTooLong(length, target.limit, target) from None
         if not target.fits(text):
             raise DraftTooLong(target.measure(text), target.limit, target)
         return text, rewrites
