@@ -205,6 +205,7 @@ def build_engine(
             system_prompt=settings.system_prompt,
             generation=generation_params(settings),
             conversation_wait=settings.conversation_wait_timeout,
+            answer_timeout=settings.answer_timeout,
         ),
         metrics=metrics,
         logger=log,

@@ -89,6 +89,9 @@ class Settings(HeraldSettings):
     llm_connect_timeout: float = Field(default=5.0, gt=0)
     llm_idle_timeout: float = Field(default=60.0, gt=0)
     llm_queue_timeout: float = Field(default=30.0, gt=0)
+    #: longest one answer may take, from its turn's start: a server that streams for ever
+    #: is stopped here even when every token comes in time for the idle timeout
+    answer_timeout: float = Field(default=300.0, gt=0)
 
     # Generation
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, min_length=1)

@@ -19,6 +19,10 @@ CAMPAIGN_FAILED = (
 THREAD_TOO_LONG = "That would be a very long thread — try a shorter brief."
 RESTARTING = "Herald is restarting — try again in a moment."
 CUT_SHORT = "✂️ That answer reached my length limit and stops mid-way."
+#: the reason under an answer stopped at HERALD_ANSWER_TIMEOUT (see `interrupted`)
+TIME_LIMIT = "This answer reached my time limit."
+#: said once to a message still waiting for its conversation's turn after a moment
+WAITING_FOR_TURN = "⏳ Waiting for my earlier answer here to finish — yours comes next."
 NOTHING_TO_CONTINUE = "There's nothing to continue here — my last answer was complete."
 #: what the model is asked when a person wants the rest of a cut answer
 CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating anything."
@@ -36,6 +40,22 @@ def message_too_long(tokens: int, limit: int) -> str:
     return (
         f"Your message is too long for me: it is {tokens:,} tokens and I can read "
         f"at most {limit:,} at once. Please shorten it."
+    )
+
+
+def persona_too_long(tokens: int, budget: int, most: int) -> str:
+    return (
+        f"That persona is {tokens:,} tokens; the model reads {budget:,} at once, and a persona "
+        f"may take at most {most:,} of them so that the conversation fits. Please shorten it."
+    )
+
+
+def persona_crowds_out(tokens: int, budget: int, most: int) -> str:
+    """A persona set when the model read more: now it, not the message, is too long."""
+    return (
+        f"This chat's persona is too long for the model in use now: it is {tokens:,} tokens, the "
+        f"model reads {budget:,} at once, and a persona may take at most {most:,} so that "
+        "messages fit. Set a shorter one with /persona set, or /persona clear."
     )
 
 

@@ -69,7 +69,11 @@ class Metrics:
         )
         #: limit: tokens (the server ran past max_new_tokens) or time (HERALD_ANSWER_TIMEOUT)
         self.answers_limited = Counter(
-            "herald_answers_limited", "Answers stopped at Herald's own limit", ["limit"], registry=registry
+            "herald_answers_limited",
+            "Generations stopped at Herald's own limit (tokens: the server ignored max_new_tokens; "
+            "time: HERALD_ANSWER_TIMEOUT)",
+            ["limit"],
+            registry=registry,
         )
         self.platform_errors = Counter(
             "herald_platform_errors",

@@ -20,6 +20,8 @@ from bots.redis_server import RedisServerProcess
 from bots.runtime import build_engine, build_llm
 from core.chat.engine import Engine
 from core.config import Settings, load_settings
+from core.llm.metered import MeteredLLM
+from core.metrics import Metrics
 from core.storage.redis_client import connect_redis
 from tests.emulators.tgi import TGIEmulator
 
@@ -91,9 +93,10 @@ async def make_engine(make_settings: SettingsFactory, redis: Redis) -> AsyncIter
     async def make(**overrides: Any) -> Engine:
         settings = make_settings(**overrides)
         client = connect_redis(settings.redis_url or "")
-        llm = build_llm(settings)
+        metrics = Metrics()
+        llm = MeteredLLM(build_llm(settings), metrics)
         await llm.start()
-        engine = build_engine(settings, client, llm)
+        engine = build_engine(settings, client, llm, metrics=metrics)
         await engine.cancels.start()
         started.append((engine, llm, client))
         return engine

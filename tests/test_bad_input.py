@@ -189,3 +189,18 @@ async def test_a_draft_too_long_to_rewrite_is_refused_with_its_numbers(
         f"I couldn't make that fit X (Twitter): my best draft is {length:,} characters and the limit "
         "is 280. Try a shorter brief."
     )
+
+
+async def test_a_persona_that_a_smaller_model_cannot_fit_is_named_as_the_cause(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    butler = "/persona set " + "Always answer as a very formal butler would. " * 40  # over 234 tokens
+    assert await say(await make_engine(max_new_tokens=256), butler) == "Persona set for this chat."
+    tgi.max_input_tokens, tgi.max_total_tokens = 250, 800  # later: a smaller model
+    engine = await make_engine(max_new_tokens=256)  # the budget: min(250, 800 - 256) - 32 = 218
+    blamed = await say(engine, "hello", expect=Outcome.INVALID)
+    assert blamed.startswith("This chat's persona is too long for the model in use now: it is ")
+    assert "the model reads 218 at once, and a persona may take at most 109" in blamed
+    assert "/persona clear" in blamed
+    assert await say(engine, "/persona clear") == "Persona cleared — back to my default."
+    assert await say(engine, "hello", expect=Outcome.ANSWERED) == "You said: hello"

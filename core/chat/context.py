@@ -22,12 +22,15 @@ from core.llm.base import ChatMessage, LLMClient, PreparedPrompt
 
 
 class MessageTooLong(Exception):
-    """The new message alone does not fit; both numbers are for the user."""
+    """The new message alone does not fit; the numbers are for the user. The system
+    prompt's share tells whether a persona, rather than the message, is to blame."""
 
-    def __init__(self, tokens: int, limit: int) -> None:
+    def __init__(self, tokens: int, limit: int, *, system_tokens: int = 0, budget: int = 0) -> None:
         super().__init__(f"message has {tokens} tokens, at most {limit} fit")
         self.tokens = tokens
         self.limit = limit
+        self.system_tokens = system_tokens
+        self.budget = budget
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +65,11 @@ class ContextBuilder:
         info = self._llm.info
         return min(info.max_input_tokens, info.max_total_tokens - self._max_new) - self._margin
 
+    @property
+    def max_system_tokens(self) -> int:
+        """The most a persona may take, so that the conversation keeps room: half."""
+        return self.budget // 2
+
     async def build(
         self,
         system: str,
@@ -84,7 +92,8 @@ class ContextBuilder:
             user_tokens = await self._llm.count_tokens(user_text)
         fixed = system_tokens + user_tokens + 2 * self._overhead
         if fixed > budget:
-            raise MessageTooLong(user_tokens, max(0, budget - system_tokens - 2 * self._overhead))
+            limit = max(0, budget - system_tokens - 2 * self._overhead)
+            raise MessageTooLong(user_tokens, limit, system_tokens=system_tokens, budget=budget)
 
         starts = self._block_starts(history)
         index = self._first_fitting(starts, history, fixed, budget)
@@ -98,7 +107,8 @@ class ContextBuilder:
                 return BuiltContext(prompt, user_tokens, len(history) - start, start)
             if index == len(starts) - 1:
                 over = prompt.input_tokens - user_tokens
-                raise MessageTooLong(user_tokens, max(0, budget - over))
+                limit = max(0, budget - over)
+                raise MessageTooLong(user_tokens, limit, system_tokens=system_tokens, budget=budget)
             index += 1
 
     def _block_starts(self, history: Sequence[Turn]) -> list[int]:

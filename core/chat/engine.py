@@ -10,10 +10,11 @@ decision is made here, once.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import enum
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -21,7 +22,7 @@ from redis.exceptions import RedisError
 from core import messages
 from core.chat.access import AccessPolicy
 from core.chat.admission import Admitter, Verdict
-from core.chat.cancel import CancelBus
+from core.chat.cancel import CancelBus, Generation
 from core.chat.context import BuiltContext, ContextBuilder, MessageTooLong
 from core.chat.locks import ConversationLocks, LockTimeout
 from core.chat.memory import ConversationStore, Turn
@@ -57,6 +58,10 @@ class EnginePolicy:
     system_prompt: str
     generation: GenerationParams
     conversation_wait: float = 300.0
+    #: longest one answer may take, from its turn's start (HERALD_ANSWER_TIMEOUT)
+    answer_timeout: float = 300.0
+    #: a message still waiting for its conversation's turn this long is told so, once
+    wait_notice_after: float = 2.0
     #: extra tries, dropping one more block each, when the server still reports a
     #: context overflow before the first token (estimated counts, or limits that
     #: changed since start)
@@ -71,6 +76,7 @@ class _Stream:
     text: str = ""
     tokens: int = 0
     finished: Finished | None = None
+    timed_out: bool = False  # stopped at the answer's time limit
 
 
 @dataclass(frozen=True, slots=True)
@@ -111,6 +117,7 @@ class Engine:
         renderer: RendererFactory = StreamRenderer,
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> None:
         self.memory = memory
         self.admitter = admitter
@@ -128,6 +135,8 @@ class Engine:
         self._idle = asyncio.Event()  # set while nothing is being generated
         self._idle.set()
         self._log = logger or logging.getLogger("herald.engine")
+        #: how the engine waits out its time limits and the wait notice (tests pace it)
+        self.sleep = sleep
 
     async def handle(self, event: Inbound, surface: Surface) -> Outcome:
         """Process one event to the end; never raises for bad input or failing services."""
@@ -200,7 +209,7 @@ class Engine:
             await parsed.handler(context, parsed.args)
             return Outcome.COMMAND
         try:
-            async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
+            async with self._turn(event.conversation, surface):
                 await parsed.handler(context, parsed.args)
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
@@ -221,13 +230,40 @@ class Engine:
         # for the conversation's turn and the memory load.
         counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
-            async with self.locks.hold(event.conversation, wait=self.policy.conversation_wait):
+            async with self._turn(event.conversation, surface):
                 return await self._answer_in_turn(event, surface, text, counting, started, continuing)
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
         finally:
             _settle(counting)
+
+    @contextlib.asynccontextmanager
+    async def _turn(self, conv: ConversationKey, surface: Surface) -> AsyncIterator[None]:
+        """Hold the conversation's turn (`LockTimeout` past `conversation_wait`). A message
+        still waiting after `wait_notice_after` is told so, once: the turn may be held by
+        an answer elsewhere, or by a process that died holding it until its lease runs
+        out, and silence would look like Herald ignored the message."""
+        telling = asyncio.Event()  # set once the notice is being said: it is then let finish
+        notice = asyncio.create_task(self._tell_waiting(surface, telling))
+        try:
+            async with self.locks.hold(conv, wait=self.policy.conversation_wait):
+                await self._end_notice(notice, telling)  # said before anything of the answer
+                yield
+        finally:
+            await self._end_notice(notice, telling)
+
+    async def _tell_waiting(self, surface: Surface, telling: asyncio.Event) -> None:
+        await self.sleep(self.policy.wait_notice_after)
+        telling.set()
+        await say(surface, messages.WAITING_FOR_TURN)
+
+    async def _end_notice(self, notice: asyncio.Task[None], telling: asyncio.Event) -> None:
+        if not telling.is_set():
+            notice.cancel()
+        await asyncio.wait([notice])
+        if not notice.cancelled() and notice.exception() is not None:
+            self._log.warning("could not say that a message waits: %r", notice.exception())
 
     async def continue_answer(self, event: Inbound, surface: Surface) -> Outcome:
         """`/continue`: the rest of an answer the model cut short, in the same conversation."""
@@ -269,7 +305,7 @@ class Engine:
                 )
                 break
             except MessageTooLong as exc:
-                await renderer.fail(messages.message_too_long(exc.tokens, exc.limit))
+                await renderer.fail(self._too_long(exc, persona))
                 return Outcome.INVALID
             except _RetryWithLessHistory:
                 self._log.warning("context overflow on %s; dropping another block", conv)
@@ -325,18 +361,13 @@ class Engine:
         may_retry: bool,
     ) -> _Generated:
         with self.cancels.track(conv, pump, since=state.turn) as generation:
+            watchdog = asyncio.create_task(self._time_limit(pump, state))
             try:
                 await pump
             except asyncio.CancelledError:
-                if not generation.cancelled:
+                if not (generation.cancelled or (state.timed_out and not _cancelling())):
                     raise
-                if generation.interrupted:
-                    self._log.info("generation for %s interrupted by shutdown", conv)
-                    await self._end(renderer, state, messages.interrupted(messages.RESTARTING))
-                    return _Generated(state.text, state.tokens, Outcome.SHUTTING_DOWN)
-                self._log.info("generation for %s stopped on request", conv)
-                await self._end(renderer, state, messages.STOPPED)
-                return _Generated(state.text, state.tokens, Outcome.STOPPED)
+                return await self._stopped(conv, generation, renderer, state)
             except LLMError as exc:
                 if isinstance(exc, ContextTooLong) and not state.text and may_retry:
                     raise _RetryWithLessHistory from exc
@@ -346,9 +377,46 @@ class Engine:
                     return _Generated("", 0, Outcome.FAILED)
                 await renderer.finish(note=messages.interrupted(exc.user_message))
                 return _Generated(state.text, state.tokens, Outcome.FAILED)
+            finally:
+                watchdog.cancel()
         await renderer.finish()
         cut = state.finished is not None and state.finished.finish_reason == "length"
         return _Generated(state.text, state.tokens, Outcome.ANSWERED, cut=cut)
+
+    async def _stopped(
+        self, conv: ConversationKey, generation: Generation, renderer: StreamRenderer, state: _Stream
+    ) -> _Generated:
+        """End an answer whose generation was stopped: on request, by shutdown, or at
+        its time limit; what was written so far is kept, under a note saying why."""
+        if generation.interrupted:
+            self._log.info("generation for %s interrupted by shutdown", conv)
+            await self._end(renderer, state, messages.interrupted(messages.RESTARTING))
+            return _Generated(state.text, state.tokens, Outcome.SHUTTING_DOWN)
+        if generation.cancelled:
+            self._log.info("generation for %s stopped on request", conv)
+            await self._end(renderer, state, messages.STOPPED)
+            return _Generated(state.text, state.tokens, Outcome.STOPPED)
+        self._log.warning("answer for %s stopped at its time limit", conv)
+        self.metrics.answers_limited.labels("time").inc()
+        await self._end(renderer, state, messages.interrupted(messages.TIME_LIMIT))
+        return _Generated(state.text, state.tokens, Outcome.FAILED)
+
+    async def _time_limit(self, pump: asyncio.Task[None], state: _Stream) -> None:
+        """Stop the generation once the answer has taken `answer_timeout` since its turn
+        began: a server may stream tokens for ever, each in time for the idle timeout."""
+        left = state.turn + self.policy.answer_timeout - asyncio.get_running_loop().time()
+        await self.sleep(max(0.0, left))
+        if not pump.done():
+            state.timed_out = True
+            pump.cancel()
+
+    def _too_long(self, exc: MessageTooLong, persona: str | None) -> str:
+        """Blame the persona when it takes more than its share: the budget shrank since
+        it was set (a smaller model), and no message can fit beside it."""
+        most = self.context.max_system_tokens
+        if persona and exc.system_tokens > most:
+            return messages.persona_crowds_out(exc.system_tokens, exc.budget, most)
+        return messages.message_too_long(exc.tokens, exc.limit)
 
     def _observe(self, platform: str, started: float, renderer: StreamRenderer) -> None:
         if renderer.visible_at is not None:
@@ -404,6 +472,12 @@ class Engine:
             self._log.error("could not move %s:%s to %s: %s", platform, old_chat, new_chat, exc)
             return
         self._log.info("chat %s:%s is now %s (%d keys moved)", platform, old_chat, new_chat, moved)
+
+
+def _cancelling() -> bool:
+    """Whether the current task itself is being cancelled (not only what it awaits)."""
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
 
 
 def _settle(future: asyncio.Future[int]) -> None:

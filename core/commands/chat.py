@@ -100,16 +100,11 @@ class ChatCommands:
             await ctx.reply("Persona set for this chat.")
 
     async def _too_long(self, prompt: str) -> str:
-        """Why a persona leaves too little room for the conversation, or "": it may take
-        half of what the model reads at once, at most."""
-        budget = self._context.budget
+        """Why a persona leaves too little room for the conversation, or ""."""
         tokens = await self._llm.count_tokens(prompt)
-        if tokens <= budget // 2:
+        if tokens <= self._context.max_system_tokens:
             return ""
-        return (
-            f"That persona is {tokens:,} tokens; the model reads {budget:,} at once, and a persona "
-            f"may take at most {budget // 2:,} of them so that the conversation fits. Please shorten it."
-        )
+        return messages.persona_too_long(tokens, self._context.budget, self._context.max_system_tokens)
 
     async def continue_(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         await ctx.conversation.continue_answer(ctx.event, ctx.surface)

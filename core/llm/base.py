@@ -85,6 +85,9 @@ class Finished:
 
     finish_reason: str
     generated_tokens: int
+    #: the server went on past `max_new_tokens` and the client stopped it there
+    #: (`finish_reason` is then "length", as if the server had honoured it)
+    overran: bool = False
 
 
 StreamEvent = TextDelta | Finished

@@ -24,6 +24,8 @@ class MeteredLLM(ForwardingLLM):
             async for item in self._inner.stream(prompt, params):
                 if isinstance(item, Finished):
                     tokens.labels("out").inc(item.generated_tokens)
+                    if item.overran:
+                        self._metrics.answers_limited.labels("tokens").inc()
                 yield item
         except LLMError as exc:
             self._metrics.model_errors.labels(type(exc).__name__).inc()

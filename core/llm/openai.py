@@ -256,6 +256,6 @@ class OpenAIClient(ClientBase):
 
     async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         events = stream_chat(self.transport, self.model, prompt.messages, params)
-        async with self.gate.slot(), contextlib.aclosing(events):
-            async for event in events:
+        async with contextlib.aclosing(self.generate(events, params)) as capped:
+            async for event in capped:
                 yield event

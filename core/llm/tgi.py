@@ -247,8 +247,8 @@ class TGIClient(ClientBase):
         else:
             body = generate_request(prompt.rendered, params, max_stop=self._max_stop)
             events = self.transport.stream(GENERATE_STREAM_PATH, body, TGIStreamDecoder)
-        async with self.gate.slot(), contextlib.aclosing(events):
-            async for event in events:
+        async with contextlib.aclosing(self.generate(events, params)) as capped:
+            async for event in capped:
                 yield event
 
 
