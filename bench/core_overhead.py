@@ -35,7 +35,6 @@ import asyncio
 import contextlib
 import contextvars
 import cProfile
-import ctypes
 import gc
 import io
 import itertools
@@ -45,7 +44,6 @@ import os
 import platform
 import pstats
 import random
-import signal
 import subprocess
 import sys
 import tempfile
@@ -66,6 +64,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 
 import core.llm.transport
+from bots.child_process import die_with_parent
 from bots.redis_server import RedisServerProcess, free_port
 from bots.runtime import build_engine, build_llm, settle_heap
 from core.chat.engine import Engine, Outcome
@@ -372,11 +371,6 @@ def round_trip_labels(packets: Sequence[Any]) -> list[str]:
 # --------------------------------------------------------------------------- services
 
 
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
-
-
 @dataclass(slots=True)
 class Services:
     redis_url: str
@@ -415,7 +409,7 @@ def services(emulator: str = "bench") -> Iterator[Services]:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=log,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
 
         def stop() -> None:

@@ -11,6 +11,7 @@ from redis.exceptions import RedisError
 from adapters.platform import Platform
 from adapters.registry import PLATFORMS
 from bots.config import Config
+from bots.local_model.backend import BuiltInModel, LocalModelError
 from bots.runtime import StartupError, build_llm, start_redis
 from core.config import Settings
 from core.llm.errors import LLMError
@@ -22,7 +23,10 @@ async def run_doctor(
     """Print one line per check; True when everything needed answered."""
     settings = config.core
     echo("Configuration: valid")
-    echo(f"  model API: {settings.llm_api} at {settings.tgi_url}")
+    if settings.llm_backend == "local":
+        echo(f"  model: built-in (llama.cpp on this machine's CPU): {settings.local_model}")
+    else:
+        echo(f"  model API: {settings.llm_backend} at {settings.tgi_url}")
     echo(f"  Redis: {settings.redis_url or 'embedded (private server)'}")
     ok = await _redis(settings, echo)
     ok = await _model(settings, echo) and ok
@@ -56,6 +60,8 @@ async def _redis(settings: Settings, echo: Callable[[str], None]) -> bool:
 
 async def _model(settings: Settings, echo: Callable[[str], None]) -> bool:
     llm = build_llm(settings)
+    if isinstance(llm, BuiltInModel):
+        return await _built_in(llm, echo)
     try:
         model = await llm.start()
         healthy = await llm.health()
@@ -67,6 +73,28 @@ async def _model(settings: Settings, echo: Callable[[str], None]) -> bool:
         return healthy
     except LLMError as exc:
         echo(f"Model server: FAILED — {type(exc).__name__}: {exc}")
+        return False
+    finally:
+        await llm.close()
+
+
+async def _built_in(llm: BuiltInModel, echo: Callable[[str], None]) -> bool:
+    """The built-in model, loaded and asked once; never downloaded from here."""
+    threads, context = llm.process.config.threads, llm.process.config.context
+    if llm.file is None:
+        echo(f"Model: built-in, not downloaded yet — {llm.source.describe()} is fetched on first use")
+        echo(f"  {threads} threads, context {context} tokens")
+        await llm.close()
+        return True
+    try:
+        model = await llm.start()
+        healthy = await llm.health()
+        echo(f"Model: {'OK' if healthy else 'UNHEALTHY'} — built-in llama.cpp, {model.model_id}")
+        echo(f"  file {llm.file}")
+        echo(f"  {threads} threads, context {context} tokens, one answer at a time")
+        return healthy
+    except (LocalModelError, LLMError) as exc:
+        echo(f"Model: FAILED — built-in {llm.source.describe()}: {exc}")
         return False
     finally:
         await llm.close()

@@ -29,6 +29,8 @@ TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
 #: libraries that log every request (with its URL, which may hold a token) at INFO
 CHATTY = ("httpx", "httpcore", "aiohttp.access", "apscheduler")
+#: libraries that warn on every retry; Herald logs the outcome once (herald.model)
+RETRYING = ("huggingface_hub",)
 
 _ExcInfo = tuple[type[BaseException], BaseException, TracebackType | None] | tuple[None, None, None]
 
@@ -114,3 +116,5 @@ def setup_logging(config: Config, level: str | None = None) -> None:
     logging.captureWarnings(True)  # Python warnings become log lines (JSON too)
     for name in CHATTY:
         logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+    for name in RETRYING:
+        logging.getLogger(name).setLevel(max(logging.ERROR, root.level))

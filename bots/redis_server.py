@@ -12,14 +12,14 @@ import contextlib
 import fcntl
 import os
 import shutil
-import signal
 import socket
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import IO
+
+from bots.child_process import die_with_parent
 
 
 class RedisServerError(RuntimeError):
@@ -56,15 +56,6 @@ def _ping(port: int, timeout: float = 0.5) -> bool:
             return sock.recv(64).startswith((b"+PONG", b"-LOADING"))
     except OSError:
         return False
-
-
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child
-    """Linux: the server goes away if Herald is killed without cleaning up."""
-    if sys.platform.startswith("linux"):
-        import ctypes
-
-        libc = ctypes.CDLL("libc.so.6", use_errno=True)
-        libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
 
 
 class RedisServerProcess:
@@ -151,7 +142,7 @@ class RedisServerProcess:
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
         deadline = time.monotonic() + self.startup_timeout
         while time.monotonic() < deadline:

@@ -19,6 +19,8 @@ from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from adapters.platform import BotDeps
+from bots.local_model.backend import BuiltInModel, LocalModelError
+from bots.local_model.process import ModelProcessConfig, default_threads
 from bots.redis_server import RedisServerError, RedisServerProcess
 from core.chat.access import AccessPolicy
 from core.chat.admission import Admitter, Limits
@@ -37,6 +39,7 @@ from core.llm import TransportOptions, create_llm_client
 from core.llm.base import GenerationParams, LLMClient
 from core.llm.errors import LLMError
 from core.llm.metered import MeteredLLM
+from core.llm.model_source import parse_model_source
 from core.metrics import Metrics
 from core.posts.campaigns import PLAN_TOKENS, Planner
 from core.posts.drafting import Drafter
@@ -88,14 +91,27 @@ def build_llm(settings: Settings) -> LLMClient:
         idle_timeout=settings.llm_idle_timeout,
         queue_timeout=settings.llm_queue_timeout,
     )
+    api = settings.llm_backend
+    if api == "local" or settings.tgi_url is None:
+        return build_local_model(settings, options)
     backend: dict[str, object] = {}
-    if settings.llm_api == "openai":
+    if api == "openai":
         backend["model"] = settings.llm_model
         backend["max_input_tokens"] = settings.llm_max_input_tokens
         backend["max_concurrency"] = settings.llm_max_concurrency or 16
     else:
         backend["max_concurrency"] = settings.llm_max_concurrency
-    return create_llm_client(settings.llm_api, settings.tgi_url, options, **backend)
+    return create_llm_client(api, settings.tgi_url, options, **backend)
+
+
+def build_local_model(settings: Settings, options: TransportOptions) -> BuiltInModel:
+    """The built-in model: llama.cpp in a child process (`bots.local_model`)."""
+    process = ModelProcessConfig(
+        context=settings.local_context,
+        threads=settings.local_threads or default_threads(),
+        load_timeout=settings.local_load_timeout,
+    )
+    return BuiltInModel(parse_model_source(settings.local_model), process, options=options)
 
 
 @dataclass(slots=True)
@@ -257,6 +273,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     try:
         try:
             await llm.start()
+        except LocalModelError as exc:
+            raise StartupError(str(exc)) from None
         except LLMError as exc:
             raise StartupError(
                 f"Cannot use the model server at {settings.tgi_url} ({exc}). "

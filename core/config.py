@@ -18,6 +18,8 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from core.llm.model_source import DEFAULT_LOCAL_MODEL, parse_model_source
+
 DEFAULT_SYSTEM_PROMPT = (
     "You are Herald, a helpful assistant for online communities and social-media teams. "
     "Answer clearly and concisely. Use Markdown sparingly (bold, lists, code blocks). "
@@ -79,9 +81,9 @@ class HeraldSettings(BaseSettings):
 class Settings(HeraldSettings):
     """The core's configuration. See README's table for what each one does."""
 
-    # The model server
-    tgi_url: str = "http://localhost:8080"
-    llm_api: Literal["tgi", "openai"] = "tgi"
+    # The model server; with neither set, the built-in model (llama.cpp on the CPU)
+    tgi_url: str | None = None
+    llm_api: Literal["tgi", "openai", "local"] | None = None
     llm_api_key: SecretStr | None = None
     llm_model: str = "tgi"
     llm_max_concurrency: int | None = Field(default=None, ge=1)
@@ -92,6 +94,12 @@ class Settings(HeraldSettings):
     #: longest one answer may take, from its turn's start: a server that streams for ever
     #: is stopped here even when every token comes in time for the idle timeout
     answer_timeout: float = Field(default=300.0, gt=0)
+
+    # The built-in model
+    local_model: str = DEFAULT_LOCAL_MODEL
+    local_threads: int | None = Field(default=None, ge=1, le=1024)
+    local_context: int = Field(default=4096, ge=512, le=262144)
+    local_load_timeout: float = Field(default=300.0, gt=0)
 
     # Generation
     system_prompt: str = Field(default=DEFAULT_SYSTEM_PROMPT, min_length=1)
@@ -159,8 +167,19 @@ class Settings(HeraldSettings):
 
     @field_validator("tgi_url")
     @classmethod
-    def _tgi_url(cls, value: str) -> str:
-        return http_url(value, "the model server URL")
+    def _tgi_url(cls, value: str | None) -> str | None:
+        return http_url(value, "the model server URL") if value else None
+
+    @field_validator("llm_api", mode="before")
+    @classmethod
+    def _api(cls, value: Any) -> Any:
+        return (value.strip().lower() or None) if isinstance(value, str) else value
+
+    @field_validator("local_model")
+    @classmethod
+    def _local_model(cls, value: str) -> str:
+        parse_model_source(value)  # raises ValueError with the reason
+        return value.strip()
 
     @field_validator("http_addr")
     @classmethod
@@ -188,9 +207,29 @@ class Settings(HeraldSettings):
 
     @model_validator(mode="after")
     def _fits_together(self) -> Settings:
-        if self.llm_api == "openai" and self.max_new_tokens >= self.llm_max_input_tokens:
+        if self.llm_api == "local" and self.tgi_url:
+            raise ValueError(
+                "HERALD_LLM_API=local runs the built-in model: unset HERALD_TGI_URL, "
+                "or set HERALD_LLM_API to tgi or openai to use that server"
+            )
+        if self.llm_api in ("tgi", "openai") and not self.tgi_url:
+            raise ValueError(
+                f"HERALD_LLM_API={self.llm_api} needs HERALD_TGI_URL (the server's URL); "
+                "unset both to use the built-in model"
+            )
+        if self.llm_backend == "openai" and self.max_new_tokens >= self.llm_max_input_tokens:
             raise ValueError("HERALD_MAX_NEW_TOKENS must be smaller than HERALD_LLM_MAX_INPUT_TOKENS")
+        if self.llm_backend == "local" and self.max_new_tokens >= self.local_context:
+            raise ValueError("HERALD_MAX_NEW_TOKENS must be smaller than HERALD_LOCAL_CONTEXT")
         return self
+
+    @property
+    def llm_backend(self) -> Literal["tgi", "openai", "local"]:
+        """The model in use: `HERALD_LLM_API` where given, else TGI at `HERALD_TGI_URL`,
+        else the built-in model."""
+        if self.llm_api is not None:
+            return self.llm_api
+        return "tgi" if self.tgi_url else "local"
 
     @property
     def history_ttl_seconds(self) -> int:

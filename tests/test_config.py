@@ -19,10 +19,66 @@ from core.config import ConfigError, HeraldSettings, Settings, is_secret, load_s
 
 def test_defaults_are_usable(monkeypatch: pytest.MonkeyPatch) -> None:
     settings = load_settings(env_file=None)
-    assert settings.tgi_url == "http://localhost:8080"
-    assert settings.llm_api == "tgi"
+    assert settings.tgi_url is None and settings.llm_api is None
+    assert settings.llm_backend == "local"  # no model server: the built-in model
+    assert settings.local_model == "Qwen/Qwen2.5-0.5B-Instruct-GGUF/qwen2.5-0.5b-instruct-q4_k_m.gguf"
     assert settings.redis_url is None  # the embedded server
     assert settings.history_ttl_seconds == 7 * 86400
+
+
+@pytest.mark.parametrize(
+    ("env", "backend"),
+    [
+        ({}, "local"),
+        ({"HERALD_LLM_API": "local"}, "local"),
+        ({"HERALD_LLM_API": ""}, "local"),
+        ({"HERALD_TGI_URL": "http://tgi:80"}, "tgi"),
+        ({"HERALD_TGI_URL": "http://tgi:80", "HERALD_LLM_API": "tgi"}, "tgi"),
+        ({"HERALD_TGI_URL": "http://vllm:8000/v1", "HERALD_LLM_API": "OpenAI"}, "openai"),
+    ],
+)
+def test_the_model_in_use(monkeypatch: pytest.MonkeyPatch, env: dict[str, str], backend: str) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    assert load_settings(env_file=None).llm_backend == backend
+
+
+@pytest.mark.parametrize(
+    ("env", "problem"),
+    [
+        (
+            {"HERALD_LLM_API": "openai"},
+            "HERALD_LLM_API=openai needs HERALD_TGI_URL (the server's URL); "
+            "unset both to use the built-in model",
+        ),
+        (
+            {"HERALD_LLM_API": "local", "HERALD_TGI_URL": "http://tgi:80"},
+            "HERALD_LLM_API=local runs the built-in model: unset HERALD_TGI_URL, or set HERALD_LLM_API "
+            "to tgi or openai to use that server",
+        ),
+        (
+            {"HERALD_LOCAL_CONTEXT": "1024", "HERALD_MAX_NEW_TOKENS": "1024"},
+            "HERALD_MAX_NEW_TOKENS must be smaller than HERALD_LOCAL_CONTEXT",
+        ),
+    ],
+)
+def test_model_settings_that_do_not_fit_together(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], problem: str
+) -> None:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    assert caught.value.problems == [f"configuration: {problem}"]
+
+
+@pytest.mark.parametrize("value", ["qwen", "owner/repo", "owner/repo/model.bin", "/no/such/model.txt"])
+def test_a_wrong_local_model_is_named(monkeypatch: pytest.MonkeyPatch, value: str) -> None:
+    monkeypatch.setenv("HERALD_LOCAL_MODEL", value)
+    with pytest.raises(ConfigError) as caught:
+        load_settings(env_file=None)
+    [problem] = caught.value.problems
+    assert problem.startswith("HERALD_LOCAL_MODEL: ") and problem.endswith(f"(got {value!r})")
 
 
 def test_lists_are_comma_separated(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -43,6 +43,11 @@ _CONTEXT_PATTERNS: tuple[tuple[re.Pattern[str], Callable[[re.Match[str]], tuple[
         re.compile(r"`?inputs`? must have less than (\d+) tokens\. Given: (\d+)"),
         lambda m: (int(m[2]), int(m[1])),
     ),
+    # llama.cpp (llama-cpp-python): Requested tokens (X) exceed context window of N
+    (
+        re.compile(r"Requested tokens \((\d+)\) exceed context window of (\d+)"),
+        lambda m: (int(m[1]), int(m[2])),
+    ),
     # vLLM / OpenAI: maximum context length is N tokens. However, you requested X tokens
     (
         re.compile(

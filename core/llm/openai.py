@@ -66,13 +66,9 @@ def message_dicts(messages: Sequence[ChatMessage]) -> list[dict[str, str]]:
     return [{"role": m.role, "content": m.content} for m in messages]
 
 
-def chat_request_body(
-    model: str, messages: Sequence[ChatMessage], params: GenerationParams
-) -> dict[str, Any]:
-    """The streaming `/v1/chat/completions` body; unset options are left out.
-
-    `repetition_penalty` has no OpenAI equivalent and is dropped.
-    """
+def sampling_options(params: GenerationParams) -> dict[str, Any]:
+    """`params` as the OpenAI-style fields every such server reads (`max_tokens`,
+    `temperature`, `top_p`, `seed`, `stop`), validated; unset ones are left out."""
     if params.max_new_tokens < 1:
         raise InvalidRequest("max_new_tokens must be at least 1")
     if params.temperature is not None and params.temperature < 0:
@@ -81,21 +77,32 @@ def chat_request_body(
         raise InvalidRequest("top_p must be > 0 and <= 1")
     if params.seed is not None and params.seed < 0:
         raise InvalidRequest("seed must not be negative")
+    options: dict[str, Any] = {"max_tokens": params.max_new_tokens}
+    if params.temperature is not None:
+        options["temperature"] = params.temperature
+    if params.top_p is not None:
+        options["top_p"] = params.top_p
+    if params.seed is not None:
+        options["seed"] = params.seed
+    if params.stop:
+        options["stop"] = list(params.stop)
+    return options
+
+
+def chat_request_body(
+    model: str, messages: Sequence[ChatMessage], params: GenerationParams
+) -> dict[str, Any]:
+    """The streaming `/v1/chat/completions` body; unset options are left out.
+
+    `repetition_penalty` has no OpenAI equivalent and is dropped.
+    """
     body: dict[str, Any] = {
         "model": model,
         "messages": message_dicts(messages),
         "stream": True,
-        "max_tokens": params.max_new_tokens,
         "stream_options": {"include_usage": True},
+        **sampling_options(params),
     }
-    if params.temperature is not None:
-        body["temperature"] = params.temperature
-    if params.top_p is not None:
-        body["top_p"] = params.top_p
-    if params.seed is not None:
-        body["seed"] = params.seed
-    if params.stop:
-        body["stop"] = list(params.stop)
     if params.json_schema is not None:
         body["response_format"] = response_format(model, params.json_schema)
     return body
@@ -141,8 +148,7 @@ class ChatStreamDecoder:
         for choice in _list(payload.get("choices")):
             if not isinstance(choice, Mapping) or choice.get("index", 0) != 0:
                 continue
-            delta = choice.get("delta")
-            content = delta.get("content") if isinstance(delta, Mapping) else None
+            content = self.text_of(choice)
             if isinstance(content, str) and content:
                 self._content_chunks += 1
                 events.append(TextDelta(content))
@@ -153,6 +159,12 @@ class ChatStreamDecoder:
         if isinstance(usage, Mapping) and isinstance(usage.get("completion_tokens"), int):
             self._usage_tokens = usage["completion_tokens"]
         return events
+
+    @staticmethod
+    def text_of(choice: Mapping[str, Any]) -> object:
+        """A chat chunk's new text: `choices[0].delta.content`."""
+        delta = choice.get("delta")
+        return delta.get("content") if isinstance(delta, Mapping) else None
 
     def incomplete(self) -> LLMError:
         return GenerationFailed("the chat stream ended without data: [DONE]")

@@ -22,7 +22,8 @@ from core.posts.targets import Target
 
 class CampaignPost(BaseModel):
     date: dt.date
-    time: str = Field(pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    # [0-9], not \d: ASCII digits only, and a class every grammar converter reads
+    time: str = Field(pattern=r"^([01][0-9]|2[0-3]):[0-5][0-9]$")
     target: Target
     text: str = Field(min_length=1)
     hashtags: list[str] = Field(default_factory=list, max_length=5)
