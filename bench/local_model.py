@@ -10,7 +10,7 @@ conversation) and the same sampling settings go, one generation at a time, to:
 
 * **direct**: `llama_cpp.Llama` in this process, `create_completion(stream=True)`;
 * **Herald**: `BuiltInModel`, built as `bots.runtime.build_local_model` builds it
-  (its own child process: llama-cpp-python's server behind `core.llm.llamacpp`),
+  (its own child process, `bots.local_model.server`, behind `core.llm.llamacpp`),
   `prepare()` then `stream()`.
 
 Repetitions are paired and interleaved (direct/Herald, then Herald/direct, …)
@@ -610,15 +610,11 @@ def interpretation(
                 "these numbers are noisy (run again)."
             )
     notes.append(
-        "- Where the difference comes from: llama-cpp-python's server advances the completion generator "
-        "one token per thread-pool call (`iterate_in_threadpool`), so llama.cpp waits after every token "
-        "while the server's event loop takes the result back, encodes the chunk as JSON and SSE, writes "
-        "it to the socket and checks for a disconnect: that loop time is on the critical path, not "
-        "overlapped with the next token. Each call may run on a different worker thread; llama.cpp's "
-        "OpenMP then starts a second team of threads for the new caller, and with more OpenMP threads "
-        "than CPUs libgomp stops spinning at its barriers, which makes every later token slower. "
-        "Herald's client in the bot process (aiohttp, SSE parsing, JSON) costs CPU, but beside the "
-        "generation; with as many llama.cpp threads as CPUs it still competes for the same cores."
+        "- Where the difference comes from: Herald's model process generates on one dedicated thread "
+        "and hands tokens to its event loop without waiting, then sends at most one event per 10 ms "
+        "after the first token; what remains is the CPU of that event loop and of Herald's client "
+        "(aiohttp, SSE, JSON), which, with as many llama.cpp threads as CPUs, competes with llama.cpp "
+        "for the same cores, and one loopback HTTP round trip before the first token."
     )
     notes.append(
         "- The direct path generates in this process; Herald's in its child. Both call the same "
@@ -641,8 +637,7 @@ def interpretation(
                 f"(llama_cpp imported in the bot: {builtin.get('llama_cpp_in_bot')}); the model child "
                 f"holds {child['VmRSS']:.0f} MiB RSS (peak {child['VmHWM']:.0f} MiB), of which "
                 f"{child['RssFile']:.0f} MiB are file pages (mmapped model, libraries) and "
-                f"{child['VmLck']:.0f} MiB are locked in RAM (llama-cpp-python's server defaults to "
-                f"use_mlock=True).{inside}"
+                f"{child['VmLck']:.0f} MiB are locked in RAM.{inside}"
             )
     return "\n".join(notes)
 

@@ -14,15 +14,17 @@ import signal
 from collections.abc import Callable
 from pathlib import Path
 
+import aiohttp
 import llama_cpp
 import pytest
 
-from bots.local_model.backend import LocalModelError
+from bots.local_model.backend import BuiltInModel, LocalModelError
 from bots.local_model.server import STREAM_CLOSED
 from bots.runtime import build_llm
 from core import messages
 from core.chat.engine import Outcome
 from core.llm.base import ChatMessage, Finished, GenerationParams, TextDelta
+from core.llm.errors import ContextTooLong
 from core.platform import ConversationKey
 from core.posts.campaigns import SCHEMA, Campaign
 from tests import test_operations
@@ -399,3 +401,35 @@ async def test_ctrl_c_stops_the_answer_not_the_model_and_nothing_is_left(
     assert code == 0, err
     assert "Traceback" not in err
     assert model_processes(tiny) == []
+
+
+async def test_only_herald_may_use_its_model_process(
+    make_settings: Callable[..., object], tiny: Path
+) -> None:
+    """The model listens on loopback, where any local user could reach it: every
+    route but /health wants the key Herald made for this start."""
+    llm = build_llm(make_settings(**local(tiny)))  # type: ignore[arg-type]
+    assert isinstance(llm, BuiltInModel)
+    await llm.start()
+    try:
+        async with aiohttp.ClientSession() as http:
+            for method, path in [("GET", "/props"), ("POST", "/tokenize"), ("POST", "/completion")]:
+                async with http.request(method, llm.process.url + path, json={"content": "x"}) as response:
+                    assert response.status == 401, path
+                    assert (await response.json())["error"]["type"] == "authentication_error"
+            async with http.get(llm.process.url + "/health") as response:
+                assert response.status == 200
+    finally:
+        await llm.close()
+
+
+async def test_a_prompt_past_the_context_is_a_typed_error(make_engine: EngineFactory, tiny: Path) -> None:
+    """The engine never sends one (its budget is counted exactly); a caller that does
+    gets llama.cpp's refusal as `ContextTooLong`, with the numbers."""
+    engine = await make_engine(**local(tiny, local_context=512))
+    prompt = await engine.llm.prepare([ChatMessage("user", "x " * 400)])
+    assert prompt.input_tokens > 512
+    with pytest.raises(ContextTooLong) as caught:
+        async for _ in engine.llm.stream(prompt, GenerationParams(max_new_tokens=8)):
+            pass
+    assert (caught.value.given, caught.value.limit) == (prompt.input_tokens, 512)
