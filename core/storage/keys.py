@@ -82,6 +82,16 @@ class Keys:
         """Held by the one replica that runs the scheduler."""
         return f"{self.prefix}:scheduler:leader"
 
+    def chat_log(self, platform: str, chat_id: str, *parts: object) -> str:
+        """A key of one chat's recorded messages (`core.chatlog.store` has the layout);
+        the braces make the chat a Redis Cluster hash tag."""
+        tail = ":".join(str(part) for part in parts)
+        return f"{self.prefix}:log:{{{platform}:{chat_id}}}:{tail}"
+
+    def chat_log_pattern(self, platform: str, chat_id: str) -> str:
+        """SCAN pattern matching every key of one chat's recorded messages."""
+        return f"{self.prefix}:log:{_glob_escape('{' + platform + ':' + chat_id + '}')}:*"
+
     def cancel_channel(self) -> str:
         """Pub/sub channel carrying conversation keys whose generation must stop."""
         return f"{self.prefix}:cancel"

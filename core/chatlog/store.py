@@ -1,0 +1,261 @@
+"""A chat's recorded messages in Redis, shared by every replica, with their index.
+
+Layout (every key of one chat carries the hash tag `{platform:chat}`, so a
+Redis Cluster keeps a chat's keys in one slot):
+
+- `log:{chat}:cfg` hash: `on`, `retention` (seconds), `since` (when recording began);
+- `log:{chat}:seq` counter: each recorded message gets the next number;
+- `log:{chat}:m:{seq}` hash: the message (platform id, author id and name, text,
+  time, reply-to, thread), expiring `retention` after the message's time;
+- `log:{chat}:time` sorted set: seq by time, for spans (`since=`, /summary);
+- `log:{chat}:ids:{day}` hash: the platform's message id → seq, per UTC day of
+  the message (edits and deletes name the message; both platforms give its day);
+- `log:{chat}:p:{day}:{term}` string: the postings of one term on one day, five
+  bytes each (seq as a big-endian uint32, then the term's count, at most 255).
+
+A day's keys expire together once the last message of that day is past the
+retention, so retention costs no sweeping. Postings as packed strings rather
+than sorted sets keep the index at a few bytes per word (a sorted set entry
+costs tens). Recording is one script call: one round trip on the event path.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+
+from redis.asyncio import Redis
+
+from core.chatlog.terms import Terms
+from core.storage.keys import Keys
+
+DAY = 86400
+#: postings of one message in one term: seq (4 bytes, big-endian) + count (1 byte)
+POSTING = 5
+
+_RECORD = """
+-- KEYS: cfg, seq, time, ids(day), then one postings key per term
+-- ARGV: message id, author id, author name, text, at, reply_to, thread, day, then one count per term
+local on = redis.call('HGET', KEYS[1], 'on')
+if on ~= '1' then return 0 end
+local retention = tonumber(redis.call('HGET', KEYS[1], 'retention'))
+local at = tonumber(ARGV[5])
+local day_end = (tonumber(ARGV[8]) + 1) * 86400
+local seq = redis.call('INCR', KEYS[2])
+local prefix = string.sub(KEYS[2], 1, -4)
+local msg = prefix .. 'm:' .. seq
+redis.call('HSET', msg, 'id', ARGV[1], 'a', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'at', ARGV[5],
+  'r', ARGV[6], 'th', ARGV[7], 'd', ARGV[8])
+redis.call('EXPIREAT', msg, math.ceil(at + retention))
+redis.call('ZADD', KEYS[3], at, seq)
+redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (redis.call('TIME')[1] - retention))
+redis.call('HSET', KEYS[4], ARGV[1], seq)
+redis.call('EXPIREAT', KEYS[4], day_end + retention)
+local packed = string.char(math.floor(seq / 16777216) % 256, math.floor(seq / 65536) % 256,
+  math.floor(seq / 256) % 256, seq % 256)
+for i = 5, #KEYS do
+  redis.call('APPEND', KEYS[i], packed .. string.char(tonumber(ARGV[4 + i])))
+  redis.call('EXPIREAT', KEYS[i], day_end + retention)
+end
+return seq
+"""
+
+_UNPOST = """
+-- KEYS: postings keys; ARGV[1]: seq whose postings go
+local packed = string.char(math.floor(ARGV[1] / 16777216) % 256, math.floor(ARGV[1] / 65536) % 256,
+  math.floor(ARGV[1] / 256) % 256, ARGV[1] % 256)
+for i = 1, #KEYS do
+  local s = redis.call('GET', KEYS[i])
+  if s then
+    local kept = {}
+    for j = 1, #s, 5 do
+      if string.sub(s, j, j + 3) ~= packed then kept[#kept + 1] = string.sub(s, j, j + 4) end
+    end
+    if #kept == 0 then redis.call('DEL', KEYS[i])
+    else redis.call('SET', KEYS[i], table.concat(kept), 'KEEPTTL') end
+  end
+end
+return #KEYS
+"""
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedMessage:
+    """One recorded message, as the platform described it."""
+
+    message_id: str
+    author_id: str
+    author_name: str
+    text: str
+    at: float  # seconds since the epoch, the platform's time of the message
+    reply_to: str | None = None
+    thread_id: str | None = None
+    seq: int = 0  # its number in this chat's log (0 before it is recorded)
+
+    @property
+    def day(self) -> int:
+        return int(self.at // DAY)
+
+
+@dataclass(frozen=True, slots=True)
+class LogSettings:
+    on: bool
+    retention: float  # seconds
+    since: float | None  # when recording began
+
+
+class ChatLog:
+    """Record, change and forget one chat's messages; read them back by number or time."""
+
+    def __init__(
+        self, redis: Redis, keys: Keys, terms: Terms, *, clock: Callable[[], float] = time.time
+    ) -> None:
+        self._redis = redis
+        self._keys = keys
+        self.terms = terms
+        self._clock = clock
+        self._record = redis.register_script(_RECORD)
+        self._unpost = redis.register_script(_UNPOST)
+
+    def _key(self, platform: str, chat_id: str, *parts: object) -> str:
+        return self._keys.chat_log(platform, chat_id, *parts)
+
+    async def settings(self, platform: str, chat_id: str) -> LogSettings | None:
+        raw = await self._redis.hgetall(self._key(platform, chat_id, "cfg"))
+        if not raw:
+            return None
+        since = raw.get("since")
+        retention = float(raw.get("retention", 0))
+        return LogSettings(raw.get("on") == "1", retention, float(since) if since else None)
+
+    async def turn_on(self, platform: str, chat_id: str, retention: float) -> LogSettings:
+        """Start recording (or change the retention of what is recorded from now on)."""
+        key = self._key(platform, chat_id, "cfg")
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key, mapping={"on": "1", "retention": str(retention)})
+        pipe.hsetnx(key, "since", str(self._clock()))
+        await pipe.execute()
+        found = await self.settings(platform, chat_id)
+        assert found is not None
+        return found
+
+    async def turn_off(self, platform: str, chat_id: str) -> int:
+        """Stop recording and delete everything recorded in the chat; how many keys went."""
+        deleted = 0
+        batch: list[str] = []
+        pattern = self._keys.chat_log_pattern(platform, chat_id)
+        async for key in self._redis.scan_iter(match=pattern, count=1000):
+            batch.append(key)
+            if len(batch) >= 500:
+                deleted += await self._redis.unlink(*batch)
+                batch = []
+        if batch:
+            deleted += await self._redis.unlink(*batch)
+        return deleted
+
+    async def record(self, platform: str, chat_id: str, message: LoggedMessage) -> int:
+        """Record one message in one round trip; its seq, or 0 when the chat is not recorded."""
+        counts = self.terms.counts(message.text)
+        keys = [
+            self._key(platform, chat_id, "cfg"),
+            self._key(platform, chat_id, "seq"),
+            self._key(platform, chat_id, "time"),
+            self._key(platform, chat_id, "ids", message.day),
+            *(self._key(platform, chat_id, "p", message.day, term) for term in counts),
+        ]
+        args: list[str | int | float] = [
+            message.message_id,
+            message.author_id,
+            message.author_name,
+            message.text,
+            message.at,
+            message.reply_to or "",
+            message.thread_id or "",
+            message.day,
+            *(min(255, n) for n in counts.values()),
+        ]
+        return int(await self._record(keys=keys, args=args))
+
+    async def find(self, platform: str, chat_id: str, message_id: str, at: float) -> LoggedMessage | None:
+        """A recorded message by the platform's id (`at`: any time on its day)."""
+        seq = await self._redis.hget(self._key(platform, chat_id, "ids", int(at // DAY)), message_id)
+        if seq is None:
+            return None
+        found = await self.messages(platform, chat_id, [int(seq)])
+        return found[0] if found else None
+
+    async def remove(self, platform: str, chat_id: str, message: LoggedMessage) -> None:
+        """Remove a recorded message everywhere: its text, its place in time, its index."""
+        terms = list(self.terms.counts(message.text))
+        postings = [self._key(platform, chat_id, "p", message.day, term) for term in terms]
+        if postings:
+            await self._unpost(keys=postings, args=[message.seq])
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.delete(self._key(platform, chat_id, "m", message.seq))
+        pipe.zrem(self._key(platform, chat_id, "time"), message.seq)
+        pipe.hdel(self._key(platform, chat_id, "ids", message.day), message.message_id)
+        await pipe.execute()
+
+    async def delete(self, platform: str, chat_id: str, message_id: str, at: float) -> bool:
+        """The platform deleted a message: it is forgotten. False when it was not recorded."""
+        found = await self.find(platform, chat_id, message_id, at)
+        if found is None:
+            return False
+        await self.remove(platform, chat_id, found)
+        return True
+
+    async def edit(self, platform: str, chat_id: str, message_id: str, at: float, text: str) -> bool:
+        """The platform edited a message: its new text replaces the old, in the index too."""
+        found = await self.find(platform, chat_id, message_id, at)
+        if found is None:
+            return False
+        await self.remove(platform, chat_id, found)
+        changed = replace(found, text=text, seq=0)
+        return await self.record(platform, chat_id, changed) > 0
+
+    async def forget_user(self, platform: str, chat_id: str, author_id: str) -> int:
+        """Remove every recorded message of one person; how many."""
+        seqs = [int(str(s)) for s in await self._redis.zrange(self._key(platform, chat_id, "time"), 0, -1)]
+        forgotten = 0
+        for start in range(0, len(seqs), 500):
+            for message in await self.messages(platform, chat_id, seqs[start : start + 500]):
+                if message.author_id == author_id:
+                    await self.remove(platform, chat_id, message)
+                    forgotten += 1
+        return forgotten
+
+    async def span(self, platform: str, chat_id: str, since: float, until: float = math.inf) -> list[int]:
+        """Seqs of the messages recorded between two times, oldest first."""
+        raw = await self._redis.zrangebyscore(self._key(platform, chat_id, "time"), since, until)
+        return [int(str(s)) for s in raw]
+
+    async def messages(self, platform: str, chat_id: str, seqs: Sequence[int]) -> list[LoggedMessage]:
+        """The recorded messages with these numbers, in that order (gone ones left out)."""
+        pipe = self._redis.pipeline(transaction=False)
+        for seq in seqs:
+            pipe.hgetall(self._key(platform, chat_id, "m", seq))
+        found: list[LoggedMessage] = []
+        for seq, raw in zip(seqs, await pipe.execute(), strict=True):
+            message = _decode(seq, raw)
+            if message is not None:
+                found.append(message)
+        return found
+
+
+def _decode(seq: int, raw: dict[str, str]) -> LoggedMessage | None:
+    """None for a missing or unreadable record (one bad record never stops the rest)."""
+    try:
+        return LoggedMessage(
+            message_id=raw["id"],
+            author_id=raw["a"],
+            author_name=raw.get("n", ""),
+            text=raw["t"],
+            at=float(raw["at"]),
+            reply_to=raw.get("r") or None,
+            thread_id=raw.get("th") or None,
+            seq=seq,
+        )
+    except (KeyError, ValueError):
+        return None

@@ -1,0 +1,187 @@
+"""The chat log's store (issue 13): recording, edits, deletes, forgetting a person,
+turning it off, retention by expiry; on the Valkey that Herald embeds and on a
+Redis 7 server, both real."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+
+from bots.redis_server import RedisServerProcess, find_server_binary
+from core.chatlog.store import POSTING, ChatLog, LoggedMessage
+from core.chatlog.terms import Terms
+from core.storage.keys import Keys
+from core.storage.redis_client import connect_redis
+
+SERVERS = {"valkey": find_server_binary(), "redis": shutil.which("redis-server")}
+DAY = 30 * 86400.0
+
+
+@pytest.fixture(scope="module", params=sorted(SERVERS))
+def server_url(request: pytest.FixtureRequest) -> Iterator[str]:
+    binary = SERVERS[request.param]
+    if binary is None:
+        pytest.skip(f"no {request.param} server binary on this machine")
+    with RedisServerProcess(binary=binary) as server:
+        yield server.url
+
+
+class Counting(Redis):
+    """A client that counts the commands it sends (each is one round trip here)."""
+
+    sent = 0
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        Counting.sent += 1
+        return await super().execute_command(*args, **options)
+
+
+@pytest.fixture
+async def redis(server_url: str) -> AsyncIterator[Redis]:
+    client = connect_redis(server_url)
+    yield client
+    await client.flushall()
+    await client.aclose()
+
+
+@pytest.fixture
+def log(redis: Redis) -> ChatLog:
+    return ChatLog(redis, Keys("t"), Terms())
+
+
+def said(message_id: str, text: str, *, author: str = "u1", at: float | None = None) -> LoggedMessage:
+    return LoggedMessage(message_id, author, f"User {author}", text, at if at is not None else time.time())
+
+
+async def every_value(url: str) -> str:
+    """Every key name and every value in the server, as one text (binary as latin-1)."""
+    raw = Redis.from_url(url, decode_responses=False)
+    parts: list[str] = []
+    try:
+        async for key in raw.scan_iter(count=1000):
+            parts.append(key.decode("latin-1"))
+            kind = (await raw.type(key)).decode()
+            if kind == "string":
+                parts.append((await raw.get(key) or b"").decode("latin-1"))
+            elif kind == "hash":
+                parts += [v.decode("latin-1") for v in (await raw.hgetall(key)).values()]
+            elif kind == "zset":
+                parts += [m.decode("latin-1") for m in await raw.zrange(key, 0, -1)]
+    finally:
+        await raw.aclose()
+    return "\n".join(parts)
+
+
+async def test_nothing_is_recorded_until_the_chat_turns_it_on(log: ChatLog, redis: Redis) -> None:
+    assert await log.record("telegram", "-100", said("1", "hello there")) == 0
+    assert await redis.dbsize() == 0
+    settings = await log.turn_on("telegram", "-100", DAY)
+    assert settings.on and settings.retention == DAY and settings.since is not None
+    assert await log.record("telegram", "-100", said("2", "hello there")) == 1
+    [message] = await log.messages("telegram", "-100", [1])
+    assert (message.message_id, message.text, message.author_name, message.seq) == (
+        "2",
+        "hello there",
+        "User u1",
+        1,
+    )
+
+
+async def test_recording_is_one_round_trip(server_url: str) -> None:
+    client = Counting.from_url(server_url, decode_responses=True)
+    try:
+        log = ChatLog(client, Keys("t"), Terms())
+        await log.turn_on("discord", "c1", DAY)
+        await log.record("discord", "c1", said("1", "the script is loaded once"))
+        Counting.sent = 0
+        await log.record("discord", "c1", said("2", "then every message is a single call"))
+        assert Counting.sent == 1
+    finally:
+        await client.flushall()
+        await client.aclose()
+
+
+async def test_the_index_holds_stemmed_words_a_few_bytes_each(log: ChatLog, redis: Redis) -> None:
+    await log.turn_on("discord", "c1", DAY)
+    at = time.time()
+    await log.record("discord", "c1", said("1", "Launching launches: the launch!", at=at))
+    day = int(at // 86400)
+    keys = Keys("t")
+    raw = await redis.execute_command(
+        "GET", keys.chat_log("discord", "c1", "p", day, "launch"), NEVER_DECODE=True
+    )
+    assert raw == b"\x00\x00\x00\x01\x03" and len(raw) == POSTING  # seq 1, three times
+    assert await redis.exists(keys.chat_log("discord", "c1", "p", day, "the")) == 0  # a function word
+
+
+async def test_an_edit_replaces_the_text_and_its_index(log: ChatLog, server_url: str) -> None:
+    await log.turn_on("telegram", "-100", DAY)
+    at = time.time()
+    await log.record("telegram", "-100", said("7", "meeting on tuesday", at=at))
+    assert await log.edit("telegram", "-100", "7", at, "meeting on thursday")
+    [message] = await log.messages("telegram", "-100", await log.span("telegram", "-100", 0))
+    assert (message.message_id, message.text) == ("7", "meeting on thursday")
+    assert "tuesday" not in await every_value(server_url)
+    assert not await log.edit("telegram", "-100", "8", at, "never recorded")
+
+
+async def test_a_deleted_message_is_gone_everywhere(log: ChatLog, server_url: str) -> None:
+    await log.turn_on("discord", "c1", DAY)
+    at = time.time()
+    await log.record("discord", "c1", said("1", "the password is swordfish", at=at))
+    await log.record("discord", "c1", said("2", "the weather is fine", at=at))
+    assert await log.delete("discord", "c1", "1", at)
+    everything = await every_value(server_url)
+    assert "swordfish" not in everything and "password" not in everything
+    assert [m.text for m in await log.messages("discord", "c1", await log.span("discord", "c1", 0))] == [
+        "the weather is fine"
+    ]
+    assert not await log.delete("discord", "c1", "1", at)  # twice: nothing left to delete
+
+
+async def test_forgetting_one_person_keeps_everyone_else(log: ChatLog) -> None:
+    await log.turn_on("telegram", "-100", DAY)
+    for n in range(6):
+        await log.record("telegram", "-100", said(str(n), f"message {n}", author="ada" if n % 2 else "bob"))
+    assert await log.forget_user("telegram", "-100", "ada") == 3
+    left = await log.messages("telegram", "-100", await log.span("telegram", "-100", 0))
+    assert [m.author_id for m in left] == ["bob"] * 3
+
+
+async def test_turning_off_deletes_the_chat_and_only_that_chat(log: ChatLog, server_url: str) -> None:
+    for chat in ("c1", "c2"):
+        await log.turn_on("discord", chat, DAY)
+        await log.record("discord", chat, said("1", f"a fact of {chat}"))
+    assert await log.turn_off("discord", "c1") > 0
+    assert await log.settings("discord", "c1") is None
+    assert await log.record("discord", "c1", said("2", "after off")) == 0
+    everything = await every_value(server_url)
+    assert "fact of c1" not in everything and "fact of c2" in everything
+
+
+async def test_retention_is_kept_by_expiry(log: ChatLog, redis: Redis) -> None:
+    await log.turn_on("discord", "c1", 3600)
+    now = time.time()
+    await log.record("discord", "c1", said("1", "recent news", at=now))
+    await log.record("discord", "c1", said("2", "ancient history", at=now - 7200))
+    keys = Keys("t")
+    assert 3500 < await redis.ttl(keys.chat_log("discord", "c1", "m", 1)) <= 3601  # whole seconds, rounded up
+    assert await redis.exists(keys.chat_log("discord", "c1", "m", 2)) == 0  # already past retention
+    assert [m.text for m in await log.messages("discord", "c1", [1, 2])] == ["recent news"]
+    assert await log.span("discord", "c1", 0) == [1]
+    postings = [k async for k in redis.scan_iter(match="t:log:*:p:*")]
+    ttls = [await redis.ttl(key) for key in postings]
+    assert ttls and all(0 < ttl <= 86400 + 3600 for ttl in ttls)  # the day's end + retention
+
+
+async def test_an_unreadable_record_is_skipped(log: ChatLog, redis: Redis) -> None:
+    await log.turn_on("discord", "c1", DAY)
+    await log.record("discord", "c1", said("1", "good one"))
+    await log.record("discord", "c1", said("2", "will break"))
+    await redis.hdel(Keys("t").chat_log("discord", "c1", "m", 2), "at")
+    assert [m.text for m in await log.messages("discord", "c1", [1, 2])] == ["good one"]
