@@ -3,7 +3,8 @@
 Layout (every key of one chat carries the hash tag `{platform:chat}`, so a
 Redis Cluster keeps a chat's keys in one slot):
 
-- `log:{chat}:cfg` hash: `on`, `retention` (seconds), `since` (when recording began);
+- `log:{chat}:cfg` hash: `on`, `retention` (seconds), `since` (when recording began),
+  and `docs` / `words`, what was ever recorded (the index's average message length);
 - `log:{chat}:seq` counter: each recorded message gets the next number;
 - `log:{chat}:m:{seq}` hash: the message (platform id, author id and name, text,
   time, reply-to, thread), expiring `retention` after the message's time;
@@ -14,7 +15,9 @@ Redis Cluster keeps a chat's keys in one slot):
   bytes each (seq as a big-endian uint32, then the term's count, at most 255).
 
 A day's keys expire together once the last message of that day is past the
-retention, so retention costs no sweeping. Postings as packed strings rather
+retention, so retention costs no sweeping (a day's words outlive its earliest
+messages by at most that day: the postings then name a message that is gone,
+and searching skips it). Postings as packed strings rather
 than sorted sets keep the index at a few bytes per word (a sorted set entry
 costs tens). Recording is one script call: one round trip on the event path.
 """
@@ -23,7 +26,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
@@ -37,7 +40,7 @@ POSTING = 5
 
 _RECORD = """
 -- KEYS: cfg, seq, time, ids(day), then one postings key per term
--- ARGV: message id, author id, author name, text, at, reply_to, thread, day, then one count per term
+-- ARGV: message id, author id, author name, text, at, reply_to, thread, day, words, then one count per term
 local on = redis.call('HGET', KEYS[1], 'on')
 if on ~= '1' then return 0 end
 local retention = tonumber(redis.call('HGET', KEYS[1], 'retention'))
@@ -51,12 +54,14 @@ redis.call('HSET', msg, 'id', ARGV[1], 'a', ARGV[2], 'n', ARGV[3], 't', ARGV[4],
 redis.call('EXPIREAT', msg, math.ceil(at + retention))
 redis.call('ZADD', KEYS[3], at, seq)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (redis.call('TIME')[1] - retention))
+redis.call('HINCRBY', KEYS[1], 'docs', 1)
+redis.call('HINCRBY', KEYS[1], 'words', ARGV[9])
 redis.call('HSET', KEYS[4], ARGV[1], seq)
 redis.call('EXPIREAT', KEYS[4], day_end + retention)
 local packed = string.char(math.floor(seq / 16777216) % 256, math.floor(seq / 65536) % 256,
   math.floor(seq / 256) % 256, seq % 256)
 for i = 5, #KEYS do
-  redis.call('APPEND', KEYS[i], packed .. string.char(tonumber(ARGV[4 + i])))
+  redis.call('APPEND', KEYS[i], packed .. string.char(tonumber(ARGV[5 + i])))
   redis.call('EXPIREAT', KEYS[i], day_end + retention)
 end
 return seq
@@ -174,6 +179,7 @@ class ChatLog:
             message.reply_to or "",
             message.thread_id or "",
             message.day,
+            sum(counts.values()),
             *(min(255, n) for n in counts.values()),
         ]
         return int(await self._record(keys=keys, args=args))
@@ -193,6 +199,10 @@ class ChatLog:
         if postings:
             await self._unpost(keys=postings, args=[message.seq])
         pipe = self._redis.pipeline(transaction=True)
+        pipe.hincrby(self._key(platform, chat_id, "cfg"), "docs", -1)
+        pipe.hincrby(
+            self._key(platform, chat_id, "cfg"), "words", -sum(self.terms.counts(message.text).values())
+        )
         pipe.delete(self._key(platform, chat_id, "m", message.seq))
         pipe.zrem(self._key(platform, chat_id, "time"), message.seq)
         pipe.hdel(self._key(platform, chat_id, "ids", message.day), message.message_id)
@@ -225,6 +235,22 @@ class ChatLog:
                     await self.remove(platform, chat_id, message)
                     forgotten += 1
         return forgotten
+
+    async def postings(
+        self, platform: str, chat_id: str, days: Iterable[int], terms: Sequence[str]
+    ) -> list[tuple[str, bytes]]:
+        """The packed postings of `terms` on `days`, in one round trip (empty ones left out)."""
+        wanted = [(term, day) for day in days for term in terms]
+        pipe = self._redis.pipeline(transaction=False)
+        for term, day in wanted:
+            pipe.execute_command("GET", self._key(platform, chat_id, "p", day, term), NEVER_DECODE=True)
+        found = await pipe.execute()
+        return [(term, packed) for (term, _), packed in zip(wanted, found, strict=True) if packed]
+
+    async def totals(self, platform: str, chat_id: str) -> tuple[int, int]:
+        """(messages, index words) recorded in the chat, for BM25's statistics."""
+        docs, words = await self._redis.hmget(self._key(platform, chat_id, "cfg"), ["docs", "words"])
+        return max(0, int(docs or 0)), max(0, int(words or 0))
 
     async def span(self, platform: str, chat_id: str, since: float, until: float = math.inf) -> list[int]:
         """Seqs of the messages recorded between two times, oldest first."""
