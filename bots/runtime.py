@@ -29,9 +29,12 @@ from core.chat.context import ContextBuilder
 from core.chat.engine import Engine, EnginePolicy
 from core.chat.locks import ConversationLocks
 from core.chat.memory import ConversationStore
+from core.chatlog.store import ChatLog
+from core.chatlog.terms import Terms
 from core.commands.chat import ChatCommands
 from core.commands.drafts import DraftCommands
 from core.commands.herald import herald_commands
+from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
 from core.config import Settings
@@ -151,6 +154,7 @@ def build_commands(
     locks: ConversationLocks,
     cancels: CancelBus,
     context: ContextBuilder,
+    chatlog: ChatLog,
 ) -> CommandRegistry:
     """Herald's commands, each group given what it works with."""
     generation = generation_params(settings)
@@ -167,6 +171,7 @@ def build_commands(
         ChatCommands(memory, access, locks, cancels, context, llm),
         DraftCommands(drafter, planner, scheduling.saved),
         schedules,
+        HistoryCommands(chatlog, access),
     )
 
 
@@ -199,6 +204,7 @@ def build_engine(
         margin=settings.context_margin,
         block_messages=settings.context_block_messages,
     )
+    chatlog = ChatLog(redis, keys, Terms())
     return Engine(
         memory=memory,
         admitter=Admitter(redis, keys, limits),
@@ -216,6 +222,7 @@ def build_engine(
             locks=locks,
             cancels=cancels,
             context=context,
+            chatlog=chatlog,
         ),
         policy=EnginePolicy(
             system_prompt=settings.system_prompt,
@@ -225,6 +232,7 @@ def build_engine(
         ),
         metrics=metrics,
         logger=log,
+        chatlog=chatlog,
     )
 
 

@@ -53,6 +53,16 @@ class CommandCall:
 
 
 @dataclass(frozen=True, slots=True)
+class Posted:
+    """The platform's own record of a message, for the chat log: its id, when it was
+    sent (seconds since the epoch), and the message it replies to."""
+
+    message_id: str
+    at: float
+    reply_to: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
     """One platform event, normalised. The adapter decides only `addressed`."""
 
@@ -65,6 +75,8 @@ class Inbound:
     thread_id: str | None = None
     is_private: bool = False
     command: CommandCall | None = None
+    #: set for a message someone wrote in the chat (not a button or an interaction)
+    posted: Posted | None = None
 
     @property
     def conversation(self) -> ConversationKey:

@@ -24,6 +24,7 @@ COMMAND_NAMES = {
     "shorten",
     "campaign",
     "schedule",
+    "history",
     "help",
 }
 

@@ -14,7 +14,7 @@ from dataclasses import replace
 
 import discord
 
-from core.platform import Author, CommandCall, Inbound
+from core.platform import Author, CommandCall, Inbound, Posted
 
 PLATFORM = "discord"
 
@@ -73,7 +73,13 @@ def from_message(message: discord.Message, me: discord.ClientUser) -> Inbound:
         text=_without_mentions(message.content, me, role_ids),
         addressed=private or mentioned or _replies_to_bot(message, me),
         is_private=private,
+        posted=Posted(str(message.id), message.created_at.timestamp(), _replied_id(message)),
     )
+
+
+def _replied_id(message: discord.Message) -> str | None:
+    ref = message.reference
+    return str(ref.message_id) if ref is not None and ref.message_id is not None else None
 
 
 def command_call(data: Mapping[str, object]) -> CommandCall:

@@ -40,7 +40,9 @@ _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 ADMIN_CACHE_SECONDS = 60.0
 ADMIN_CACHE_SIZE = 10_000
 MAX_CONCURRENT_UPDATES = 256
-
+#: what Herald asks Telegram for: messages, their edits (for chats that record their
+#: history) and button clicks
+UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +79,7 @@ class TelegramBot:
         self.app: Application = builder.build()  # type: ignore[type-arg]
         self.app.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, self._on_migrate))
         self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.MESSAGE, self._on_message))
+        self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.EDITED_MESSAGE, self._on_edit))
         self.app.add_handler(CallbackQueryHandler(self._on_button))
         self.app.add_error_handler(self._on_error)
         self._identity: BotIdentity | None = None
@@ -107,7 +110,7 @@ class TelegramBot:
         if self._webhook is None:
             await updater.start_polling(
                 timeout=self._poll_timeout,
-                allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
+                allowed_updates=UPDATES,
                 error_callback=self._on_poll_error,
             )
             self._log.info("Telegram: @%s polling for updates", me.username)
@@ -119,7 +122,7 @@ class TelegramBot:
                 url_path=urlsplit(hook.url).path.lstrip("/"),  # the same path as the public URL
                 webhook_url=hook.url,
                 secret_token=hook.secret,
-                allowed_updates=[Update.MESSAGE, Update.CALLBACK_QUERY],
+                allowed_updates=UPDATES,
             )
             self._log.info("Telegram: @%s receiving updates by webhook", me.username)
 
@@ -192,6 +195,14 @@ class TelegramBot:
         await self._engine.handle(inbound, surface)
         if surface.chat_id != message.chat.id:  # the chat migrated while we answered
             await self._chat_moved(message.chat.id, surface.chat_id)
+
+    async def _on_edit(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+        """Someone edited a message: the chat's log, where the chat records, follows."""
+        message = update.edited_message
+        if message is None or message.text is None:
+            return
+        edited = to_inbound(message, update.update_id, self.identity, chat_admin=False)
+        await self._engine.message_edited(edited)
 
     async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
         """A click on one of the core's command buttons runs its command as the person

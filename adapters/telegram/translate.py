@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from telegram import Message, MessageEntity
 
 from core.commands.registry import parse_command_text
-from core.platform import Author, CommandCall, Inbound
+from core.platform import Author, CommandCall, Inbound, Posted
 
 PLATFORM = "telegram"
 
@@ -84,4 +84,12 @@ def to_inbound(message: Message, update_id: int, bot: BotIdentity, *, chat_admin
         addressed=private or bool(mentions) or _replies_to_bot(message, bot) or command is not None,
         is_private=private,
         command=command,
+        posted=Posted(str(message.message_id), message.date.timestamp(), _replied_id(message)),
     )
+
+
+def _replied_id(message: Message) -> str | None:
+    replied = message.reply_to_message
+    if replied is None or replied.forum_topic_created is not None:
+        return None
+    return str(replied.message_id)

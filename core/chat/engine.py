@@ -14,7 +14,7 @@ import contextlib
 import enum
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass
 
 from redis.exceptions import RedisError
@@ -28,12 +28,13 @@ from core.chat.locks import ConversationLocks, LockTimeout
 from core.chat.memory import ConversationStore, Turn
 from core.chat.render import StreamRenderer
 from core.chat.say import say
+from core.chatlog.store import ChatLog, LoggedMessage
 from core.commands.context import CommandContext
 from core.commands.registry import CommandError, CommandRegistry, ParsedCommand
 from core.llm.base import Finished, GenerationParams, LLMClient, TextDelta
 from core.llm.errors import ContextTooLong, LLMError
 from core.metrics import MeteredSurface, Metrics
-from core.platform import Button, ConversationKey, Inbound, Surface
+from core.platform import Button, ConversationKey, Inbound, Posted, Surface
 
 
 class Outcome(enum.Enum):
@@ -118,8 +119,11 @@ class Engine:
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
+        chatlog: ChatLog | None = None,
     ) -> None:
         self.memory = memory
+        #: records the messages of chats that turned it on (`/history on`)
+        self.chatlog = chatlog
         self.admitter = admitter
         self.locks = locks
         self.cancels = cancels
@@ -173,6 +177,7 @@ class Engine:
             if event.is_private and (event.addressed or event.command):
                 await say(surface, messages.NOT_ALLOWED)
             return Outcome.NOT_ALLOWED
+        await self._record(event)
         parsed: ParsedCommand | None = None
         problem: str | None = None
         if event.command is not None:
@@ -237,6 +242,54 @@ class Engine:
             return Outcome.BUSY
         finally:
             _settle(counting)
+
+    async def _record(self, event: Inbound) -> None:
+        """Put a message written in a group chat into the chat's log, where the chat
+        records (one round trip; the store checks). DMs and commands are not recorded;
+        a failure is logged and never stops the answer."""
+        if (
+            self.chatlog is None
+            or event.posted is None
+            or event.is_private
+            or event.command
+            or not event.text
+        ):
+            return
+        message = LoggedMessage(
+            message_id=event.posted.message_id,
+            author_id=event.author.user_id,
+            author_name=event.author.display_name,
+            text=event.text,
+            at=event.posted.at,
+            reply_to=event.posted.reply_to,
+            thread_id=event.thread_id,
+        )
+        try:
+            await self.chatlog.record(event.platform, event.chat_id, message)
+        except RedisError as exc:
+            self._log.warning("could not record %s in the chat log: %s", event.event_id, exc)
+
+    async def message_edited(self, event: Inbound) -> None:
+        """A message was edited on the platform: a chat that records follows the edit
+        (the new text replaces the old, in the index too). Never raises."""
+        posted = event.posted
+        if self.chatlog is None or posted is None or event.is_private or not self.access.allows(event):
+            return
+        try:
+            await self.chatlog.edit(event.platform, event.chat_id, posted.message_id, posted.at, event.text)
+        except RedisError as exc:
+            self._log.warning("could not follow an edit in the chat log: %s", exc)
+
+    async def messages_deleted(self, platform: str, chat_id: str, deleted: Sequence[Posted]) -> None:
+        """Messages were deleted on the platform: a chat that records forgets them
+        everywhere, index included. Never raises."""
+        if self.chatlog is None:
+            return
+        try:
+            for posted in deleted:
+                await self.chatlog.delete(platform, chat_id, posted.message_id, posted.at)
+        except RedisError as exc:
+            self._log.warning("could not forget deleted messages in the chat log: %s", exc)
 
     @contextlib.asynccontextmanager
     async def _turn(self, conv: ConversationKey, surface: Surface) -> AsyncIterator[None]:

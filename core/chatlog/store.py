@@ -43,6 +43,8 @@ _RECORD = """
 -- ARGV: message id, author id, author name, text, at, reply_to, thread, day, words, then one count per term
 local on = redis.call('HGET', KEYS[1], 'on')
 if on ~= '1' then return 0 end
+local known = redis.call('HGET', KEYS[4], ARGV[1])
+if known then return tonumber(known) end  -- delivered twice: recorded once
 local retention = tonumber(redis.call('HGET', KEYS[1], 'retention'))
 local at = tonumber(ARGV[5])
 local day_end = (tonumber(ARGV[8]) + 1) * 86400

@@ -4,16 +4,22 @@ from __future__ import annotations
 
 from core.commands.chat import ChatCommands, HelpCommand
 from core.commands.drafts import DraftCommands
+from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
 
 
 def herald_commands(
-    chat: ChatCommands, drafts: DraftCommands, schedules: ScheduleCommands | None = None
+    chat: ChatCommands,
+    drafts: DraftCommands,
+    schedules: ScheduleCommands | None = None,
+    history: HistoryCommands | None = None,
 ) -> CommandRegistry:
     registry = CommandRegistry()
     for spec in (*chat.specs(), *drafts.specs(), HelpCommand(registry).spec()):
         registry.add(spec)
     if schedules is not None:
         registry.add(schedules.spec())
+    if history is not None:
+        registry.add(history.spec())
     return registry

@@ -973,6 +973,23 @@ class TelegramEmulator:
             self.push_update({"message": message})
         return int(message["message_id"])
 
+    def edit_user_message(self, chat: _Json, message_id: int, text: str) -> None:
+        """The author edits a message: an `edited_message` update with the whole message
+        as it now is (its original `date`, an `edit_date`), where the bot saw it."""
+        chat_id = int(chat["id"])
+        stored = self._messages.get(chat_id, {}).get(message_id)
+        if stored is None or "from" not in stored:
+            raise ValueError(f"no message {message_id} in chat {chat_id} to edit")
+        stored["text"] = text
+        stored["edit_date"] = max(int(time.time()), int(stored["date"]))
+        stored.pop("entities", None)
+        found = auto_entities(text)
+        if found:
+            stored["entities"] = found
+        replied = stored.get("reply_to_message")
+        if self._visible_to_bot(stored, replied):
+            self.push_update({"edited_message": copy.deepcopy(stored)})
+
     def make_update(
         self,
         chat: _Json,
