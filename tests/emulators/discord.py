@@ -12,13 +12,27 @@ It keeps the Discord rules that a bot's code can get wrong:
   all with Discord's JSON error bodies (``{"code", "message"[, "errors"]}``);
 * per-route rate-limit windows announced in ``X-RateLimit-*`` headers (discord.py paces itself
   from them) and 429s when a client ignores them, plus injected 429s (``rate_limit_next``);
+  channel history has its own, tighter window (``history_bucket_limit`` per
+  ``history_bucket_window``); ``throttled()`` lists every 429 served;
+* channel history (``GET /channels/{id}/messages``) with ``around``/``before``/``after`` and
+  ``limit`` as documented (newest first, ``after`` pages from the oldest), over messages seeded
+  cheaply into the past (``seed_history``) or written live; people edit and delete messages
+  (``edit_message``, ``delete_message``, ``bulk_delete``: MESSAGE_UPDATE, MESSAGE_DELETE,
+  MESSAGE_DELETE_BULK) and the history follows;
+* channel permission overwrites (``overwrite``) computed as Discord documents, with threads
+  inheriting their parent's: without VIEW_CHANNEL the read routes answer 403 50001, without
+  READ_MESSAGE_HISTORY history is empty (as documented) and a single message 403 50013, and
+  the bot gets no message events from a channel it cannot view;
 * what ``allowed_mentions`` really pings (``BotMessage.pinged_*``): absent, everything in the
   content pings, replies ping their author, ``@everyone`` needs MENTION_EVERYONE;
 * gateway intents: no MESSAGE_CREATE without GUILD_MESSAGES / DIRECT_MESSAGES, empty
-  ``content`` without MESSAGE_CONTENT except Discord's documented cases (DMs, the bot's own
-  messages, @mentions of the bot user, ping-replies to its regular messages; a mention of its
-  managed role only with ``role_mention_reveals_content``), only the bot's own member in
-  GUILD_CREATE without GUILD_PRESENCES, close 4014 for privileged intents not enabled;
+  ``content``/``embeds``/``attachments``/``components`` without MESSAGE_CONTENT except Discord's
+  documented cases (DMs, the bot's own messages, @mentions of the bot user, ping-replies to its
+  regular messages; a mention of its managed role only with ``role_mention_reveals_content``),
+  only the bot's own member in GUILD_CREATE without GUILD_PRESENCES, close 4014 for privileged
+  intents not enabled. Over REST (history, single messages) content depends only on whether
+  the app has MESSAGE_CONTENT (``privileged_intents``), never on what IDENTIFY asked for:
+  Discord documents HTTP restrictions as independent of the gateway's;
 * permissions only from roles (``member(permissions=...)`` adds a role of the member's own),
   so discord.py's ``Member.guild_permissions`` agrees with the interaction's ``permissions``;
 * interactions: 3 s to acknowledge, one acknowledgement only, a deferred "thinking" message
@@ -26,14 +40,17 @@ It keeps the Discord rules that a bot's code can get wrong:
 * sharding by ``(guild_id >> 22) % shard_count`` (DMs on shard 0), RESUME with replay of
   what was missed, and the bot's own messages echoed back as MESSAGE_CREATE.
 
-Deliberate simplifications: no channel permission overwrites, voice, reactions, components
-interactions, stickers or polls; REST message objects carry no ``guild_id`` (as on Discord),
-gateway ones do. Interaction-token webhook routes need no Authorization (as on Discord).
+Deliberate simplifications: no voice, reactions, components interactions, stickers or polls;
+permission overwrites gate only reading (history, single messages, message events), not
+sending; no THREAD_STARTER_MESSAGE inside threads. REST message objects carry no ``guild_id``
+(as on Discord), gateway ones do. Interaction-token webhook routes need no Authorization (as on
+Discord).
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import copy
 import datetime as dt
@@ -43,7 +60,7 @@ import math
 import re
 import secrets
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +73,7 @@ __all__ = [
     "Call",
     "DiscordEmulator",
     "Interaction",
+    "PastMessage",
     "point_discord_py_at",
 ]
 
@@ -77,7 +95,9 @@ ALL_INTENTS = (1 << 26) - 1
 
 # Permissions.
 ADMINISTRATOR = 1 << 3
+VIEW_CHANNEL = 1 << 10
 MANAGE_MESSAGES = 1 << 13
+READ_MESSAGE_HISTORY = 1 << 16
 MENTION_EVERYONE = 1 << 17
 ALL_PERMISSIONS = (1 << 51) - 1
 _TEXT_BASICS = (
@@ -96,6 +116,7 @@ BOT_ROLE_PERMISSIONS = _TEXT_BASICS
 
 # Message flags.
 SUPPRESS_EMBEDS = 1 << 2
+HAS_THREAD = 1 << 5
 EPHEMERAL = 1 << 6
 LOADING = 1 << 7
 SUPPRESS_NOTIFICATIONS = 1 << 12
@@ -112,6 +133,10 @@ _COMMAND_NAME = re.compile(r"[-_'\w]{1,32}")
 _OPTION_TYPES = {str: 3, bool: 5, int: 4, float: 10}
 _SNOWFLAKE_OPTIONS = {6, 7, 8, 9, 11}
 _RATE_LIMITED = "You are being rate limited."
+_HISTORY_ROUTE = ("GET", "/channels/{channel_id}/messages")
+_MAX_SNOWFLAKE = (1 << 64) - 1
+_BULK_DELETE_MAX_AGE = dt.timedelta(days=14)
+_POSIX_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 # --- records -----------------------------------------------------------------------------
@@ -175,6 +200,23 @@ class BotMessage:
     def loading(self) -> bool:
         """Still the deferred "thinking" placeholder."""
         return bool(self.flags & LOADING)
+
+
+@dataclass
+class PastMessage:
+    """A message written before the test began, for ``seed_history``.
+
+    ``at`` (an aware datetime, or POSIX seconds) becomes the message's timestamp and the time in
+    its snowflake; ``reply_to`` names an existing, older message; ``embeds`` are stored as given
+    (they vanish, like ``content``, for an app without MESSAGE_CONTENT).
+    """
+
+    author: _Json | int
+    content: str
+    at: dt.datetime | float
+    reply_to: int | None = None
+    edited_at: dt.datetime | float | None = None
+    embeds: Sequence[_Json] = ()
 
 
 @dataclass
@@ -381,10 +423,28 @@ class _Snowflakes:
         self._last = max(self._last + 1, candidate)
         return self._last
 
+    def at_least(self, taken: int) -> None:
+        """Make every later id larger than ``taken`` (an id made up elsewhere)."""
+        self._last = max(self._last, taken)
+
 
 def _iso(snowflake: int | None = None) -> str:
     ms = (snowflake >> 22) + DISCORD_EPOCH_MS if snowflake is not None else int(time.time() * 1000)
     return dt.datetime.fromtimestamp(ms / 1000, dt.UTC).isoformat()
+
+
+def _epoch_ms(at: dt.datetime | float) -> int:
+    """POSIX milliseconds (truncated) of an aware datetime or of POSIX seconds, exactly."""
+    if not isinstance(at, dt.datetime):
+        at = dt.datetime.fromtimestamp(at, dt.UTC)
+    elif at.tzinfo is None:
+        raise ValueError(f"{at!r} is naive; give a timezone (e.g. datetime.UTC)")
+    return (at - _POSIX_EPOCH) // dt.timedelta(milliseconds=1)
+
+
+def _snowflake_for(at: dt.datetime) -> int:
+    """The smallest snowflake of that millisecond."""
+    return max(_epoch_ms(at) - DISCORD_EPOCH_MS, 0) << 22
 
 
 def _ids(values: Any) -> list[int]:
@@ -412,9 +472,11 @@ def _walk_components(components: Any) -> Iterator[_Json]:
 class DiscordEmulator:
     """Discord's REST API (v10) and gateway on 127.0.0.1, holding one bot and its world.
 
-    Tests build the world (``guild``, ``user``, ``member``, ``thread``, ``dm_channel``), make
-    people act (``user_message``, ``slash_command``) and observe the bot (``calls``,
-    ``messages_in``, ``interaction_response``, ``global_commands``, ``identifies``).
+    Tests build the world (``guild``, ``user``, ``member``, ``thread``, ``dm_channel``,
+    ``overwrite``, ``seed_history``), make people act (``user_message``, ``edit_message``,
+    ``delete_message``, ``bulk_delete``, ``slash_command``) and observe the bot (``calls``,
+    ``throttled``, ``messages_in``, ``history``, ``interaction_response``, ``global_commands``,
+    ``identifies``).
     """
 
     def __init__(
@@ -429,6 +491,8 @@ class DiscordEmulator:
         privileged_intents: int = PRIVILEGED_INTENTS,
         bucket_limit: int = 5,
         bucket_window: float = 1.0,
+        history_bucket_limit: int = 5,
+        history_bucket_window: float = 5.0,
         interaction_deadline: float = 3.0,
         webhook_ttl: float = 900.0,
         echo_bot_messages: bool = True,
@@ -445,6 +509,9 @@ class DiscordEmulator:
         # X-RateLimit-Limit per route bucket and window length; 0 turns windows off.
         self.bucket_limit = bucket_limit
         self.bucket_window = bucket_window
+        # GET /channels/{id}/messages has its own window (per channel, like every route); 0 turns it off.
+        self.history_bucket_limit = history_bucket_limit
+        self.history_bucket_window = history_bucket_window
         self.interaction_deadline = interaction_deadline
         self.webhook_ttl = webhook_ttl
         self.echo_bot_messages = echo_bot_messages
@@ -476,6 +543,7 @@ class DiscordEmulator:
         self._dm_by_user: dict[int, int] = {}
         self._blocked_dms: set[int] = set()
         self._messages: dict[int, _StoredMessage] = {}
+        self._by_channel: dict[int, list[int]] = {}  # channel -> visible message ids, ascending
         self._bot_messages: dict[int, BotMessage] = {}
         self._nonces: dict[tuple[int, str], int] = {}
         self._interactions: dict[int, Interaction] = {}
@@ -724,7 +792,12 @@ class DiscordEmulator:
         self._dispatch(event, data, guild_id=guild.id, intent=GUILD_MEMBERS)
 
     def thread(self, guild_id: int, parent_id: int, thread_id: int, name: str = "thread") -> None:
-        """A public thread (type 11) under a text channel (THREAD_CREATE for connected clients)."""
+        """A public thread (type 11) under a text channel (THREAD_CREATE for connected clients).
+
+        As on Discord, a thread started from a message has that message's id: give ``thread_id``
+        a message of ``parent_id`` and the message carries the thread (``thread``, HAS_THREAD).
+        Its messages live under the thread's own id (``user_message(thread_id, ...)``, history).
+        """
         guild = self._need_guild(guild_id)
         if parent_id not in guild.channels:
             raise ValueError(f"channel {parent_id} is not a text channel of guild {guild_id}")
@@ -806,6 +879,59 @@ class DiscordEmulator:
         for role_id in guild.members.get(user_id, {}).get("roles", []):
             value |= int(guild.roles.get(int(role_id), {}).get("permissions", 0))
         return ALL_PERMISSIONS if value & ADMINISTRATOR else value
+
+    def overwrite(self, channel_id: int, target_id: int, *, allow: int = 0, deny: int = 0) -> None:
+        """Set a permission overwrite on a guild text channel (CHANNEL_UPDATE for connected clients).
+
+        ``target_id`` is a role of the guild (the guild's own id for @everyone, ``guild_id + 1``
+        for the bot's managed role) or else a member. ``allow=deny=0`` removes the overwrite.
+        Threads have none of their own: they inherit their parent's.
+        """
+        guild_id = self._guild_of_channel(channel_id)
+        if guild_id is None or channel_id not in self._guilds[guild_id].channels:
+            raise ValueError(f"channel {channel_id} is not a guild text channel")
+        guild = self._guilds[guild_id]
+        channel = guild.channels[channel_id]
+        kept = [o for o in channel["permission_overwrites"] if o["id"] != str(target_id)]
+        if allow or deny:
+            kind = 0 if target_id in guild.roles else 1
+            if kind == 1:
+                self._known_user(target_id)
+            kept.append({"id": str(target_id), "type": kind, "allow": str(allow), "deny": str(deny)})
+        channel["permission_overwrites"] = kept
+        self._dispatch("CHANNEL_UPDATE", channel, guild_id=guild_id, intent=GUILDS)
+
+    def channel_permissions(self, channel_id: int, user_id: int) -> int:
+        """A member's permissions in a channel: guild permissions, then overwrites as Discord
+        documents them (@everyone, then the member's roles together, then the member), and no
+        channel permission at all without VIEW_CHANNEL. Threads use their parent's overwrites;
+        a DM allows what a text channel does by default."""
+        guild_id = self._guild_of_channel(channel_id)
+        if guild_id is None:
+            return _TEXT_BASICS
+        guild = self._guilds[guild_id]
+        value = self.permissions(guild_id, user_id)
+        if value & ADMINISTRATOR or user_id == guild.owner_id:
+            return ALL_PERMISSIONS
+        channel = guild.channels.get(channel_id)
+        if channel is None:
+            channel = guild.channels[int(guild.threads[channel_id]["parent_id"])]
+        roles = {int(r) for r in guild.members.get(user_id, {}).get("roles", [])}
+        everyone, by_roles, member = (0, 0), (0, 0), (0, 0)
+        for entry in channel["permission_overwrites"]:
+            target, allow, deny = int(entry["id"]), int(entry["allow"]), int(entry["deny"])
+            if entry["type"] == 0 and target == guild_id:
+                everyone = (allow, deny)
+            elif entry["type"] == 0 and target in roles:
+                by_roles = (by_roles[0] | allow, by_roles[1] | deny)
+            elif entry["type"] == 1 and target == user_id:
+                member = (allow, deny)
+        for allow, deny in (everyone, by_roles, member):
+            value = (value & ~deny) | allow
+        return value if value & VIEW_CHANNEL else 0
+
+    def _bot_sees(self, channel_id: int) -> bool:
+        return bool(self.channel_permissions(channel_id, self.bot_id) & VIEW_CHANNEL)
 
     def _guild_create(self, guild: _Guild, session: _Session | None) -> _Json:
         """GUILD_CREATE as that session sees it (members only with GUILD_PRESENCES)."""
@@ -907,6 +1033,35 @@ class DiscordEmulator:
             self.permissions(actual_guild, author_id) & MENTION_EVERYONE
         )
         message_id = self._ids.next()
+        wire = self._person_wire(
+            message_id,
+            channel_id,
+            author,
+            content,
+            user_ids=user_ids,
+            role_ids=role_ids,
+            mention_everyone=mention_everyone or (can_ping_all and bool(_EVERYONE.search(content))),
+            reference=reference,
+        )
+        self._store(wire, actual_guild, reply_to)
+        self._dispatch_message("MESSAGE_CREATE", message_id)
+        return message_id
+
+    def _person_wire(
+        self,
+        message_id: int,
+        channel_id: int,
+        author: _Json,
+        content: str,
+        *,
+        user_ids: list[int],
+        role_ids: list[int],
+        mention_everyone: bool,
+        reference: _Json | None,
+        embeds: Sequence[_Json] = (),
+        edited_timestamp: str | None = None,
+    ) -> _Json:
+        """A person's message in REST shape (DEFAULT, or REPLY with ``message_reference``)."""
         wire: _Json = {
             "id": str(message_id),
             "type": 19 if reference else 0,
@@ -914,22 +1069,152 @@ class DiscordEmulator:
             "author": copy.deepcopy(author),
             "content": content,
             "timestamp": _iso(message_id),
-            "edited_timestamp": None,
+            "edited_timestamp": edited_timestamp,
             "tts": False,
-            "mention_everyone": mention_everyone or (can_ping_all and bool(_EVERYONE.search(content))),
+            "mention_everyone": mention_everyone,
             "mentions": [copy.deepcopy(self._users[u]) for u in _unique(user_ids)],
             "mention_roles": [str(r) for r in role_ids],
             "attachments": [],
-            "embeds": [],
+            "embeds": copy.deepcopy(list(embeds)),
             "pinned": False,
             "flags": 0,
             "components": [],
         }
         if reference is not None:
             wire["message_reference"] = reference
-        self._store(wire, actual_guild, reply_to)
-        self._dispatch_message("MESSAGE_CREATE", message_id)
-        return message_id
+        return wire
+
+    def seed_history(self, channel_id: int, messages: Iterable[PastMessage | tuple[Any, ...]]) -> list[int]:
+        """Store messages written before now, cheaply and silently; return their ids in order.
+
+        Each is a :class:`PastMessage` or an ``(author, content, at)`` tuple. Its id is the
+        snowflake of ``at`` (millisecond precision; messages of one millisecond count up in the
+        low 22 bits, in the order given), so history orders them by time and discord.py's
+        ``created_at`` is ``at``. Authors (user objects or ids) become members of a guild
+        channel's guild; ``<@id>``/``<@&id>`` in the content are mentions; nothing is dispatched
+        (the bot was not listening then). Live messages written later still get larger ids.
+        """
+        guild_id = self._guild_of_channel(channel_id)
+        now_ms = int(time.time() * 1000)
+        ids: list[int] = []
+        for item in messages:
+            past = item if isinstance(item, PastMessage) else PastMessage(*item)
+            ms = _epoch_ms(past.at)
+            if not DISCORD_EPOCH_MS <= ms <= now_ms:
+                raise ValueError(f"{past.at!r} is not between Discord's epoch (2015) and now")
+            message_id = (ms - DISCORD_EPOCH_MS) << 22
+            while message_id in self._messages:
+                message_id += 1
+            if message_id >> 22 != ms - DISCORD_EPOCH_MS:
+                raise ValueError(f"more than {1 << 22} messages at {past.at!r}")
+            author = self._known_user(past.author)
+            author_id = int(author["id"])
+            if guild_id is not None and author_id not in self._guilds[guild_id].members:
+                self.member(guild_id, author_id)
+            user_ids = _ids(_USER_MENTION.findall(past.content))
+            reference = None
+            if past.reply_to is not None:
+                target = self._messages.get(past.reply_to)
+                if target is None or target.deleted or past.reply_to >= message_id:
+                    raise ValueError(f"no older message {past.reply_to} to reply to")
+                reference = self._reference(past.reply_to)
+                user_ids.append(int(target.wire["author"]["id"]))
+            for user_id in user_ids:
+                self._known_user(user_id)
+            edited = None
+            if past.edited_at is not None:
+                edited_ms = _epoch_ms(past.edited_at)
+                if not ms <= edited_ms <= now_ms:
+                    raise ValueError(
+                        f"edited_at {past.edited_at!r} is not between the message's time and now"
+                    )
+                edited = dt.datetime.fromtimestamp(edited_ms / 1000, dt.UTC).isoformat()
+            wire = self._person_wire(
+                message_id,
+                channel_id,
+                author,
+                past.content,
+                user_ids=user_ids,
+                role_ids=_unique(_ids(_ROLE_MENTION.findall(past.content))),
+                mention_everyone=guild_id is not None
+                and bool(self.permissions(guild_id, author_id) & MENTION_EVERYONE)
+                and bool(_EVERYONE.search(past.content)),
+                reference=reference,
+                embeds=past.embeds,
+                edited_timestamp=edited,
+            )
+            self._store(wire, guild_id, past.reply_to)
+            ids.append(message_id)
+        if ids:
+            self._ids.at_least(max(ids))
+        return ids
+
+    def edit_message(self, message_id: int, content: str, *, embeds: Sequence[_Json] | None = None) -> None:
+        """A person edits their message: new ``content`` (and ``embeds`` when given), an
+        ``edited_timestamp`` of now, mentions read again from the content (a reply keeps pinging
+        its author); MESSAGE_UPDATE carries the full message (``tts`` false, as documented).
+        The bot edits its own messages over REST, not with this."""
+        stored = self._live_message(message_id)
+        wire = stored.wire
+        author_id = int(wire["author"]["id"])
+        if author_id == self.bot_id:
+            raise ValueError(f"message {message_id} is the bot's own; edit it through the REST API")
+        new_embeds = list(embeds) if embeds is not None else wire["embeds"]
+        if len(content) > MAX_CONTENT or (not content.strip() and not new_embeds and not wire["attachments"]):
+            raise ValueError("Discord would refuse that edit (empty, or over 2000 characters)")
+        user_ids = _ids(_USER_MENTION.findall(content))
+        if stored.reference_id is not None and stored.reference_id in self._messages:
+            replied = self._messages[stored.reference_id].wire["author"]["id"]
+            user_ids += [int(m["id"]) for m in wire["mentions"] if m["id"] == replied]
+        for user_id in user_ids:
+            self._known_user(user_id)
+        guild_id = stored.guild_id
+        can_ping_all = guild_id is not None and bool(self.permissions(guild_id, author_id) & MENTION_EVERYONE)
+        says_everyone = bool(_EVERYONE.search(content))
+        wire.update(
+            content=content,
+            edited_timestamp=_iso(),
+            mentions=[copy.deepcopy(self._users[u]) for u in _unique(user_ids)],
+            mention_roles=[str(r) for r in _unique(_ids(_ROLE_MENTION.findall(content)))],
+            mention_everyone=says_everyone and (can_ping_all or wire["mention_everyone"]),
+            embeds=copy.deepcopy(new_embeds),
+        )
+        self._dispatch_message("MESSAGE_UPDATE", message_id)
+
+    def delete_message(self, message_id: int) -> None:
+        """Its author or a moderator deletes a message: MESSAGE_DELETE ``{id, channel_id[, guild_id]}``;
+        it leaves history (and a reply to it shows ``referenced_message: null``)."""
+        self._live_message(message_id)
+        self._delete_message(message_id)
+
+    def bulk_delete(self, channel_id: int, message_ids: Sequence[int]) -> None:
+        """A moderator bulk-deletes messages of a guild channel: one MESSAGE_DELETE_BULK
+        ``{ids, channel_id, guild_id}``. Discord's Bulk Delete rules hold: 2-100 distinct live
+        messages of that channel, none older than two weeks."""
+        guild_id = self._guild_of_channel(channel_id)
+        if guild_id is None:
+            raise ValueError("bulk delete works in guild channels only")
+        wanted = _unique(list(message_ids))
+        if not 2 <= len(wanted) <= 100:
+            raise ValueError("bulk delete takes 2 to 100 distinct messages")
+        oldest = _snowflake_for(dt.datetime.now(dt.UTC) - _BULK_DELETE_MAX_AGE)
+        for message_id in wanted:
+            stored = self._live_message(message_id)
+            if int(stored.wire["channel_id"]) != channel_id:
+                raise ValueError(f"message {message_id} is not in channel {channel_id}")
+            if message_id < oldest:
+                raise ValueError(f"message {message_id} is older than two weeks")
+        for message_id in wanted:
+            self._mark_deleted(message_id)
+        if self._bot_sees(channel_id):
+            data = {"ids": [str(m) for m in wanted], "channel_id": str(channel_id), "guild_id": str(guild_id)}
+            self._dispatch("MESSAGE_DELETE_BULK", data, guild_id=guild_id, intent=GUILD_MESSAGES)
+
+    def _live_message(self, message_id: int) -> _StoredMessage:
+        stored = self._messages.get(message_id)
+        if stored is None or stored.deleted or stored.ephemeral:
+            raise ValueError(f"message {message_id} does not exist")
+        return stored
 
     def slash_command(
         self,
@@ -1253,6 +1538,16 @@ class DiscordEmulator:
         """Follow-up messages that became messages of their own."""
         return [self._bot_messages[m] for m in self._handle(interaction).followup_ids]
 
+    def throttled(self, path_regex: str | None = None) -> list[Call]:
+        """Requests answered 429 (window exceeded or injected), optionally only paths matching
+        ``path_regex`` (searched after /api/v10): a client that paces itself gets none."""
+        pattern = re.compile(path_regex) if path_regex is not None else None
+        return [c for c in self.calls if c.status == 429 and (pattern is None or pattern.search(c.path))]
+
+    def history(self, channel_id: int) -> list[_Json]:
+        """Every live message of a channel or thread, oldest first, as the app reads it over REST."""
+        return [self._app_message(m) for m in self._live_ids(channel_id)]
+
     def _handle(self, interaction: Interaction | int) -> Interaction:
         return self._interactions[interaction if isinstance(interaction, int) else interaction.id]
 
@@ -1549,11 +1844,23 @@ class DiscordEmulator:
                 session.dispatch(event, payload)
 
     def _dispatch_message(self, event: str, message_id: int) -> None:
+        """MESSAGE_CREATE/UPDATE (both carry the full message) to sessions that may see it."""
         stored = self._messages[message_id]
+        if stored.guild_id is not None and not self._bot_sees(int(stored.wire["channel_id"])):
+            return
         intent = GUILD_MESSAGES if stored.guild_id is not None else DIRECT_MESSAGES
-        self._dispatch(
-            event, lambda s: self._gateway_message(message_id, s), guild_id=stored.guild_id, intent=intent
-        )
+
+        def payload(session: _Session) -> _Json:
+            wire = self._gateway_message(message_id, session)
+            if event == "MESSAGE_UPDATE":
+                wire["tts"] = False  # documented: always false in updates
+            return wire
+
+        self._dispatch(event, payload, guild_id=stored.guild_id, intent=intent)
+
+    def _app_has_content(self) -> bool:
+        """Whether the application is approved for (and has switched on) MESSAGE_CONTENT."""
+        return bool(self.privileged_intents & MESSAGE_CONTENT)
 
     def _gateway_message(self, message_id: int, session: _Session) -> _Json:
         """A message as a session sees it: guild_id and members added, content hidden without the intent."""
@@ -1568,13 +1875,26 @@ class DiscordEmulator:
             for mention in wire["mentions"]:
                 if int(mention["id"]) in guild.members:
                     mention["member"] = copy.deepcopy(guild.members[int(mention["id"])])
-        if not session.intents & MESSAGE_CONTENT and stored.guild_id is not None:
-            referenced = wire.get("referenced_message")
-            if not self._content_exempt(wire, stored.guild_id):
-                self._hide_content(wire)
-            if isinstance(referenced, dict) and not self._content_exempt(referenced, stored.guild_id):
-                self._hide_content(referenced)
+        sees_content = bool(session.intents & MESSAGE_CONTENT) and self._app_has_content()
+        self._gate_content(wire, stored.guild_id, sees_content)
         return wire
+
+    def _app_message(self, message_id: int) -> _Json:
+        """A message as the REST API shows it to the app: content only with MESSAGE_CONTENT approved
+        (what IDENTIFY asked for does not matter over HTTP)."""
+        wire = self._rest_message(message_id)
+        self._gate_content(wire, self._messages[message_id].guild_id, self._app_has_content())
+        return wire
+
+    def _gate_content(self, wire: _Json, guild_id: int | None, sees_content: bool) -> None:
+        """Empty the content fields of a guild message (and of the one it replies to) unless exempt."""
+        if sees_content or guild_id is None:
+            return
+        referenced = wire.get("referenced_message")
+        if not self._content_exempt(wire, guild_id):
+            self._hide_content(wire)
+        if isinstance(referenced, dict) and not self._content_exempt(referenced, guild_id):
+            self._hide_content(referenced)
 
     def _content_exempt(self, wire: _Json, guild_id: int) -> bool:
         """Discord's documented exceptions to MESSAGE_CONTENT for a guild message.
@@ -1609,12 +1929,17 @@ class DiscordEmulator:
         message_id = int(wire["id"])
         self._messages[message_id] = _StoredMessage(wire, guild_id, reference_id, ephemeral)
         channel_id = int(wire["channel_id"])
+        if ephemeral:
+            return
+        bisect.insort(self._by_channel.setdefault(channel_id, []), message_id)
         if guild_id is not None:
             guild = self._guilds[guild_id]
             channel = guild.channels.get(channel_id) or guild.threads.get(channel_id)
-            if channel is not None and not ephemeral:
-                channel["last_message_id"] = str(message_id)
+            if channel is not None:
+                last = int(channel["last_message_id"] or 0)
+                channel["last_message_id"] = str(max(last, message_id))
                 if channel_id in guild.threads:
+                    wire["position"] = channel["total_message_sent"]  # approximate, as documented
                     channel["message_count"] += 1
                     channel["total_message_sent"] += 1
 
@@ -1632,6 +1957,11 @@ class DiscordEmulator:
             target = self._messages.get(stored.reference_id)
             alive = target is not None and not target.deleted
             wire["referenced_message"] = copy.deepcopy(target.wire) if target is not None and alive else None
+        if stored.guild_id is not None:
+            thread = self._guilds[stored.guild_id].threads.get(message_id)
+            if thread is not None and thread["parent_id"] == wire["channel_id"]:
+                wire["thread"] = copy.deepcopy(thread)  # the thread started from this message
+                wire["flags"] |= HAS_THREAD
         return wire
 
     def _channel_message(self, channel_id: int, message_id: int) -> _StoredMessage:
@@ -1853,12 +2183,16 @@ class DiscordEmulator:
             self._dispatch_message("MESSAGE_UPDATE", message_id)
         return self._rest_message(message_id)
 
-    def _delete_message(self, message_id: int) -> None:
-        stored = self._messages[message_id]
-        stored.deleted = True
+    def _mark_deleted(self, message_id: int) -> None:
+        self._messages[message_id].deleted = True
         if message_id in self._bot_messages:
             self._bot_messages[message_id].deleted = True
-        if not stored.ephemeral:
+
+    def _delete_message(self, message_id: int) -> None:
+        stored = self._messages[message_id]
+        self._mark_deleted(message_id)
+        visible = stored.guild_id is None or self._bot_sees(int(stored.wire["channel_id"]))
+        if not stored.ephemeral and visible:
             data: _Json = {"id": str(message_id), "channel_id": stored.wire["channel_id"]}
             if stored.guild_id is not None:
                 data["guild_id"] = str(stored.guild_id)
@@ -2006,15 +2340,22 @@ class DiscordEmulator:
                 if limit.global_:
                     headers.update({"X-RateLimit-Global": "true", "X-RateLimit-Scope": "global"})
                 else:
-                    limit_value = max(self.bucket_limit, 1)
+                    limit_value = max(self._bucket_size(route)[0], 1)
                     headers.update(self._limit_headers(route.bucket, limit_value, 0, limit.retry_after))
                     headers["X-RateLimit-Scope"] = "user"
                 return body, headers
         return None
 
+    def _bucket_size(self, route: _Route) -> tuple[int, float]:
+        """(requests, seconds) of a route's window: history has its own, the rest share one."""
+        if (route.method, route.template) == _HISTORY_ROUTE:
+            return self.history_bucket_limit, self.history_bucket_window
+        return self.bucket_limit, self.bucket_window
+
     def _take_bucket(self, route: _Route, params: Mapping[str, str]) -> tuple[dict[str, str], _Json | None]:
         """Count the request in its per-route window; a request over the limit gets a 429 body."""
-        if self.bucket_limit <= 0:
+        size, span = self._bucket_size(route)
+        if size <= 0:
             return {}, None
         if "token" in params:
             major = f"{params.get('interaction_id') or params.get('application_id')}:{params['token']}"
@@ -2024,7 +2365,7 @@ class DiscordEmulator:
         key = (route.bucket, major)
         window = self._windows.get(key)
         if window is None or now >= window.reset_at:
-            window = self._windows[key] = _Window(now + self.bucket_window, self.bucket_limit)
+            window = self._windows[key] = _Window(now + span, size)
         reset_after = window.reset_at - now
         if window.count >= window.limit:
             headers = self._limit_headers(route.bucket, window.limit, 0, reset_after)
@@ -2137,29 +2478,92 @@ class DiscordEmulator:
         return 204, None
 
     def _get_messages(self, req: _Request) -> tuple[int, Any]:
-        """Channel history, newest first (``limit`` 1-100, ``before``/``after``)."""
+        """Get Channel Messages: up to ``limit`` (1-100, default 50) messages, newest first.
+
+        ``around``, ``before`` and ``after`` (snowflakes) are mutually exclusive. ``before``
+        gives the newest messages older than it; ``after`` the oldest ones newer than it, still
+        newest first (discord.py's oldest-first paging continues after the first element);
+        ``around`` gives ``limit // 2`` older ones, the message itself and ``limit // 2`` newer
+        ones (so an even limit yields up to ``limit + 1``, as discord.py documents). In a guild
+        channel or thread: no VIEW_CHANNEL is 403 50001, no READ_MESSAGE_HISTORY an empty list
+        (as documented). Threads' messages are served by the thread's id, not the parent's.
+        """
+        limit = self._limit_query(req.query)
+        anchors = {
+            name: self._snowflake_query(req.query, name)
+            for name in ("around", "before", "after")
+            if name in req.query
+        }
+        if len(anchors) > 1:
+            message = "around, before and after are mutually exclusive: pass one."
+            raise ApiError(
+                400,
+                50035,
+                "Invalid Form Body",
+                {name: {"_errors": [{"code": "MUTUALLY_EXCLUSIVE", "message": message}]} for name in anchors},
+            )
         channel_id = self._id(req, "channel_id", _UNKNOWN_CHANNEL)
-        self._guild_of_channel(channel_id)
+        guild_id = self._guild_of_channel(channel_id)
+        if guild_id is not None:
+            allowed = self.channel_permissions(channel_id, self.bot_id)
+            if not allowed & VIEW_CHANNEL:
+                raise ApiError(403, 50001, "Missing Access")
+            if not allowed & READ_MESSAGE_HISTORY:
+                return 200, []
+        ids = self._by_channel.get(channel_id, [])
+        if "around" in anchors:
+            anchor = anchors["around"]
+            start = bisect.bisect_left(ids, anchor)
+            here = [anchor] if start < len(ids) and ids[start] == anchor and self._live(anchor) else []
+            newer_start = start + 1 if start < len(ids) and ids[start] == anchor else start
+            older = self._walk(ids, start - 1, -1, limit // 2)
+            picked = older + here + self._walk(ids, newer_start, 1, limit // 2)
+        elif "after" in anchors:
+            picked = self._walk(ids, bisect.bisect_right(ids, anchors["after"]), 1, limit)
+        else:
+            end = bisect.bisect_left(ids, anchors["before"]) if "before" in anchors else len(ids)
+            picked = self._walk(ids, end - 1, -1, limit)
+        return 200, [self._app_message(m) for m in sorted(picked, reverse=True)]
+
+    def _live(self, message_id: int) -> bool:
+        return not self._messages[message_id].deleted
+
+    def _live_ids(self, channel_id: int) -> list[int]:
+        return [m for m in self._by_channel.get(channel_id, []) if self._live(m)]
+
+    def _walk(self, ids: list[int], start: int, step: int, count: int) -> list[int]:
+        """Up to ``count`` live ids from index ``start`` on, one ``step`` at a time."""
+        found: list[int] = []
+        index = start
+        while len(found) < count and 0 <= index < len(ids):
+            if self._live(ids[index]):
+                found.append(ids[index])
+            index += step
+        return found
+
+    @staticmethod
+    def _limit_query(query: Mapping[str, str]) -> int:
+        raw = query.get("limit", "50")
         try:
-            limit = int(req.query.get("limit", "50"))
+            limit = int(raw)
         except ValueError:
-            limit = 0
-        if not 1 <= limit <= 100:
+            raise _invalid_form(["limit"], "NUMBER_TYPE_COERCE", f'Value "{raw}" is not int.') from None
+        if limit < 1:
+            raise _invalid_form(
+                ["limit"], "NUMBER_TYPE_MIN", "int value should be greater than or equal to 1."
+            )
+        if limit > 100:
             raise _invalid_form(
                 ["limit"], "NUMBER_TYPE_MAX", "int value should be less than or equal to 100."
             )
-        before = int(req.query.get("before") or 0) or None
-        after = int(req.query.get("after") or 0) or None
-        ids = sorted(
-            (
-                mid
-                for mid, m in self._messages.items()
-                if int(m.wire["channel_id"]) == channel_id and not m.deleted and not m.ephemeral
-            ),
-            reverse=after is None,
-        )
-        ids = [m for m in ids if (before is None or m < before) and (after is None or m > after)][:limit]
-        return 200, [self._rest_message(m) for m in sorted(ids, reverse=True)]
+        return limit
+
+    @staticmethod
+    def _snowflake_query(query: Mapping[str, str], name: str) -> int:
+        raw = query[name]
+        if not raw.isdigit() or int(raw) > _MAX_SNOWFLAKE:
+            raise _invalid_form([name], "NUMBER_TYPE_COERCE", f'Value "{raw}" is not snowflake.')
+        return int(raw)
 
     def _post_message(self, req: _Request) -> tuple[int, Any]:
         channel_id = self._id(req, "channel_id", _UNKNOWN_CHANNEL)
@@ -2191,11 +2595,17 @@ class DiscordEmulator:
         return 200, self._rest_message(message.id)
 
     def _get_message(self, req: _Request) -> tuple[int, Any]:
+        """Get Channel Message: needs VIEW_CHANNEL (else 403 50001) and READ_MESSAGE_HISTORY (50013)."""
         channel_id = self._id(req, "channel_id", _UNKNOWN_CHANNEL)
-        self._guild_of_channel(channel_id)
+        if self._guild_of_channel(channel_id) is not None:
+            allowed = self.channel_permissions(channel_id, self.bot_id)
+            if not allowed & VIEW_CHANNEL:
+                raise ApiError(403, 50001, "Missing Access")
+            if not allowed & READ_MESSAGE_HISTORY:
+                raise ApiError(403, 50013, "Missing Permissions")
         message_id = self._id(req, "message_id", _UNKNOWN_MESSAGE)
         self._channel_message(channel_id, message_id)
-        return 200, self._rest_message(message_id)
+        return 200, self._app_message(message_id)
 
     def _patch_message(self, req: _Request) -> tuple[int, Any]:
         channel_id = self._id(req, "channel_id", _UNKNOWN_CHANNEL)
