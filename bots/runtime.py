@@ -37,6 +37,7 @@ from core.commands.herald import herald_commands
 from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
+from core.commands.search import SearchCommands
 from core.config import Settings
 from core.llm import TransportOptions, create_llm_client
 from core.llm.base import GenerationParams, LLMClient
@@ -172,6 +173,7 @@ def build_commands(
         DraftCommands(drafter, planner, scheduling.saved),
         schedules,
         HistoryCommands(chatlog, access),
+        SearchCommands(chatlog, llm),
     )
 
 

@@ -23,6 +23,8 @@ CUT_SHORT = "✂️ That answer reached my length limit and stops mid-way."
 TIME_LIMIT = "This answer reached my time limit."
 #: said once to a message still waiting for its conversation's turn after a moment
 WAITING_FOR_TURN = "⏳ Waiting for my earlier answer here to finish — yours comes next."
+#: a command's prompt (search results, pieces of a summary) would not fit the model
+TOO_MUCH_TO_READ = "That is more than I can read at once — narrow it down (a shorter span, fewer results)."
 NOTHING_TO_CONTINUE = "There's nothing to continue here — my last answer was complete."
 #: what the model is asked when a person wants the rest of a cut answer
 CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating anything."

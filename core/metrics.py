@@ -182,6 +182,9 @@ class MeteredSurface(Surface):
     async def conclude(self, text: str) -> None:
         await self._counted(self._surface.conclude(text))
 
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        return self._surface.message_link(message_id, thread_id)
+
     async def _counted(self, call: Awaitable[T]) -> T:
         try:
             return await call

@@ -197,6 +197,11 @@ class Surface(Protocol):
         button click: a toast, an ephemeral message). Elsewhere an ordinary message."""
         await self.send(text)
 
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        """A link that opens a message of this chat (citations), where the platform has
+        one: Discord's jump links, Telegram's t.me/c/… for supergroups."""
+        return None
+
     async def conclude(self, text: str) -> None:
         """The message whose button was clicked is decided (approved, rejected…): show
         `text` as its outcome and take its buttons away. Not after a click, or where

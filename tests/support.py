@@ -25,6 +25,7 @@ COMMAND_NAMES = {
     "campaign",
     "schedule",
     "history",
+    "search",
     "help",
 }
 

@@ -77,9 +77,15 @@ VALID: dict[str, str] = {
     "number": "1",
     "reason": "off topic",
     "zone": "UTC",
+    "retention": "30d",
+    "user": "42",
+    "from": "42",
+    "since": "7d",
+    "limit": "3",
 }
 #: answers that say something was stored (the only ones after which the stored state may change)
 STORED = (
+    "Recording is on",
     "Scheduled `",
     "**Draft",
     "**Campaign",
@@ -92,8 +98,10 @@ STORED = (
 def leaves() -> Iterator[tuple[CommandSpec, CommandSpec | None]]:
     from core.commands.chat import ChatCommands, HelpCommand
     from core.commands.drafts import DraftCommands
+    from core.commands.history import HistoryCommands
     from core.commands.registry import CommandRegistry
     from core.commands.schedule import ScheduleCommands
+    from core.commands.search import SearchCommands
 
     registry = CommandRegistry()
     specs = (
@@ -101,6 +109,8 @@ def leaves() -> Iterator[tuple[CommandSpec, CommandSpec | None]]:
         *DraftCommands(None, None, object()).specs(),  # type: ignore[arg-type]
         HelpCommand(registry).spec(),
         ScheduleCommands(None, None, None, None).spec(),  # type: ignore[arg-type]
+        HistoryCommands(None, None).spec(),  # type: ignore[arg-type]
+        SearchCommands(None, None).spec(),  # type: ignore[arg-type]
     )
     for spec in specs:
         if spec.subcommands:
@@ -149,10 +159,15 @@ async def stored_state(redis: Redis, prefix: str) -> dict[str, Any]:
     for pattern in ("saved:*", "persona:*", "tz:*"):
         async for key in redis.scan_iter(match=f"{prefix}:{pattern}"):
             state[key] = await redis.get(key)
+    state["chat logs"] = sorted([key async for key in redis.scan_iter(match=f"{prefix}:log:*")])
     return state
 
 
 _ids = iter(range(10**9))
+
+
+#: commands that only work in group chats: tried there, by one of its managers
+IN_GROUPS = ("history", "search")
 
 
 def event(command: CommandCall) -> Inbound:
@@ -163,7 +178,7 @@ def event(command: CommandCall) -> Inbound:
         author=Author("u1", "u1", is_chat_admin=True),
         text="",
         addressed=True,
-        is_private=True,
+        is_private=command.name not in IN_GROUPS,
         command=command,
     )
 

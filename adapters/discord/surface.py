@@ -13,6 +13,7 @@ from typing import TypeVar
 
 import discord
 
+from adapters.discord.translate import place
 from core.platform import (
     Button,
     ButtonStyle,
@@ -84,6 +85,9 @@ class ChannelSurface(Surface):
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
 
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        return jump_link(self._message.guild, self._channel, message_id, thread_id)
+
     async def typing(self) -> None:
         await _call(lambda: self._channel.typing())
 
@@ -122,6 +126,9 @@ class InteractionSurface(Surface):
     @property
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
+
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        return jump_link(self._interaction.guild, self._interaction.channel, message_id, thread_id)
 
     async def typing(self) -> None:
         return None  # the deferred response already shows "thinking…"
@@ -184,3 +191,14 @@ class DecisionSurface(InteractionSurface):
                 content=shown, view=None, allowed_mentions=NO_PINGS
             )
         )
+
+
+def jump_link(
+    guild: discord.Guild | None, channel: object, message_id: str, thread_id: str | None
+) -> str | None:
+    """Discord's link to a message: a thread's messages live in the thread's channel."""
+    chat, _ = place(channel)
+    target = thread_id or chat
+    if not target or not message_id.isdigit():
+        return None
+    return f"https://discord.com/channels/{guild.id if guild else '@me'}/{target}/{message_id}"

@@ -78,6 +78,9 @@ class TelegramSurface(Surface):
     def capabilities(self) -> Capabilities:
         return self._caps
 
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        return message_link(self.chat_id, message_id, thread_id)
+
     async def typing(self) -> None:
         await self._call(
             lambda: self._bot.send_chat_action(
@@ -241,3 +244,13 @@ class ClickSurface(TelegramSurface):
         except TelegramError as exc:
             self._log.warning("Telegram: could not take the buttons away: %s", exc)
         await super().send(text)
+
+
+def message_link(chat_id: int, message_id: str, thread_id: str | None = None) -> str | None:
+    """`https://t.me/c/<id>/<message>` for a supergroup's message (with the topic in a
+    forum); basic groups and private chats have no links."""
+    text = str(chat_id)
+    if not text.startswith("-100") or not message_id.isdigit():
+        return None
+    topic = f"{thread_id}/" if thread_id and thread_id.isdigit() else ""
+    return f"https://t.me/c/{text[4:]}/{topic}{message_id}"

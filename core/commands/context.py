@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Protocol
 
 from core.chat.say import say
+from core.llm.base import ChatMessage
 from core.platform import Button, Inbound, PlatformError, Surface
 
 log = logging.getLogger("herald.engine")
@@ -25,6 +26,9 @@ class Conversation(Protocol):
 
     async def continue_answer(self, event: Inbound, surface: Surface) -> object:
         """Write the rest of the conversation's last answer, if the model cut it short."""
+
+    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> object:
+        """Stream an answer to a prompt the command built, not remembered in the conversation."""
 
 
 @dataclass(frozen=True, slots=True)

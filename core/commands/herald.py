@@ -7,6 +7,7 @@ from core.commands.drafts import DraftCommands
 from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
+from core.commands.search import SearchCommands
 
 
 def herald_commands(
@@ -14,6 +15,7 @@ def herald_commands(
     drafts: DraftCommands,
     schedules: ScheduleCommands | None = None,
     history: HistoryCommands | None = None,
+    search: SearchCommands | None = None,
 ) -> CommandRegistry:
     registry = CommandRegistry()
     for spec in (*chat.specs(), *drafts.specs(), HelpCommand(registry).spec()):
@@ -22,4 +24,6 @@ def herald_commands(
         registry.add(schedules.spec())
     if history is not None:
         registry.add(history.spec())
+    if search is not None:
+        registry.add(search.spec())
     return registry
