@@ -5,7 +5,8 @@ messages that mention the bot without the privileged message-content intent,
 which is asked for only when configured (for mentions of the bot's role).
 Slash commands are the core's registry, written to Discord only when they
 changed. Stopping lets the answers in flight finish and never removes the
-commands.
+commands. Edits and deletions reach the core through discord.py's raw events,
+which fire for messages it never cached too (a chat that records follows them).
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import replace
 from typing import Any
 
@@ -24,7 +25,14 @@ from adapters.discord.commands import command_payload, digest
 from adapters.discord.editor import edit_form, form_text
 from adapters.discord.publisher import DiscordPublisher
 from adapters.discord.surface import NO_PINGS, ChannelSurface, DecisionSurface, InteractionSurface
-from adapters.discord.translate import PLATFORM, from_button, from_interaction, from_message
+from adapters.discord.translate import (
+    PLATFORM,
+    deleted,
+    from_button,
+    from_interaction,
+    from_message,
+    place,
+)
 from adapters.platform import PlatformStartError
 from core import messages
 from core.chat.engine import Engine
@@ -34,9 +42,14 @@ from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
 from core.storage.keys import Keys
 
+#: the kinds of message people write (and that Herald reads and records)
+_WRITTEN = (discord.MessageType.default, discord.MessageType.reply)
+#: threads discord.py does not hold whose parent channel was asked of Discord
+_PARENTS_KEPT = 1024
+
 
 class _Client(discord.AutoShardedClient):
-    """Routes the two events Herald handles to the bot."""
+    """Routes the events Herald handles to the bot."""
 
     def __init__(self, bot: DiscordBot, **options: Any) -> None:
         super().__init__(**options)
@@ -47,6 +60,15 @@ class _Client(discord.AutoShardedClient):
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         await self._bot.on_interaction(interaction)
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        await self._bot.on_raw_message_edit(payload)
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self._bot.on_raw_message_delete(payload)
+
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._bot.on_raw_bulk_message_delete(payload)
 
 
 class DiscordBot:
@@ -87,6 +109,7 @@ class DiscordBot:
         self._runner: asyncio.Task[None] | None = None
         self._accepting = True
         self._in_flight: set[asyncio.Task[Any]] = set()
+        self._thread_parents: dict[int, int] = {}  # thread id → parent channel id
 
     async def login(self) -> None:
         try:
@@ -177,10 +200,76 @@ class DiscordBot:
         me = self.client.user
         if not self._accepting or message.author.bot or me is None:
             return  # bots, Herald itself included, never trigger it
-        if message.type not in (discord.MessageType.default, discord.MessageType.reply):
+        if message.type not in _WRITTEN:
             return
         with self._tracked():
             await self._engine.handle(from_message(message, me), ChannelSurface(message))
+
+    async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
+        """Someone edited a message: a chat that records follows. The gateway sends the
+        whole message, so the new text is at hand even when discord.py never cached it.
+        Edits and deletions go on while pausing: they answer nobody, and one missed
+        stays missed."""
+        me = self.client.user
+        author = payload.data.get("author")
+        if payload.guild_id is None or me is None or not isinstance(author, dict) or author.get("bot"):
+            return  # DMs are never recorded, nor bots: Herald's streamed answers are edits too
+        with self._tracked():
+            try:
+                message = payload.message
+                if message.type not in _WRITTEN:
+                    return
+                edited = from_message(message, me)
+            except Exception:  # one odd payload must not cost the others
+                self._log.exception("Discord: could not read the edit of message %s", payload.message_id)
+                return
+            if not edited.text:
+                # hidden (no MESSAGE_CONTENT), or only attachments left: no text to replace
+                # the recorded one with, and a blank is never recorded
+                return
+            where = await self._where(payload.channel_id)
+            if where is not None:
+                chat, thread = where
+                await self._engine.message_edited(replace(edited, chat_id=chat, thread_id=thread))
+
+    async def on_raw_message_delete(self, payload: discord.RawMessageDeleteEvent) -> None:
+        await self._forget(payload.guild_id, payload.channel_id, [payload.message_id])
+
+    async def on_raw_bulk_message_delete(self, payload: discord.RawBulkMessageDeleteEvent) -> None:
+        await self._forget(payload.guild_id, payload.channel_id, payload.message_ids)
+
+    async def _forget(self, guild_id: int | None, channel_id: int, message_ids: Iterable[int]) -> None:
+        """Deleted messages leave the chat's log. Only ids come (whoever wrote them): the
+        core finds what it recorded, by id and the time each id holds."""
+        if guild_id is None:
+            return  # DMs are never recorded
+        with self._tracked():
+            where = await self._where(channel_id)
+            if where is not None:
+                await self._engine.messages_deleted(PLATFORM, where[0], deleted(message_ids))
+
+    async def _where(self, channel_id: int) -> tuple[str, str | None] | None:
+        """(chat, thread) of a guild channel known only by id, as `place` gives it for a
+        message. discord.py holds every channel and the active threads, but forgets a
+        thread once it is archived (moderators still delete there): such a thread's parent
+        is asked of Discord once, and kept, since a thread never moves. None when Discord
+        will not say (the channel is gone, or hidden from Herald)."""
+        channel = self.client.get_channel(channel_id)
+        if channel is not None:
+            return place(channel)
+        parent = self._thread_parents.get(channel_id)
+        if parent is None:
+            try:
+                fetched = await self.client.fetch_channel(channel_id)
+            except (discord.HTTPException, discord.InvalidData, OSError) as exc:  # OSError: unreachable
+                self._log.warning("Discord: cannot tell which chat channel %s is in: %s", channel_id, exc)
+                return None
+            if not isinstance(fetched, discord.Thread):
+                return place(fetched)
+            if len(self._thread_parents) >= _PARENTS_KEPT:
+                self._thread_parents.pop(next(iter(self._thread_parents)))
+            parent = self._thread_parents[channel_id] = fetched.parent_id
+        return str(parent), str(channel_id)
 
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         data: Mapping[str, object] = interaction.data or {}

@@ -9,7 +9,7 @@ its own conversation inside its parent channel.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import replace
 
 import discord
@@ -75,6 +75,12 @@ def from_message(message: discord.Message, me: discord.ClientUser) -> Inbound:
         is_private=private,
         posted=Posted(str(message.id), message.created_at.timestamp(), _replied_id(message)),
     )
+
+
+def deleted(message_ids: Iterable[int]) -> list[Posted]:
+    """Deleted messages known only by id: a snowflake holds its message's time, which
+    is the `Posted.at` that `from_message` gave when it was recorded."""
+    return [Posted(str(i), discord.utils.snowflake_time(i).timestamp()) for i in sorted(message_ids)]
 
 
 def _replied_id(message: discord.Message) -> str | None:
