@@ -91,3 +91,20 @@ async def test_filters_by_author_and_time(log: ChatLog) -> None:
 
 async def test_a_chat_that_records_nothing_finds_nothing(log: ChatLog) -> None:
     assert await search(log, "discord", "never", log.terms.query("anything"), now=NOW) == []
+
+
+async def test_filters_find_what_ranks_below_the_first_candidates(log: ChatLog) -> None:
+    """A person's or a span's match is found even when hundreds of better matches by
+    others, or from other days, come first."""
+    await log.turn_on("discord", "c1", 30 * 86400)
+    for n in range(300):
+        at = NOW - 3 * 86400 - n  # three days ago
+        await log.record("discord", "c1", LoggedMessage(str(n), f"user{n % 7}", "someone", "launch launch", at))
+    long_one = "launch " + " ".join(f"filler{i}" for i in range(60))  # ranks low: long, one mention
+    await log.record("discord", "c1", LoggedMessage("ada-1", "ada", "Ada", long_one, NOW - 3 * 86400 - 500))
+    await log.record("discord", "c1", LoggedMessage("new-1", "bob", "Bob", long_one, NOW - 60))
+    terms = log.terms.query("launch")
+    [by_ada] = await search(log, "discord", "c1", terms, where=SearchFilter(author_id="ada"), now=NOW)
+    assert by_ada.message.message_id == "ada-1"
+    [recent] = await search(log, "discord", "c1", terms, where=SearchFilter(since=NOW - 3600), now=NOW)
+    assert recent.message.message_id == "new-1"

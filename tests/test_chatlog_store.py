@@ -183,5 +183,7 @@ async def test_an_unreadable_record_is_skipped(log: ChatLog, redis: Redis) -> No
     await log.turn_on("discord", "c1", DAY)
     await log.record("discord", "c1", said("1", "good one"))
     await log.record("discord", "c1", said("2", "will break"))
-    await redis.hdel(Keys("t").chat_log("discord", "c1", "m", 2), "at")
+    await redis.set(
+        Keys("t").chat_log("discord", "c1", "m", 2), '{"id": "2", "t": "no author, no time"}', keepttl=True
+    )
     assert [m.text for m in await log.messages("discord", "c1", [1, 2])] == ["good one"]

@@ -8,26 +8,33 @@ function of text search engines (Lucene's default); with stemming it meets word
 forms, and /search asks the model for more words before it searches, which is
 what a question phrased differently from the messages needs.
 
-One search is two round trips: every (day, term) postings string in one
-pipeline, then the best candidates' messages, which also give their exact
-lengths for BM25's length normalisation.
+One search is three round trips: the chat's settings, every (day, term)
+postings string in one pipeline, then the best candidates' messages, which
+carry their word counts for BM25's length normalisation. Filters act before
+the best are chosen: a person's own postings (`@id`) narrow the candidates,
+and a time span bounds the days read, then the messages' own times.
 """
 
 from __future__ import annotations
 
+import heapq
 import math
+import struct
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.chatlog.store import DAY, POSTING, ChatLog, LoggedMessage
+from core.chatlog.store import DAY, ChatLog, LoggedMessage, author_term
 
 #: BM25's usual constants (term-frequency saturation, length normalisation)
 K1 = 1.2
 B = 0.75
-#: candidates scored without length normalisation, before their messages are read
+#: candidates read per round, best first (scored without length normalisation)
 CANDIDATES = 64
+#: rounds of candidates read at most when a time filter drops some
+MAX_ROUNDS = 8
+_POSTING = struct.Struct(">IB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,42 +63,64 @@ async def search(
     """The chat's recorded messages that best match `query_terms` (index terms, from
     `Terms.query`), best first; none when nothing matches."""
     settings = await log.settings(platform, chat_id)
-    if settings is None or not query_terms:
+    terms = [t for t in dict.fromkeys(query_terms) if not t.startswith("@")]
+    if settings is None or not terms:
         return []
     now = time.time() if now is None else now
     first = int(max(where.since or 0.0, now - settings.retention) // DAY)
     last = int(min(where.until or now, now) // DAY)
-    postings = await log.postings(platform, chat_id, range(first, last + 1), query_terms)
-    docs, words = await log.totals(platform, chat_id)
-    frequencies: dict[int, dict[str, int]] = defaultdict(dict)
-    document_frequency: dict[str, int] = defaultdict(int)
-    for term, packed in postings:
-        for offset in range(0, len(packed) - POSTING + 1, POSTING):
-            seq = int.from_bytes(packed[offset : offset + 4], "big")
-            frequencies[seq][term] = frequencies[seq].get(term, 0) + packed[offset + 4]
-        document_frequency[term] += len(packed) // POSTING
-    n = max(docs, 1)
-    idf = {t: math.log(1 + (n - df + 0.5) / (df + 0.5)) for t, df in document_frequency.items()}
-    rough = sorted(
-        frequencies,
-        key=lambda seq: -sum(idf[t] * f * (K1 + 1) / (f + K1) for t, f in frequencies[seq].items()),
-    )[: max(CANDIDATES, limit * 4)]
-    average = words / n if words else 1.0
+    wanted = [*terms, author_term(where.author_id)] if where.author_id is not None else terms
+    postings = await log.postings(platform, chat_id, range(first, last + 1), wanted)
+    scores, frequencies = _score(postings, terms, where.author_id, settings.docs)
+    average = settings.words / settings.docs if settings.docs and settings.words else 1.0
+    ranked = heapq.nlargest(CANDIDATES * MAX_ROUNDS, scores, key=scores.__getitem__)
     hits: list[Hit] = []
-    for message in await log.messages(platform, chat_id, rough):
-        if not _wanted(message, where):
-            continue
-        length = sum(log.terms.counts(message.text).values()) or 1
-        norm = K1 * (1 - B + B * length / average)
-        score = sum(idf[t] * f * (K1 + 1) / (f + norm) for t, f in frequencies[message.seq].items())
-        hits.append(Hit(message, score))
+    for start in range(0, len(ranked), CANDIDATES):
+        for message in await log.messages(platform, chat_id, ranked[start : start + CANDIDATES]):
+            if _in_span(message, where):
+                norm = K1 * (1 - B + B * max(message.words, 1) / average)
+                idf = frequencies[message.seq]
+                hits.append(Hit(message, sum(w * f * (K1 + 1) / (f + norm) for w, f in idf)))
+        if len(hits) >= limit:
+            break
     hits.sort(key=lambda hit: (-hit.score, -hit.message.at))
     return hits[:limit]
 
 
-def _wanted(message: LoggedMessage, where: SearchFilter) -> bool:
+def _score(
+    postings: Sequence[tuple[str, bytes]], terms: Sequence[str], author_id: str | None, docs: int
+) -> tuple[dict[int, float], dict[int, list[tuple[float, int]]]]:
+    """Each candidate's score without length normalisation, and its (idf, count) per
+    matching term for the exact score later; only the author's when asked."""
+    by_term: dict[str, list[bytes]] = defaultdict(list)
+    for term, packed in postings:
+        by_term[term].append(packed)
+    allowed: set[int] | None = None
+    if author_id is not None:
+        allowed = {
+            seq
+            for packed in by_term.pop(author_term(author_id), [])
+            for seq, _ in _POSTING.iter_unpack(packed)
+        }
+    n = max(docs, 1)
+    scores: dict[int, float] = defaultdict(float)
+    frequencies: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for term in terms:
+        packs = by_term.get(term)
+        if not packs:
+            continue
+        df = sum(len(p) for p in packs) // _POSTING.size
+        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
+        weight = [idf * f * (K1 + 1) / (f + K1) for f in range(256)]  # saturation, by count
+        for packed in packs:
+            for seq, f in _POSTING.iter_unpack(packed):
+                if allowed is None or seq in allowed:
+                    scores[seq] += weight[f]
+                    frequencies[seq].append((idf, f))
+    return scores, frequencies
+
+
+def _in_span(message: LoggedMessage, where: SearchFilter) -> bool:
     if where.since is not None and message.at < where.since:
         return False
-    if where.until is not None and message.at > where.until:
-        return False
-    return where.author_id is None or message.author_id == where.author_id
+    return where.until is None or message.at <= where.until

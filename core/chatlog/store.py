@@ -6,13 +6,15 @@ Redis Cluster keeps a chat's keys in one slot):
 - `log:{chat}:cfg` hash: `on`, `retention` (seconds), `since` (when recording began),
   and `docs` / `words`, what was ever recorded (the index's average message length);
 - `log:{chat}:seq` counter: each recorded message gets the next number;
-- `log:{chat}:m:{seq}` hash: the message (platform id, author id and name, text,
-  time, reply-to, thread), expiring `retention` after the message's time;
+- `log:{chat}:m:{seq}` string: the message as compact JSON (platform id, author id
+  and name, text, time, reply-to, thread, its index word count), expiring
+  `retention` after the message's time;
 - `log:{chat}:time` sorted set: seq by time, for spans (`since=`, /summary);
 - `log:{chat}:ids:{day}` hash: the platform's message id → seq, per UTC day of
   the message (edits and deletes name the message; both platforms give its day);
 - `log:{chat}:p:{day}:{term}` string: the postings of one term on one day, five
-  bytes each (seq as a big-endian uint32, then the term's count, at most 255).
+  bytes each (seq as a big-endian uint32, then the term's count, at most 255);
+  the term `@<author id>` lists what one person wrote (filters, forgetting).
 
 A day's keys expire together once the last message of that day is past the
 retention, so retention costs no sweeping (a day's words outlive its earliest
@@ -24,6 +26,7 @@ costs tens). Recording is one script call: one round trip on the event path.
 
 from __future__ import annotations
 
+import json
 import math
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -39,31 +42,29 @@ DAY = 86400
 POSTING = 5
 
 _RECORD = """
--- KEYS: cfg, seq, time, ids(day), then one postings key per term
--- ARGV: message id, author id, author name, text, at, reply_to, thread, day, words, then one count per term
+-- KEYS: cfg, seq, time, ids(day), then one postings key per term (the author's among them)
+-- ARGV: message id, the message (JSON), at, day, words, then one count per postings key
 local on = redis.call('HGET', KEYS[1], 'on')
 if on ~= '1' then return 0 end
 local known = redis.call('HGET', KEYS[4], ARGV[1])
 if known then return tonumber(known) end  -- delivered twice: recorded once
 local retention = tonumber(redis.call('HGET', KEYS[1], 'retention'))
-local at = tonumber(ARGV[5])
-local day_end = (tonumber(ARGV[8]) + 1) * 86400
+local at = tonumber(ARGV[3])
+local day_end = (tonumber(ARGV[4]) + 1) * 86400
 local seq = redis.call('INCR', KEYS[2])
-local prefix = string.sub(KEYS[2], 1, -4)
-local msg = prefix .. 'm:' .. seq
-redis.call('HSET', msg, 'id', ARGV[1], 'a', ARGV[2], 'n', ARGV[3], 't', ARGV[4], 'at', ARGV[5],
-  'r', ARGV[6], 'th', ARGV[7], 'd', ARGV[8])
+local msg = string.sub(KEYS[2], 1, -4) .. 'm:' .. seq
+redis.call('SET', msg, ARGV[2])
 redis.call('EXPIREAT', msg, math.ceil(at + retention))
 redis.call('ZADD', KEYS[3], at, seq)
 redis.call('ZREMRANGEBYSCORE', KEYS[3], '-inf', '(' .. (redis.call('TIME')[1] - retention))
 redis.call('HINCRBY', KEYS[1], 'docs', 1)
-redis.call('HINCRBY', KEYS[1], 'words', ARGV[9])
+redis.call('HINCRBY', KEYS[1], 'words', ARGV[5])
 redis.call('HSET', KEYS[4], ARGV[1], seq)
 redis.call('EXPIREAT', KEYS[4], day_end + retention)
 local packed = string.char(math.floor(seq / 16777216) % 256, math.floor(seq / 65536) % 256,
   math.floor(seq / 256) % 256, seq % 256)
 for i = 5, #KEYS do
-  redis.call('APPEND', KEYS[i], packed .. string.char(tonumber(ARGV[5 + i])))
+  redis.call('APPEND', KEYS[i], packed .. string.char(tonumber(ARGV[1 + i])))
   redis.call('EXPIREAT', KEYS[i], day_end + retention)
 end
 return seq
@@ -100,6 +101,7 @@ class LoggedMessage:
     reply_to: str | None = None
     thread_id: str | None = None
     seq: int = 0  # its number in this chat's log (0 before it is recorded)
+    words: int = 0  # index words in its text (BM25's length), once recorded
 
     @property
     def day(self) -> int:
@@ -111,6 +113,8 @@ class LogSettings:
     on: bool
     retention: float  # seconds
     since: float | None  # when recording began
+    docs: int = 0  # messages recorded (and not removed): BM25's collection size
+    words: int = 0  # their index words: BM25's average length
 
 
 class ChatLog:
@@ -134,8 +138,13 @@ class ChatLog:
         if not raw:
             return None
         since = raw.get("since")
-        retention = float(raw.get("retention", 0))
-        return LogSettings(raw.get("on") == "1", retention, float(since) if since else None)
+        return LogSettings(
+            on=raw.get("on") == "1",
+            retention=float(raw.get("retention", 0)),
+            since=float(since) if since else None,
+            docs=max(0, int(raw.get("docs", 0))),
+            words=max(0, int(raw.get("words", 0))),
+        )
 
     async def turn_on(self, platform: str, chat_id: str, retention: float) -> LogSettings:
         """Start recording (or change the retention of what is recorded from now on)."""
@@ -165,24 +174,22 @@ class ChatLog:
     async def record(self, platform: str, chat_id: str, message: LoggedMessage) -> int:
         """Record one message in one round trip; its seq, or 0 when the chat is not recorded."""
         counts = self.terms.counts(message.text)
+        words = sum(counts.values())
+        postings = {**{term: min(255, n) for term, n in counts.items()}, author_term(message.author_id): 1}
         keys = [
             self._key(platform, chat_id, "cfg"),
             self._key(platform, chat_id, "seq"),
             self._key(platform, chat_id, "time"),
             self._key(platform, chat_id, "ids", message.day),
-            *(self._key(platform, chat_id, "p", message.day, term) for term in counts),
+            *(self._key(platform, chat_id, "p", message.day, term) for term in postings),
         ]
         args: list[str | int | float] = [
             message.message_id,
-            message.author_id,
-            message.author_name,
-            message.text,
+            _encode(message, words),
             message.at,
-            message.reply_to or "",
-            message.thread_id or "",
             message.day,
-            sum(counts.values()),
-            *(min(255, n) for n in counts.values()),
+            words,
+            *postings.values(),
         ]
         return int(await self._record(keys=keys, args=args))
 
@@ -196,7 +203,7 @@ class ChatLog:
 
     async def remove(self, platform: str, chat_id: str, message: LoggedMessage) -> None:
         """Remove a recorded message everywhere: its text, its place in time, its index."""
-        terms = list(self.terms.counts(message.text))
+        terms = [*self.terms.counts(message.text), author_term(message.author_id)]
         postings = [self._key(platform, chat_id, "p", message.day, term) for term in terms]
         if postings:
             await self._unpost(keys=postings, args=[message.seq])
@@ -249,11 +256,6 @@ class ChatLog:
         found = await pipe.execute()
         return [(term, packed) for (term, _), packed in zip(wanted, found, strict=True) if packed]
 
-    async def totals(self, platform: str, chat_id: str) -> tuple[int, int]:
-        """(messages, index words) recorded in the chat, for BM25's statistics."""
-        docs, words = await self._redis.hmget(self._key(platform, chat_id, "cfg"), ["docs", "words"])
-        return max(0, int(docs or 0)), max(0, int(words or 0))
-
     async def span(self, platform: str, chat_id: str, since: float, until: float = math.inf) -> list[int]:
         """Seqs of the messages recorded between two times, oldest first."""
         raw = await self._redis.zrangebyscore(self._key(platform, chat_id, "time"), since, until)
@@ -261,29 +263,44 @@ class ChatLog:
 
     async def messages(self, platform: str, chat_id: str, seqs: Sequence[int]) -> list[LoggedMessage]:
         """The recorded messages with these numbers, in that order (gone ones left out)."""
-        pipe = self._redis.pipeline(transaction=False)
-        for seq in seqs:
-            pipe.hgetall(self._key(platform, chat_id, "m", seq))
-        found: list[LoggedMessage] = []
-        for seq, raw in zip(seqs, await pipe.execute(), strict=True):
-            message = _decode(seq, raw)
-            if message is not None:
-                found.append(message)
-        return found
+        if not seqs:
+            return []
+        raw = await self._redis.mget([self._key(platform, chat_id, "m", seq) for seq in seqs])
+        found = (_decode(seq, str(value)) for seq, value in zip(seqs, raw, strict=True) if value is not None)
+        return [message for message in found if message is not None]
 
 
-def _decode(seq: int, raw: dict[str, str]) -> LoggedMessage | None:
-    """None for a missing or unreadable record (one bad record never stops the rest)."""
+def author_term(author_id: str) -> str:
+    """The postings term of everything one person wrote (a word can't start with @)."""
+    return "@" + author_id
+
+
+def _encode(message: LoggedMessage, words: int) -> str:
+    """A message as one compact JSON string: a hash per message costs hundreds of
+    bytes more once its text is longer than Redis's small-hash limit."""
+    fields: dict[str, object] = {"id": message.message_id, "a": message.author_id, "n": message.author_name}
+    fields |= {"t": message.text, "at": message.at, "w": words}
+    if message.reply_to:
+        fields["r"] = message.reply_to
+    if message.thread_id:
+        fields["th"] = message.thread_id
+    return json.dumps(fields, ensure_ascii=False, separators=(",", ":"))
+
+
+def _decode(seq: int, raw: str) -> LoggedMessage | None:
+    """None for an unreadable record (one bad record never stops the rest)."""
     try:
+        data = json.loads(raw)
         return LoggedMessage(
-            message_id=raw["id"],
-            author_id=raw["a"],
-            author_name=raw.get("n", ""),
-            text=raw["t"],
-            at=float(raw["at"]),
-            reply_to=raw.get("r") or None,
-            thread_id=raw.get("th") or None,
+            message_id=str(data["id"]),
+            author_id=str(data["a"]),
+            author_name=str(data.get("n", "")),
+            text=str(data["t"]),
+            at=float(data["at"]),
+            reply_to=data.get("r") or None,
+            thread_id=data.get("th") or None,
             seq=seq,
+            words=int(data.get("w", 0)),
         )
-    except (KeyError, ValueError):
+    except (ValueError, KeyError, TypeError):
         return None
