@@ -69,7 +69,8 @@ async def every_value(url: str) -> str:
             if kind == "string":
                 parts.append((await raw.get(key) or b"").decode("latin-1"))
             elif kind == "hash":
-                parts += [v.decode("latin-1") for v in (await raw.hgetall(key)).values()]
+                for field, value in (await raw.hgetall(key)).items():
+                    parts += [field.decode("latin-1"), value.decode("latin-1")]
             elif kind == "zset":
                 parts += [m.decode("latin-1") for m in await raw.zrange(key, 0, -1)]
     finally:
@@ -112,11 +113,13 @@ async def test_the_index_holds_stemmed_words_a_few_bytes_each(log: ChatLog, redi
     await log.record("discord", "c1", said("1", "Launching launches: the launch!", at=at))
     day = int(at // 86400)
     keys = Keys("t")
-    raw = await redis.execute_command(
-        "GET", keys.chat_log("discord", "c1", "p", day, "launch"), NEVER_DECODE=True
-    )
+    day_postings = keys.chat_log("discord", "c1", "p", day)
+    raw = await redis.execute_command("HGET", day_postings, "launch", NEVER_DECODE=True)
     assert raw == b"\x00\x00\x00\x01\x03" and len(raw) == POSTING  # seq 1, three times
-    assert await redis.exists(keys.chat_log("discord", "c1", "p", day, "the")) == 0  # a function word
+    assert not await redis.hexists(day_postings, "the")  # a function word
+    assert (
+        await redis.execute_command("HGET", day_postings, "@u1", NEVER_DECODE=True) == b"\x00\x00\x00\x01\x01"
+    )
 
 
 async def test_an_edit_replaces_the_text_and_its_index(log: ChatLog, server_url: str) -> None:
@@ -174,7 +177,7 @@ async def test_retention_is_kept_by_expiry(log: ChatLog, redis: Redis) -> None:
     assert await redis.exists(keys.chat_log("discord", "c1", "m", 2)) == 0  # already past retention
     assert [m.text for m in await log.messages("discord", "c1", [1, 2])] == ["recent news"]
     assert await log.span("discord", "c1", 0) == [1]
-    postings = [k async for k in redis.scan_iter(match="t:log:*:p:*")]
+    postings = [k async for k in redis.scan_iter(match="t:log:*:p:*")]  # one hash per day
     ttls = [await redis.ttl(key) for key in postings]
     assert ttls and all(0 < ttl <= 86400 + 3600 for ttl in ttls)  # the day's end + retention
 

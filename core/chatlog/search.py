@@ -8,8 +8,8 @@ function of text search engines (Lucene's default); with stemming it meets word
 forms, and /search asks the model for more words before it searches, which is
 what a question phrased differently from the messages needs.
 
-One search is three round trips: the chat's settings, every (day, term)
-postings string in one pipeline, then the best candidates' messages, which
+One search is three round trips: the chat's settings, the question's postings
+on every day in one pipeline, then the best candidates' messages, which
 carry their word counts for BM25's length normalisation. Filters act before
 the best are chosen: a person's own postings (`@id`) narrow the candidates,
 and a time span bounds the days read, then the messages' own times.
@@ -71,53 +71,78 @@ async def search(
     last = int(min(where.until or now, now) // DAY)
     wanted = [*terms, author_term(where.author_id)] if where.author_id is not None else terms
     postings = await log.postings(platform, chat_id, range(first, last + 1), wanted)
-    scores, frequencies = _score(postings, terms, where.author_id, settings.docs)
-    average = settings.words / settings.docs if settings.docs and settings.words else 1.0
+    by_term, allowed = _split(postings, where.author_id)
+    idf = _idf(by_term, terms, settings.docs)
+    scores = _rough_scores(by_term, idf, allowed)
     ranked = heapq.nlargest(CANDIDATES * MAX_ROUNDS, scores, key=scores.__getitem__)
+    counts = _counts(by_term, idf, set(ranked))
+    average = settings.words / settings.docs if settings.docs and settings.words else 1.0
     hits: list[Hit] = []
     for start in range(0, len(ranked), CANDIDATES):
         for message in await log.messages(platform, chat_id, ranked[start : start + CANDIDATES]):
             if _in_span(message, where):
                 norm = K1 * (1 - B + B * max(message.words, 1) / average)
-                idf = frequencies[message.seq]
-                hits.append(Hit(message, sum(w * f * (K1 + 1) / (f + norm) for w, f in idf)))
+                score = sum(w * f * (K1 + 1) / (f + norm) for w, f in counts[message.seq])
+                hits.append(Hit(message, score))
         if len(hits) >= limit:
             break
     hits.sort(key=lambda hit: (-hit.score, -hit.message.at))
     return hits[:limit]
 
 
-def _score(
-    postings: Sequence[tuple[str, bytes]], terms: Sequence[str], author_id: str | None, docs: int
-) -> tuple[dict[int, float], dict[int, list[tuple[float, int]]]]:
-    """Each candidate's score without length normalisation, and its (idf, count) per
-    matching term for the exact score later; only the author's when asked."""
+def _split(
+    postings: Sequence[tuple[str, bytes]], author_id: str | None
+) -> tuple[dict[str, list[bytes]], set[int] | None]:
+    """Postings by term, and the seqs one person wrote when `from=` asks for them."""
     by_term: dict[str, list[bytes]] = defaultdict(list)
     for term, packed in postings:
         by_term[term].append(packed)
-    allowed: set[int] | None = None
-    if author_id is not None:
-        allowed = {
-            seq
-            for packed in by_term.pop(author_term(author_id), [])
-            for seq, _ in _POSTING.iter_unpack(packed)
-        }
+    if author_id is None:
+        return by_term, None
+    mine = by_term.pop(author_term(author_id), [])
+    return by_term, {seq for packed in mine for seq, _ in _POSTING.iter_unpack(packed)}
+
+
+def _idf(by_term: dict[str, list[bytes]], terms: Sequence[str], docs: int) -> dict[str, float]:
     n = max(docs, 1)
-    scores: dict[int, float] = defaultdict(float)
-    frequencies: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    idf: dict[str, float] = {}
     for term in terms:
-        packs = by_term.get(term)
-        if not packs:
-            continue
-        df = sum(len(p) for p in packs) // _POSTING.size
-        idf = math.log(1 + (n - df + 0.5) / (df + 0.5))
-        weight = [idf * f * (K1 + 1) / (f + K1) for f in range(256)]  # saturation, by count
-        for packed in packs:
-            for seq, f in _POSTING.iter_unpack(packed):
-                if allowed is None or seq in allowed:
+        df = sum(len(packed) for packed in by_term.get(term, ())) // _POSTING.size
+        if df:
+            idf[term] = math.log(1 + (n - df + 0.5) / (df + 0.5))
+    return idf
+
+
+def _rough_scores(
+    by_term: dict[str, list[bytes]], idf: dict[str, float], allowed: set[int] | None
+) -> dict[int, float]:
+    """BM25 without length normalisation: enough to pick the candidates. The hot
+    loop of a search: one dict update per posting, weights looked up by count."""
+    scores: dict[int, float] = defaultdict(float)
+    for term, weight_of in idf.items():
+        weight = [weight_of * f * (K1 + 1) / (f + K1) for f in range(256)]
+        for packed in by_term[term]:
+            if allowed is None:
+                for seq, f in _POSTING.iter_unpack(packed):
                     scores[seq] += weight[f]
-                    frequencies[seq].append((idf, f))
-    return scores, frequencies
+            else:
+                for seq, f in _POSTING.iter_unpack(packed):
+                    if seq in allowed:
+                        scores[seq] += weight[f]
+    return scores
+
+
+def _counts(
+    by_term: dict[str, list[bytes]], idf: dict[str, float], candidates: set[int]
+) -> dict[int, list[tuple[float, int]]]:
+    """(idf, count) of every query term in each candidate, for its exact score."""
+    counts: dict[int, list[tuple[float, int]]] = defaultdict(list)
+    for term, weight in idf.items():
+        for packed in by_term[term]:
+            for seq, f in _POSTING.iter_unpack(packed):
+                if seq in candidates:
+                    counts[seq].append((weight, f))
+    return counts
 
 
 def _in_span(message: LoggedMessage, where: SearchFilter) -> bool:
