@@ -8,18 +8,16 @@ already there). Turning it off deletes everything recorded in the chat at once.
 from __future__ import annotations
 
 import datetime as dt
-import re
 from typing import Any
 
 from core.chat.access import AccessPolicy
 from core.chatlog.store import ChatLog
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, CommandSpec, Handler
+from core.commands.values import duration, user_id
 
 DEFAULT_RETENTION_DAYS = 30
 MAX_RETENTION_DAYS = 3650
-_RETENTION = re.compile(r"^(\d{1,5})\s*(h|d|w)?$", re.IGNORECASE)
-_MENTION = re.compile(r"^<@!?(\d+)>$|^(\d+)$")
 
 NOT_IN_DMS = "Direct messages are never recorded: your conversation with me is already remembered."
 MANAGERS_ONLY = "Only the people who manage this chat can turn recording on or off."
@@ -27,14 +25,13 @@ MANAGERS_ONLY = "Only the people who manage this chat can turn recording on or o
 
 def parse_retention(text: str) -> float:
     """`30d`, `12h`, `2w` or a number of days → seconds; ValueError with the reason."""
-    match = _RETENTION.match(text.strip())
-    if match is None:
+    value = text.strip()
+    seconds = float(int(value) * 86400) if value.isdigit() and len(value) <= 5 else duration(value)
+    if seconds is None:
         raise ValueError(f"I don't understand retention={text!r}: write it like 30d, 12h or 2w.")
-    unit = (match[2] or "d").lower()
-    seconds = int(match[1]) * {"h": 3600, "d": 86400, "w": 7 * 86400}[unit]
     if not 3600 <= seconds <= MAX_RETENTION_DAYS * 86400:
         raise ValueError(f"retention must be between 1 hour and {MAX_RETENTION_DAYS} days.")
-    return float(seconds)
+    return seconds
 
 
 def _days(seconds: float) -> str:
@@ -142,13 +139,13 @@ class HistoryCommands:
         event = ctx.event
         target = event.author.user_id
         if user is not None:
-            match = _MENTION.match(str(user).strip())
-            if match is None:
+            named = user_id(str(user))
+            if named is None:
                 await ctx.reply(
                     "Name the person as a mention or a user id, or leave it out to forget yourself."
                 )
                 return
-            target = match[1] or match[2]
+            target = named
         if target != event.author.user_id and not self._access.may_manage_chat(event):
             await ctx.reply("You can have your own messages forgotten; a chat manager can do it for others.")
             return

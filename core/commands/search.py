@@ -12,7 +12,6 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
-import re
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -21,6 +20,7 @@ from core.chatlog.search import Hit, SearchFilter, search
 from core.chatlog.store import ChatLog
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandSpec
+from core.commands.values import duration, user_id
 from core.llm.base import ChatMessage, GenerationParams, LLMClient, TextDelta
 from core.llm.errors import LLMError
 
@@ -31,8 +31,6 @@ NOT_RECORDED = (
     "A chat manager can turn recording on with /history on."
 )
 NOTHING_FOUND = "I found nothing about that in this chat's recorded messages."
-_AGO = re.compile(r"^(\d{1,5})\s*(h|d|w)$", re.IGNORECASE)
-_MENTION = re.compile(r"^<@!?(\d+)>$|^(\d+)$")
 #: what the model is asked for to widen a search (its answer is only ever used as words)
 KEYWORDS_SCHEMA: dict[str, Any] = {
     "type": "object",
@@ -55,9 +53,9 @@ class SearchError(ValueError):
 def parse_when(text: str, now: float) -> float:
     """`24h`, `7d`, `2w` (that long ago) or a date `2026-11-01` (UTC) → seconds since the epoch."""
     value = text.strip()
-    ago = _AGO.match(value)
-    if ago:
-        return now - int(ago[1]) * {"h": 3600, "d": 86400, "w": 7 * 86400}[ago[2].lower()]
+    ago = duration(value)
+    if ago is not None:
+        return now - ago
     try:
         day = dt.date.fromisoformat(value)
     except ValueError:
@@ -130,10 +128,9 @@ class SearchCommands:
         now = time.time()
         author = None
         if args.get("from") is not None:
-            match = _MENTION.match(str(args["from"]).strip())
-            if match is None:
+            author = user_id(str(args["from"]))
+            if author is None:
                 raise SearchError("Name the person in from= as a mention or a user id.")
-            author = match[1] or match[2]
         since = parse_when(str(args["since"]), now) if args.get("since") is not None else None
         until = parse_when(str(args["until"]), now) if args.get("until") is not None else None
         if since is not None and until is not None and since >= until:
