@@ -38,6 +38,7 @@ from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
 from core.commands.search import SearchCommands
+from core.commands.web import WebCommands, WebTools
 from core.config import Settings
 from core.llm import TransportOptions, create_llm_client
 from core.llm.base import GenerationParams, LLMClient
@@ -52,6 +53,7 @@ from core.posts.schedules.actions import PostActions
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.runner import Publisher, Runner, SchedulerService
 from core.posts.schedules.store import ScheduleStore
+from core.search.web import PageFetcher, SearxngClient
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
 
@@ -108,6 +110,19 @@ def build_llm(settings: Settings) -> LLMClient:
     return create_llm_client(api, settings.tgi_url, options, **backend)
 
 
+def build_web(settings: Settings) -> WebTools | None:
+    """/web's search engine and page reader, where HERALD_SEARXNG_URL names an instance."""
+    if settings.searxng_url is None:
+        return None
+    return WebTools(SearxngClient(settings.searxng_url), PageFetcher())
+
+
+async def close_web(web: WebTools) -> None:
+    for part in (web.searcher, web.fetcher):
+        if isinstance(part, SearxngClient | PageFetcher):
+            await part.close()
+
+
 def build_local_model(settings: Settings, options: TransportOptions) -> BuiltInModel:
     """The built-in model: llama.cpp in a child process (`bots.local_model`)."""
     process = ModelProcessConfig(
@@ -156,6 +171,7 @@ def build_commands(
     cancels: CancelBus,
     context: ContextBuilder,
     chatlog: ChatLog,
+    web: WebTools | None = None,
 ) -> CommandRegistry:
     """Herald's commands, each group given what it works with."""
     generation = generation_params(settings)
@@ -174,6 +190,7 @@ def build_commands(
         schedules,
         HistoryCommands(chatlog, access),
         SearchCommands(chatlog, llm),
+        WebCommands(web),
     )
 
 
@@ -185,6 +202,7 @@ def build_engine(
     scheduling: Scheduling | None = None,
     metrics: Metrics | None = None,
     logger: logging.Logger | None = None,
+    web: WebTools | None = None,
 ) -> Engine:
     keys = Keys(settings.redis_prefix)
     log = logger or logging.getLogger("herald.engine")
@@ -225,6 +243,7 @@ def build_engine(
             cancels=cancels,
             context=context,
             chatlog=chatlog,
+            web=web,
         ),
         policy=EnginePolicy(
             system_prompt=settings.system_prompt,
@@ -279,6 +298,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     redis, server = await start_redis(settings)
     metrics = Metrics()
     llm: LLMClient = MeteredLLM(build_llm(settings), metrics)
+    web = build_web(settings)
     engine: Engine | None = None
     try:
         try:
@@ -294,7 +314,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         keys = Keys(settings.redis_prefix)
         access = AccessPolicy.from_settings(settings)
         scheduling = build_scheduling(settings, redis, llm, access, keys)
-        engine = build_engine(settings, redis, llm, scheduling=scheduling, metrics=metrics)
+        engine = build_engine(settings, redis, llm, scheduling=scheduling, metrics=metrics, web=web)
         running = engine
         metrics.bind(
             waiting=lambda: running.locks.waiting,
@@ -310,6 +330,8 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         if engine is not None:
             await engine.cancels.stop()
         await llm.close()
+        if web is not None:
+            await close_web(web)
         await redis.aclose()
         if server is not None:
             await asyncio.to_thread(server.stop)

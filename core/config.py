@@ -95,6 +95,9 @@ class Settings(HeraldSettings):
     #: is stopped here even when every token comes in time for the idle timeout
     answer_timeout: float = Field(default=300.0, gt=0)
 
+    # /web: a SearXNG instance (its JSON format enabled)
+    searxng_url: str | None = None
+
     # The built-in model
     local_model: str = DEFAULT_LOCAL_MODEL
     local_threads: int | None = Field(default=None, ge=1, le=1024)
@@ -169,6 +172,11 @@ class Settings(HeraldSettings):
     @classmethod
     def _tgi_url(cls, value: str | None) -> str | None:
         return http_url(value, "the model server URL") if value else None
+
+    @field_validator("searxng_url")
+    @classmethod
+    def _searxng_url(cls, value: str | None) -> str | None:
+        return http_url(value, "the SearXNG URL") if value else None
 
     @field_validator("llm_api", mode="before")
     @classmethod

@@ -26,6 +26,7 @@ COMMAND_NAMES = {
     "schedule",
     "history",
     "search",
+    "web",
     "help",
 }
 

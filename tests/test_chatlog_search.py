@@ -99,7 +99,8 @@ async def test_filters_find_what_ranks_below_the_first_candidates(log: ChatLog) 
     await log.turn_on("discord", "c1", 30 * 86400)
     for n in range(300):
         at = NOW - 3 * 86400 - n  # three days ago
-        await log.record("discord", "c1", LoggedMessage(str(n), f"user{n % 7}", "someone", "launch launch", at))
+        said = LoggedMessage(str(n), f"user{n % 7}", "someone", "launch launch", at)
+        await log.record("discord", "c1", said)
     long_one = "launch " + " ".join(f"filler{i}" for i in range(60))  # ranks low: long, one mention
     await log.record("discord", "c1", LoggedMessage("ada-1", "ada", "Ada", long_one, NOW - 3 * 86400 - 500))
     await log.record("discord", "c1", LoggedMessage("new-1", "bob", "Bob", long_one, NOW - 60))

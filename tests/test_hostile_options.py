@@ -102,6 +102,7 @@ def leaves() -> Iterator[tuple[CommandSpec, CommandSpec | None]]:
     from core.commands.registry import CommandRegistry
     from core.commands.schedule import ScheduleCommands
     from core.commands.search import SearchCommands
+    from core.commands.web import WebCommands
 
     registry = CommandRegistry()
     specs = (
@@ -111,6 +112,7 @@ def leaves() -> Iterator[tuple[CommandSpec, CommandSpec | None]]:
         ScheduleCommands(None, None, None, None).spec(),  # type: ignore[arg-type]
         HistoryCommands(None, None).spec(),  # type: ignore[arg-type]
         SearchCommands(None, None).spec(),  # type: ignore[arg-type]
+        WebCommands(None).spec(),
     )
     for spec in specs:
         if spec.subcommands:

@@ -8,6 +8,7 @@ from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
 from core.commands.search import SearchCommands
+from core.commands.web import WebCommands
 
 
 def herald_commands(
@@ -16,6 +17,7 @@ def herald_commands(
     schedules: ScheduleCommands | None = None,
     history: HistoryCommands | None = None,
     search: SearchCommands | None = None,
+    web: WebCommands | None = None,
 ) -> CommandRegistry:
     registry = CommandRegistry()
     for spec in (*chat.specs(), *drafts.specs(), HelpCommand(registry).spec()):
@@ -26,4 +28,6 @@ def herald_commands(
         registry.add(history.spec())
     if search is not None:
         registry.add(search.spec())
+    if web is not None:
+        registry.add(web.spec())
     return registry
