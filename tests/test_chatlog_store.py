@@ -13,7 +13,7 @@ import pytest
 from redis.asyncio import Redis
 
 from bots.redis_server import RedisServerProcess, find_server_binary
-from core.chatlog.store import POSTING, ChatLog, LoggedMessage
+from core.chatlog.store import POSTING, STATE_SECONDS, ChatLog, LoggedMessage
 from core.chatlog.terms import Terms
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
@@ -190,3 +190,29 @@ async def test_an_unreadable_record_is_skipped(log: ChatLog, redis: Redis) -> No
         Keys("t").chat_log("discord", "c1", "m", 2), '{"id": "2", "t": "no author, no time"}', keepttl=True
     )
     assert [m.text for m in await log.messages("discord", "c1", [1, 2])] == ["good one"]
+
+
+async def test_a_chat_that_does_not_record_costs_nothing_per_message(server_url: str) -> None:
+    """Most chats never record: after one read a replica skips their messages without
+    stemming or a round trip, and follows another replica's /history on within
+    STATE_SECONDS. A chat turned off elsewhere never records (the script checks)."""
+    now = [0.0]
+    client = Counting.from_url(server_url, decode_responses=True)
+    other = connect_redis(server_url)
+    try:
+        log = ChatLog(client, Keys("t"), Terms(), monotonic=lambda: now[0])
+        elsewhere = ChatLog(other, Keys("t"), Terms())
+        assert await log.record("discord", "c1", said("1", "first look")) == 0
+        Counting.sent = 0
+        assert await log.record("discord", "c1", said("2", "skipped")) == 0
+        assert Counting.sent == 0
+        await elsewhere.turn_on("discord", "c1", DAY)
+        now[0] += STATE_SECONDS + 1
+        assert await log.record("discord", "c1", said("3", "recorded now")) > 0
+        await elsewhere.turn_off("discord", "c1")
+        assert await log.record("discord", "c1", said("4", "refused by the script")) == 0
+        assert await elsewhere.settings("discord", "c1") is None
+    finally:
+        await client.flushall()
+        await client.aclose()
+        await other.aclose()

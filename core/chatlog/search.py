@@ -19,13 +19,12 @@ from __future__ import annotations
 
 import heapq
 import math
-import struct
 import time
 from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.chatlog.store import DAY, ChatLog, LoggedMessage, author_term
+from core.chatlog.store import DAY, POSTING, ChatLog, LoggedMessage, author_term, entries
 
 #: BM25's usual constants (term-frequency saturation, length normalisation)
 K1 = 1.2
@@ -34,7 +33,6 @@ B = 0.75
 CANDIDATES = 64
 #: rounds of candidates read at most when a time filter drops some
 MAX_ROUNDS = 8
-_POSTING = struct.Struct(">IB")
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,14 +98,14 @@ def _split(
     if author_id is None:
         return by_term, None
     mine = by_term.pop(author_term(author_id), [])
-    return by_term, {seq for packed in mine for seq, _ in _POSTING.iter_unpack(packed)}
+    return by_term, {seq for packed in mine for seq, _ in entries(packed)}
 
 
 def _idf(by_term: dict[str, list[bytes]], terms: Sequence[str], docs: int) -> dict[str, float]:
     n = max(docs, 1)
     idf: dict[str, float] = {}
     for term in terms:
-        df = sum(len(packed) for packed in by_term.get(term, ())) // _POSTING.size
+        df = sum(len(packed) for packed in by_term.get(term, ())) // POSTING
         if df:
             idf[term] = math.log(1 + (n - df + 0.5) / (df + 0.5))
     return idf
@@ -123,10 +121,10 @@ def _rough_scores(
         weight = [weight_of * f * (K1 + 1) / (f + K1) for f in range(256)]
         for packed in by_term[term]:
             if allowed is None:
-                for seq, f in _POSTING.iter_unpack(packed):
+                for seq, f in entries(packed):
                     scores[seq] += weight[f]
             else:
-                for seq, f in _POSTING.iter_unpack(packed):
+                for seq, f in entries(packed):
                     if seq in allowed:
                         scores[seq] += weight[f]
     return scores
@@ -139,7 +137,7 @@ def _counts(
     counts: dict[int, list[tuple[float, int]]] = defaultdict(list)
     for term, weight in idf.items():
         for packed in by_term[term]:
-            for seq, f in _POSTING.iter_unpack(packed):
+            for seq, f in entries(packed):
                 if seq in candidates:
                     counts[seq].append((weight, f))
     return counts

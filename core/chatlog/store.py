@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import json
 import math
+import struct
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections import OrderedDict
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
 from redis.asyncio import Redis
@@ -39,8 +41,13 @@ from core.chatlog.terms import Terms
 from core.storage.keys import Keys
 
 DAY = 86400
+#: how long a replica trusts what it read of whether a chat records
+STATE_SECONDS = 10.0
+#: chats whose recording state a replica remembers at most
+STATE_CHATS = 10_000
 #: postings of one message in one term: seq (4 bytes, big-endian) + count (1 byte)
-POSTING = 5
+_ENTRY = struct.Struct(">IB")
+POSTING = _ENTRY.size
 
 _RECORD = """
 -- KEYS: cfg, seq, time, ids(day), postings(day)
@@ -124,14 +131,43 @@ class ChatLog:
     """Record, change and forget one chat's messages; read them back by number or time."""
 
     def __init__(
-        self, redis: Redis, keys: Keys, terms: Terms, *, clock: Callable[[], float] = time.time
+        self,
+        redis: Redis,
+        keys: Keys,
+        terms: Terms,
+        *,
+        clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self.terms = terms
         self._clock = clock
+        self._monotonic = monotonic
         self._record = redis.register_script(_RECORD)
         self._unpost = redis.register_script(_UNPOST)
+        #: (platform, chat) → (trusted until, records?): most chats never record, and
+        #: their messages then cost neither stemming nor a round trip
+        self._recording: OrderedDict[tuple[str, str], tuple[float, bool]] = OrderedDict()
+
+    async def records(self, platform: str, chat_id: str) -> bool:
+        """Whether the chat records, as read at most `STATE_SECONDS` ago. The record
+        script checks again, so a chat turned off elsewhere never records a message;
+        one turned on elsewhere starts within `STATE_SECONDS` here."""
+        key = (platform, chat_id)
+        known = self._recording.get(key)
+        if known is not None and known[0] > self._monotonic():
+            return known[1]
+        on = await self._redis.hget(self._key(platform, chat_id, "cfg"), "on") == "1"
+        self._remember(platform, chat_id, on)
+        return on
+
+    def _remember(self, platform: str, chat_id: str, on: bool) -> None:
+        key = (platform, chat_id)
+        self._recording[key] = (self._monotonic() + STATE_SECONDS, on)
+        self._recording.move_to_end(key)
+        while len(self._recording) > STATE_CHATS:
+            self._recording.popitem(last=False)
 
     def _key(self, platform: str, chat_id: str, *parts: object) -> str:
         return self._keys.chat_log(platform, chat_id, *parts)
@@ -156,12 +192,14 @@ class ChatLog:
         pipe.hset(key, mapping={"on": "1", "retention": str(retention)})
         pipe.hsetnx(key, "since", str(self._clock()))
         await pipe.execute()
+        self._remember(platform, chat_id, True)
         found = await self.settings(platform, chat_id)
         assert found is not None
         return found
 
     async def turn_off(self, platform: str, chat_id: str) -> int:
         """Stop recording and delete everything recorded in the chat; how many keys went."""
+        self._remember(platform, chat_id, False)
         deleted = 0
         batch: list[str] = []
         pattern = self._keys.chat_log_pattern(platform, chat_id)
@@ -176,6 +214,8 @@ class ChatLog:
 
     async def record(self, platform: str, chat_id: str, message: LoggedMessage) -> int:
         """Record one message in one round trip; its seq, or 0 when the chat is not recorded."""
+        if not await self.records(platform, chat_id):
+            return 0
         counts = self.terms.counts(message.text)
         words = sum(counts.values())
         postings = {**{term: min(255, n) for term, n in counts.items()}, author_term(message.author_id): 1}
@@ -198,6 +238,8 @@ class ChatLog:
 
     async def find(self, platform: str, chat_id: str, message_id: str, at: float) -> LoggedMessage | None:
         """A recorded message by the platform's id (`at`: any time on its day)."""
+        if not await self.records(platform, chat_id):
+            return None
         seq = await self._redis.hget(self._key(platform, chat_id, "ids", int(at // DAY)), message_id)
         if seq is None:
             return None
@@ -236,8 +278,15 @@ class ChatLog:
         return await self.record(platform, chat_id, changed) > 0
 
     async def forget_user(self, platform: str, chat_id: str, author_id: str) -> int:
-        """Remove every recorded message of one person; how many."""
-        seqs = [int(str(s)) for s in await self._redis.zrange(self._key(platform, chat_id, "time"), 0, -1)]
+        """Remove every recorded message of one person (found by their `@id` postings
+        over the retention); how many."""
+        settings = await self.settings(platform, chat_id)
+        if settings is None:
+            return 0
+        now = self._clock()
+        days = range(int((now - settings.retention) // DAY), int(now // DAY) + 1)
+        mine = await self.postings(platform, chat_id, days, [author_term(author_id)])
+        seqs = sorted({seq for _, packed in mine for seq, _ in entries(packed)})
         forgotten = 0
         for start in range(0, len(seqs), 500):
             for message in await self.messages(platform, chat_id, seqs[start : start + 500]):
@@ -245,6 +294,10 @@ class ChatLog:
                     await self.remove(platform, chat_id, message)
                     forgotten += 1
         return forgotten
+
+    async def count(self, platform: str, chat_id: str, since: float) -> int:
+        """How many recorded messages were written since `since`."""
+        return int(await self._redis.zcount(self._key(platform, chat_id, "time"), since, "+inf"))
 
     async def postings(
         self, platform: str, chat_id: str, days: Iterable[int], terms: Sequence[str]
@@ -272,6 +325,11 @@ class ChatLog:
         raw = await self._redis.mget([self._key(platform, chat_id, "m", seq) for seq in seqs])
         found = (_decode(seq, str(value)) for seq, value in zip(seqs, raw, strict=True) if value is not None)
         return [message for message in found if message is not None]
+
+
+def entries(packed: bytes) -> Iterator[tuple[int, int]]:
+    """(seq, count) of each posting in a postings string (written by `_RECORD`)."""
+    return _ENTRY.iter_unpack(packed)
 
 
 def author_term(author_id: str) -> str:

@@ -8,6 +8,7 @@ already there). Turning it off deletes everything recorded in the chat at once.
 from __future__ import annotations
 
 import datetime as dt
+import time
 from typing import Any
 
 from core.chat.access import AccessPolicy
@@ -127,7 +128,7 @@ class HistoryCommands:
         if settings is None or not settings.on:
             await ctx.reply("Recording is off in this chat. A chat manager can turn it on with /history on.")
             return
-        count = len(await self._log.span(event.platform, event.chat_id, 0))
+        count = await self._log.count(event.platform, event.chat_id, time.time() - settings.retention)
         since = dt.datetime.fromtimestamp(settings.since or 0, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
         await ctx.reply(
             f"Recording is on since {since}, keeping messages for {_days(settings.retention)}: "
