@@ -2376,8 +2376,9 @@ class DiscordEmulator:
 
     @staticmethod
     def _limit_headers(bucket: str, limit: int, remaining: int, reset_after: float) -> dict[str, str]:
-        # Rounded up: a client that waits Reset-After must never be early.
-        after = math.ceil(reset_after * 1000) / 1000
+        # Rounded up: a client that waits Reset-After must never be early. (The rounding
+        # first drops float noise: a fresh 5 s window is 5.000, never 5.001.)
+        after = math.ceil(round(reset_after * 1000, 6)) / 1000
         return {
             "X-RateLimit-Limit": str(limit),
             "X-RateLimit-Remaining": str(remaining),
