@@ -30,6 +30,7 @@ from core.chat.engine import Engine, EnginePolicy
 from core.chat.locks import ConversationLocks
 from core.chat.memory import ConversationStore
 from core.chatlog.store import ChatLog
+from core.chatlog.summary import Summariser
 from core.chatlog.terms import Terms
 from core.commands.chat import ChatCommands
 from core.commands.drafts import DraftCommands
@@ -38,6 +39,7 @@ from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
 from core.commands.search import SearchCommands
+from core.commands.summary import SummaryCommands
 from core.commands.web import WebCommands, WebTools
 from core.config import Settings
 from core.llm import TransportOptions, create_llm_client
@@ -191,6 +193,7 @@ def build_commands(
         HistoryCommands(chatlog, access),
         SearchCommands(chatlog, llm),
         WebCommands(web),
+        SummaryCommands(chatlog, Summariser(llm, lambda: context.budget)),
     )
 
 

@@ -170,6 +170,21 @@ class MessageNotModified(PlatformError):
     """An edit carried the same text as before; treated as success."""
 
 
+@dataclass(frozen=True, slots=True)
+class Visibility:
+    """What Herald can read in a chat, as the platform says now (`/history status`,
+    `/history on`): measured from the platform, never assumed from settings."""
+
+    #: every message of the chat reaches Herald, not only those addressed to it
+    reads_all: bool
+    #: their text comes with them (Discord's Message Content intent)
+    reads_text: bool = True
+    #: the platform can give messages from before recording began (Discord's history)
+    has_history: bool = False
+    #: what a chat manager or the operator changes so that Herald can read more
+    advice: str = ""
+
+
 class Surface(Protocol):
     """Where one answer is rendered: a chat, a thread, a DM, a terminal.
 
@@ -200,6 +215,10 @@ class Surface(Protocol):
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
         """A link that opens a message of this chat (citations), where the platform has
         one: Discord's jump links, Telegram's t.me/c/… for supergroups."""
+        return None
+
+    async def visibility(self) -> Visibility | None:
+        """What Herald can read in this chat; None where the platform can't tell."""
         return None
 
     async def conclude(self, text: str) -> None:

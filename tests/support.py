@@ -26,6 +26,8 @@ COMMAND_NAMES = {
     "schedule",
     "history",
     "search",
+    "summary",
+    "catchup",
     "web",
     "help",
 }

@@ -169,7 +169,7 @@ _ids = iter(range(10**9))
 
 
 #: commands that only work in group chats: tried there, by one of its managers
-IN_GROUPS = ("history", "search")
+IN_GROUPS = ("history", "search", "summary", "catchup")
 
 
 def event(command: CommandCall) -> Inbound:

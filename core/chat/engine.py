@@ -243,24 +243,25 @@ class Engine:
         finally:
             _settle(counting)
 
-    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> Outcome:
+    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> str:
         """Stream the model's answer to a prompt a command built from data of its own
         (search results, a summary's pieces): in the conversation's turn, stopped by
-        /cancel and limited like any answer, but not remembered in the conversation."""
+        /cancel and limited like any answer, but not remembered in the conversation.
+        The text shown ('' when there is none: the command then adds no sources)."""
         started = time.monotonic()
         try:
             async with self._turn(event.conversation, surface):
                 return await self._answer_once(event, surface, prompt, started)
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
-            return Outcome.BUSY
+            return ""
 
     async def _answer_once(
         self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage], started: float
-    ) -> Outcome:
+    ) -> str:
         if self.closing:
             await say(surface, messages.RESTARTING)
-            return Outcome.SHUTTING_DOWN
+            return ""
         turn = asyncio.get_running_loop().time()
         renderer = self._renderer(surface)
         await renderer.start()
@@ -268,20 +269,20 @@ class Engine:
             prepared = await self.llm.prepare(prompt)
             if prepared.input_tokens > self.context.budget:
                 await renderer.fail(messages.TOO_MUCH_TO_READ)
-                return Outcome.INVALID
+                return ""
             built = BuiltContext(prepared, user_tokens=0, history_used=0, history_start=0)
             state = _Stream(started, event.platform, turn)
             result = await self._generate(event.conversation, built, renderer, state, may_retry=False)
         except LLMError as exc:
             self._log.warning("model error before answering %s: %r", event.conversation, exc)
             await renderer.fail(exc.user_message)
-            return Outcome.FAILED
+            return ""
         self._observe(event.platform, started, renderer)
         if result.text:
             await self.admitter.charge(
                 event.platform, event.author.user_id, prepared.input_tokens + result.tokens
             )
-        return result.outcome
+        return result.text
 
     async def _record(self, event: Inbound) -> None:
         """Put a message written in a group chat into the chat's log, where the chat

@@ -11,11 +11,11 @@ from core.platform import Button, MessageRef, PlatformError, Surface
 log = logging.getLogger("herald.engine")
 
 
-async def say(surface: Surface, text: str, buttons: Sequence[Button] = ()) -> None:
+async def say(surface: Surface, text: str, buttons: Sequence[Button] = ()) -> MessageRef | None:
     """Send `text`, in parts if the platform needs them, with `buttons` under the last
     part — or, where there are no buttons, the commands they stand for. A platform
     failure is logged, not raised: a reply that could not be sent must not turn into
-    a second error message."""
+    a second error message. The last part sent, if any was."""
     caps = surface.capabilities
     if buttons and not caps.has_buttons:
         text += "\n\n" + " · ".join(f"/{button.command}" for button in buttons)
@@ -28,3 +28,4 @@ async def say(surface: Surface, text: str, buttons: Sequence[Button] = ()) -> No
             previous = await surface.send(part, reply_to=previous, buttons=buttons if last else ())
     except PlatformError as exc:
         log.warning("could not send a message: %s", exc)
+    return previous

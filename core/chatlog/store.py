@@ -295,6 +295,29 @@ class ChatLog:
                     forgotten += 1
         return forgotten
 
+    async def last_from(self, platform: str, chat_id: str, author_id: str) -> LoggedMessage | None:
+        """The newest recorded message of one person (/catchup): the newest day with
+        their `@id` postings, read in one round trip, then that day's messages of theirs
+        (by time: a backfill records old messages with new numbers)."""
+        settings = await self.settings(platform, chat_id)
+        if settings is None:
+            return None
+        now = self._clock()
+        days = list(range(int(now // DAY), int((now - settings.retention) // DAY) - 1, -1))
+        pipe = self._redis.pipeline(transaction=False)
+        for day in days:
+            pipe.execute_command(
+                "HGET", self._key(platform, chat_id, "p", day), author_term(author_id), NEVER_DECODE=True
+            )
+        for packed in await pipe.execute():
+            if not packed:
+                continue
+            found = await self.messages(platform, chat_id, [seq for seq, _ in entries(packed)])
+            mine = [message for message in found if message.author_id == author_id]
+            if mine:
+                return max(mine, key=written_order)
+        return None
+
     async def count(self, platform: str, chat_id: str, since: float) -> int:
         """How many recorded messages were written since `since`."""
         return int(await self._redis.zcount(self._key(platform, chat_id, "time"), since, "+inf"))
@@ -314,9 +337,18 @@ class ChatLog:
         return found
 
     async def span(self, platform: str, chat_id: str, since: float, until: float = math.inf) -> list[int]:
-        """Seqs of the messages recorded between two times, oldest first."""
+        """Seqs of the messages recorded between two times, oldest first (messages of
+        the same time in no particular order: `written_order` sorts them)."""
         raw = await self._redis.zrangebyscore(self._key(platform, chat_id, "time"), since, until)
         return [int(str(s)) for s in raw]
+
+    async def newest_time(self, platform: str, chat_id: str, count: int) -> float | None:
+        """The time of the `count`-th newest recorded message (None: fewer are recorded);
+        the span from it holds the newest `count`, and any written in the same tick."""
+        found = await self._redis.zrevrange(
+            self._key(platform, chat_id, "time"), count - 1, count - 1, withscores=True
+        )
+        return float(found[0][1]) if found else None
 
     async def messages(self, platform: str, chat_id: str, seqs: Sequence[int]) -> list[LoggedMessage]:
         """The recorded messages with these numbers, in that order (gone ones left out)."""
@@ -325,6 +357,14 @@ class ChatLog:
         raw = await self._redis.mget([self._key(platform, chat_id, "m", seq) for seq in seqs])
         found = (_decode(seq, str(value)) for seq, value in zip(seqs, raw, strict=True) if value is not None)
         return [message for message in found if message is not None]
+
+
+def written_order(message: LoggedMessage) -> tuple[float, int, int]:
+    """The order messages were written in: by time, then, within one tick of the
+    platform's clock (Telegram's is a second), by the platform's message id, which
+    grows on both platforms; the log's own number (recording order) last."""
+    number = int(message.message_id) if message.message_id.isdigit() else 0
+    return (message.at, number, message.seq)
 
 
 def entries(packed: bytes) -> Iterator[tuple[int, int]]:

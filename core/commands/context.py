@@ -13,7 +13,7 @@ from typing import Protocol
 
 from core.chat.say import say
 from core.llm.base import ChatMessage
-from core.platform import Button, Inbound, PlatformError, Surface
+from core.platform import Button, Inbound, MessageRef, PlatformError, Surface
 
 log = logging.getLogger("herald.engine")
 
@@ -27,8 +27,9 @@ class Conversation(Protocol):
     async def continue_answer(self, event: Inbound, surface: Surface) -> object:
         """Write the rest of the conversation's last answer, if the model cut it short."""
 
-    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> object:
-        """Stream an answer to a prompt the command built, not remembered in the conversation."""
+    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> str:
+        """Stream an answer to a prompt the command built, not remembered in the
+        conversation; the text shown ('' when none was)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,8 +38,9 @@ class CommandContext:
     surface: Surface
     conversation: Conversation
 
-    async def reply(self, text: str, buttons: Sequence[Button] = ()) -> None:
-        await say(self.surface, text, buttons)
+    async def reply(self, text: str, buttons: Sequence[Button] = ()) -> MessageRef | None:
+        """Send `text` (in parts where needed); the last part's ref, None when it failed."""
+        return await say(self.surface, text, buttons)
 
     async def notice(self, text: str) -> None:
         """Only for the person who acted, where the platform can (see `Surface.notice`)."""

@@ -8,6 +8,7 @@ from core.commands.history import HistoryCommands
 from core.commands.registry import CommandRegistry
 from core.commands.schedule import ScheduleCommands
 from core.commands.search import SearchCommands
+from core.commands.summary import SummaryCommands
 from core.commands.web import WebCommands
 
 
@@ -18,6 +19,7 @@ def herald_commands(
     history: HistoryCommands | None = None,
     search: SearchCommands | None = None,
     web: WebCommands | None = None,
+    summaries: SummaryCommands | None = None,
 ) -> CommandRegistry:
     registry = CommandRegistry()
     for spec in (*chat.specs(), *drafts.specs(), HelpCommand(registry).spec()):
@@ -28,6 +30,9 @@ def herald_commands(
         registry.add(history.spec())
     if search is not None:
         registry.add(search.spec())
+    if summaries is not None:
+        for spec in summaries.specs():
+            registry.add(spec)
     if web is not None:
         registry.add(web.spec())
     return registry

@@ -17,7 +17,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from core.chatlog.search import Hit, SearchFilter, search
-from core.chatlog.store import ChatLog
+from core.chatlog.store import ChatLog, LoggedMessage
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandSpec
 from core.commands.values import duration, user_id
@@ -121,8 +121,8 @@ class SearchCommands:
         if not hits:
             await ctx.reply(NOTHING_FOUND)
             return
-        await ctx.conversation.answer_with(event, ctx.surface, prompt(question, hits))
-        await ctx.reply(sources(hits, ctx.surface.message_link))
+        if await ctx.conversation.answer_with(event, ctx.surface, prompt(question, hits)):
+            await ctx.reply(sources(hits, ctx.surface.message_link))
 
     def _filter(self, args: dict[str, Any]) -> SearchFilter:
         now = time.time()
@@ -174,19 +174,23 @@ def prompt(question: str, hits: Sequence[Hit]) -> list[ChatMessage]:
     return [ChatMessage("system", INSTRUCTIONS), ChatMessage("user", body)]
 
 
-def sources(hits: Sequence[Hit], link: Callable[[str, str | None], str | None]) -> str:
-    """The numbered sources under the answer: a link to each message, or, where the
-    platform has none, the message quoted with its author and time."""
-    lines = ["Sources:"]
-    for number, hit in enumerate(sorted(hits, key=lambda h: h.message.at), 1):
-        m = hit.message
-        when = dt.datetime.fromtimestamp(m.at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
-        name = " ".join(m.author_name.split()) or m.author_id
-        url = link(m.message_id, m.thread_id)
-        if url:
-            lines.append(f"[{number}] {name}, {when}: {url}")
-        else:
-            quoted = " ".join(m.text.split())
-            quoted = quoted if len(quoted) <= 140 else quoted[:139] + "…"
-            lines.append(f"[{number}] {name}, {when}: “{quoted}”")
-    return "\n".join(lines)
+Link = Callable[[str, str | None], str | None]
+
+
+def sources(hits: Sequence[Hit], link: Link) -> str:
+    """The numbered sources under the answer, in the prompt's numbering."""
+    ordered = sorted(hits, key=lambda h: h.message.at)
+    return "\n".join(["Sources:", *(source_line(n, hit.message, link) for n, hit in enumerate(ordered, 1))])
+
+
+def source_line(number: int, message: LoggedMessage, link: Link) -> str:
+    """One cited message: a link to it, or, where the platform has none, the message
+    quoted with its author and time (/search, /summary)."""
+    when = dt.datetime.fromtimestamp(message.at, dt.UTC).strftime("%Y-%m-%d %H:%M UTC")
+    name = " ".join(message.author_name.split()) or message.author_id
+    url = link(message.message_id, message.thread_id)
+    if url:
+        return f"[{number}] {name}, {when}: {url}"
+    quoted = " ".join(message.text.split())
+    quoted = quoted if len(quoted) <= 140 else quoted[:139] + "…"
+    return f"[{number}] {name}, {when}: “{quoted}”"

@@ -74,8 +74,8 @@ class WebCommands:
             ChatMessage("system", f"{INSTRUCTIONS} {SOURCE_RULES}"),
             ChatMessage("user", f"{sources_block(sources)}\n\nQuestion: {question}"),
         ]
-        await ctx.conversation.answer_with(ctx.event, ctx.surface, prompt)
-        await ctx.reply(links(sources))
+        if await ctx.conversation.answer_with(ctx.event, ctx.surface, prompt):
+            await ctx.reply(links(sources))
 
 
 def links(sources: list[Source]) -> str:
