@@ -261,3 +261,15 @@ async def test_notes_too_long_for_one_prompt_are_combined_level_by_level(
     assert answer == f"The team talked [1] and ended [{count}]."
     final = prompts(tgi, FINAL_INSTRUCTIONS)[-1]
     assert tgi.count(final) <= 1024
+
+
+async def test_the_pieces_count_against_the_daily_quota(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
+    # the final call alone reads under 1,024 tokens: only the pieces' calls can spend 5,000
+    engine: Engine = await make_engine(daily_token_quota=5000)
+    await record_on(engine)
+    now = time.time()
+    await plant(engine, [(f"user{n % 7}", sentence(n), now - 3600 + n) for n in range(1, 201)])
+    surface = RecordingSurface()
+    assert await engine.handle(group("/summary"), surface) is Outcome.COMMAND
+    assert surface.texts[1] == "The team talked [1] and ended [200]."
+    assert await engine.handle(group("/summary last=1"), RecordingSurface()) is Outcome.OVER_QUOTA

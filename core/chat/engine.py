@@ -284,6 +284,11 @@ class Engine:
             )
         return result.text
 
+    async def charge(self, event: Inbound, tokens: int) -> None:
+        """Count model tokens a command spent on its own calls (a summary's pieces)
+        against the person's daily quota, as every answer's are."""
+        await self.admitter.charge(event.platform, event.author.user_id, tokens)
+
     async def _record(self, event: Inbound) -> None:
         """Put a message written in a group chat into the chat's log, where the chat
         records (one round trip; the store checks). DMs and commands are not recorded;

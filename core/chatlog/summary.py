@@ -19,7 +19,8 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.chatlog.store import LoggedMessage
-from core.llm.base import ChatMessage, GenerationParams, LLMClient, PreparedPrompt, TextDelta
+from core.llm.base import ChatMessage, GenerationParams, LLMClient, PreparedPrompt
+from core.llm.transport import collect
 
 #: one message's text in a prompt at most (a pasted log can't fill a piece alone)
 LINE_CHARS = 1500
@@ -71,6 +72,8 @@ class Digest:
     #: the largest prompt sent, in the model's tokens (the final one included)
     largest_input: int = 0
     inputs: list[int] = field(default_factory=list)
+    #: tokens the calls before the final one read and wrote (a person's quota counts them)
+    tokens: int = 0
 
 
 def message_line(number: int, message: LoggedMessage) -> str:
@@ -166,8 +169,9 @@ class Summariser:
         digest.calls += 1
         digest.inputs.append(prompt.input_tokens)
         params = GenerationParams(max_new_tokens=notes_tokens, temperature=0.3)
-        parts = [e.text async for e in self._llm.stream(prompt, params) if isinstance(e, TextDelta)]
-        return "".join(parts).strip() or "(nothing of note)"
+        text, finished = await collect(self._llm.stream(prompt, params))
+        digest.tokens += prompt.input_tokens + (finished.generated_tokens if finished else 0)
+        return text.strip() or "(nothing of note)"
 
     async def _chars_per_token(self, lines: Sequence[str]) -> float:
         """Characters per token of this span's text, measured on a sample with the

@@ -31,6 +31,9 @@ class Conversation(Protocol):
         """Stream an answer to a prompt the command built, not remembered in the
         conversation; the text shown ('' when none was)."""
 
+    async def charge(self, event: Inbound, tokens: int) -> None:
+        """Count tokens the command's own model calls spent against the person's quota."""
+
 
 @dataclass(frozen=True, slots=True)
 class CommandContext:

@@ -176,6 +176,7 @@ class SummaryCommands:
             log.warning("summary of %s failed: %r", event.conversation, exc)
             await ctx.reply(exc.user_message)
             return
+        await ctx.conversation.charge(event, digest.tokens)
         await progress.done(f"{title} of {covered}:")
         log.info(
             "summary of %d messages: %d pieces, %d model calls before the last, largest input %d tokens",
