@@ -5,6 +5,7 @@ nothing outside it, and the answer's citations become links or quotes."""
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import itertools
 import re
@@ -13,6 +14,7 @@ from collections.abc import AsyncIterator
 
 import pytest
 
+from core import messages
 from core.chat.engine import Engine, Outcome
 from core.chatlog.store import ChatLog, LoggedMessage
 from core.chatlog.summary import COMBINE_INSTRUCTIONS, FINAL_INSTRUCTIONS, NOTES_INSTRUCTIONS
@@ -273,3 +275,24 @@ async def test_the_pieces_count_against_the_daily_quota(make_engine: EngineFacto
     assert await engine.handle(group("/summary"), surface) is Outcome.COMMAND
     assert surface.texts[1] == "The team talked [1] and ended [200]."
     assert await engine.handle(group("/summary last=1"), RecordingSurface()) is Outcome.OVER_QUOTA
+
+
+async def test_cancel_stops_a_summary_while_it_reads_its_pieces(engine: Engine, tgi: TGIEmulator) -> None:
+    await record_on(engine)
+    now = time.time()
+    await plant(engine, [(f"user{n % 7}", sentence(n), now - 3600 + n) for n in range(1, 201)])
+    tgi.token_delay = 0.05  # the pieces' notes take a while
+    surface = RecordingSurface()
+    summary = asyncio.create_task(engine.handle(group("/summary"), surface))
+    for _ in range(1000):  # until a piece is being read
+        if tgi.in_flight:
+            break
+        await asyncio.sleep(0.02)
+    assert tgi.in_flight
+    stopper = RecordingSurface()
+    await engine.handle(group("/cancel", user="u2"), stopper)
+    assert stopper.texts == [messages.CANCELLING]
+    assert await summary is Outcome.COMMAND
+    assert surface.texts[0].startswith("Summary: reading 200 messages from ")
+    assert surface.last == messages.STOPPED
+    assert prompts(tgi, FINAL_INSTRUCTIONS) == []

@@ -54,6 +54,10 @@ class Outcome(enum.Enum):
     SHUTTING_DOWN = "shutting_down"
 
 
+#: a command's prompt, or a coroutine function that builds it in the conversation's turn
+PromptSource = Sequence[ChatMessage] | Callable[[], Awaitable[Sequence[ChatMessage]]]
+
+
 @dataclass(frozen=True, slots=True)
 class EnginePolicy:
     system_prompt: str
@@ -243,18 +247,41 @@ class Engine:
         finally:
             _settle(counting)
 
-    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> str:
+    async def answer_with(self, event: Inbound, surface: Surface, prompt: PromptSource) -> str:
         """Stream the model's answer to a prompt a command built from data of its own
         (search results, a summary's pieces): in the conversation's turn, stopped by
         /cancel and limited like any answer, but not remembered in the conversation.
-        The text shown ('' when there is none: the command then adds no sources)."""
+        `prompt` may be a coroutine function that builds it (a summary reading its
+        pieces): it runs in the turn too, and /cancel stops it. The text shown ('' when
+        there is none: the command then adds no sources)."""
         started = time.monotonic()
         try:
             async with self._turn(event.conversation, surface):
+                if callable(prompt):
+                    built = await self._build(event.conversation, surface, prompt)
+                    if built is None:
+                        return ""
+                    prompt = built
                 return await self._answer_once(event, surface, prompt, started)
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
             return ""
+
+    async def _build(
+        self, conv: ConversationKey, surface: Surface, build: Callable[[], Awaitable[Sequence[ChatMessage]]]
+    ) -> Sequence[ChatMessage] | None:
+        """Run a command's prompt building where /cancel (or a shutdown) can stop it;
+        None when it was stopped (and the chat told so)."""
+        task = asyncio.ensure_future(build())
+        with self.cancels.track(conv, task, since=asyncio.get_running_loop().time()) as generation:
+            try:
+                return await task
+            except asyncio.CancelledError:
+                if not generation.cancelled or _cancelling():
+                    raise
+                self._log.info("building a prompt for %s stopped", conv)
+                await say(surface, messages.RESTARTING if generation.interrupted else messages.STOPPED)
+                return None
 
     async def _answer_once(
         self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage], started: float

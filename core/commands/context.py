@@ -7,7 +7,7 @@ it is registered, so commands never reach into the engine.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -27,8 +27,14 @@ class Conversation(Protocol):
     async def continue_answer(self, event: Inbound, surface: Surface) -> object:
         """Write the rest of the conversation's last answer, if the model cut it short."""
 
-    async def answer_with(self, event: Inbound, surface: Surface, prompt: Sequence[ChatMessage]) -> str:
-        """Stream an answer to a prompt the command built, not remembered in the
+    async def answer_with(
+        self,
+        event: Inbound,
+        surface: Surface,
+        prompt: Sequence[ChatMessage] | Callable[[], Awaitable[Sequence[ChatMessage]]],
+    ) -> str:
+        """Stream an answer to a prompt the command built (or builds, in the
+        conversation's turn, where /cancel stops it), not remembered in the
         conversation; the text shown ('' when none was)."""
 
     async def charge(self, event: Inbound, tokens: int) -> None:

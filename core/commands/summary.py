@@ -21,6 +21,7 @@ from core.chatlog.summary import Summariser, SummaryError
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandSpec
 from core.commands.search import NOT_RECORDED, SearchError, parse_when, source_line
+from core.llm.base import ChatMessage
 from core.llm.errors import LLMError
 from core.platform import MessageRef, PlatformError
 
@@ -167,8 +168,22 @@ class SummaryCommands:
         status = await ctx.reply(f"{title}: reading {covered}…")
         progress = _Progress(ctx, status, f"{title}: reading {covered}")
         topic = str(about) if about is not None else None
-        try:
+
+        async def read() -> list[ChatMessage]:
             digest = await self._summariser.digest(messages, topic, progress.update)
+            await ctx.conversation.charge(event, digest.tokens)
+            log.info(
+                "summary of %d messages: %d pieces, %d model calls before the last, largest input %d",
+                len(messages),
+                digest.pieces,
+                digest.calls,
+                digest.largest_input,
+            )
+            await progress.done(f"{title} of {covered}:")
+            return digest.prompt
+
+        try:
+            text = await ctx.conversation.answer_with(event, ctx.surface, read)
         except SummaryError as exc:
             await ctx.reply(str(exc))
             return
@@ -176,16 +191,6 @@ class SummaryCommands:
             log.warning("summary of %s failed: %r", event.conversation, exc)
             await ctx.reply(exc.user_message)
             return
-        await ctx.conversation.charge(event, digest.tokens)
-        await progress.done(f"{title} of {covered}:")
-        log.info(
-            "summary of %d messages: %d pieces, %d model calls before the last, largest input %d tokens",
-            len(messages),
-            digest.pieces,
-            digest.calls,
-            digest.largest_input,
-        )
-        text = await ctx.conversation.answer_with(event, ctx.surface, digest.prompt)
         numbers = cited(text, len(messages))[:MAX_SOURCES]
         if numbers:
             link = ctx.surface.message_link
