@@ -216,3 +216,18 @@ async def test_a_chat_that_does_not_record_costs_nothing_per_message(server_url:
         await client.flushall()
         await client.aclose()
         await other.aclose()
+
+
+async def test_the_collection_size_counts_only_messages_within_the_retention(log: ChatLog) -> None:
+    await log.turn_on("tg", "c", retention=3600)
+    now = time.time()
+    await log.record("tg", "c", said("1", "an old word", at=now - 7200))  # already past the retention
+    await log.record("tg", "c", said("2", "a recent word", at=now - 60))
+    await log.record("tg", "c", said("3", "another recent word", at=now - 30))
+    settings = await log.settings("tg", "c")
+    assert settings is not None
+    assert settings.live == 2  # BM25's N: what can still be found
+    assert settings.docs == 3  # ever recorded: with `words`, the average length only
+    await log.delete("tg", "c", "3", now - 30)
+    after = await log.settings("tg", "c")
+    assert after is not None and after.live == 1

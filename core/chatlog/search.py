@@ -70,7 +70,7 @@ async def search(
     wanted = [*terms, author_term(where.author_id)] if where.author_id is not None else terms
     postings = await log.postings(platform, chat_id, range(first, last + 1), wanted)
     by_term, allowed = _split(postings, where.author_id)
-    idf = _idf(by_term, terms, settings.docs)
+    idf = _idf(by_term, terms, settings.live or settings.docs)
     scores = _rough_scores(by_term, idf, allowed)
     ranked = heapq.nlargest(CANDIDATES * MAX_ROUNDS, scores, key=scores.__getitem__)
     counts = _counts(by_term, idf, set(ranked))

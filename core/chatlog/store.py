@@ -4,7 +4,8 @@ Layout (every key of one chat carries the hash tag `{platform:chat}`, so a
 Redis Cluster keeps a chat's keys in one slot):
 
 - `log:{chat}:cfg` hash: `on`, `retention` (seconds), `since` (when recording began),
-  and `docs` / `words`, what was ever recorded (the index's average message length);
+  and `docs` / `words`, what was ever recorded and not removed (the index's average
+  message length);
 - `log:{chat}:seq` counter: each recorded message gets the next number;
 - `log:{chat}:m:{seq}` string: the message as compact JSON (platform id, author id
   and name, text, time, reply-to, thread, its index word count), expiring
@@ -123,8 +124,13 @@ class LogSettings:
     on: bool
     retention: float  # seconds
     since: float | None  # when recording began
-    docs: int = 0  # messages recorded (and not removed): BM25's collection size
-    words: int = 0  # their index words: BM25's average length
+    #: messages ever recorded and not removed, and their index words: BM25's average
+    #: length (expiry doesn't count them down; their ratio stays the average)
+    docs: int = 0
+    words: int = 0
+    #: messages in the log now (the timeline, trimmed to the retention as messages
+    #: are recorded): BM25's collection size
+    live: int = 0
 
 
 class ChatLog:
@@ -173,7 +179,10 @@ class ChatLog:
         return self._keys.chat_log(platform, chat_id, *parts)
 
     async def settings(self, platform: str, chat_id: str) -> LogSettings | None:
-        raw = await self._redis.hgetall(self._key(platform, chat_id, "cfg"))
+        pipe = self._redis.pipeline(transaction=False)
+        pipe.hgetall(self._key(platform, chat_id, "cfg"))
+        pipe.zcard(self._key(platform, chat_id, "time"))
+        raw, live = await pipe.execute()
         if not raw:
             return None
         since = raw.get("since")
@@ -183,6 +192,7 @@ class ChatLog:
             since=float(since) if since else None,
             docs=max(0, int(raw.get("docs", 0))),
             words=max(0, int(raw.get("words", 0))),
+            live=int(live),
         )
 
     async def turn_on(self, platform: str, chat_id: str, retention: float) -> LogSettings:
