@@ -109,3 +109,27 @@ async def test_filters_find_what_ranks_below_the_first_candidates(log: ChatLog) 
     assert by_ada.message.message_id == "ada-1"
     [recent] = await search(log, "discord", "c1", terms, where=SearchFilter(since=NOW - 3600), now=NOW)
     assert recent.message.message_id == "new-1"
+
+
+async def test_a_thread_is_searched_as_a_chat_of_its_own(log: ChatLog) -> None:
+    await fill(log, "c", 300)
+    threads = {"t1": "the thread settled on a purple logo", "t2": "the other thread wants a purple banner"}
+    for n, (thread, text) in enumerate(threads.items()):
+        message = LoggedMessage(str(5000 + n), "bob", "bob", text, NOW - 10, thread_id=thread)
+        await log.record("discord", "c", message)
+    await log.record("discord", "c", LoggedMessage("6000", "ada", "ada", "purple is my colour", NOW - 5))
+    query = log.terms.query("purple")
+
+    async def found(thread: str | None, **options: str) -> set[str]:
+        where = SearchFilter(thread=thread, author_id=options.get("author"))
+        return {hit.message.message_id for hit in await search(log, "discord", "c", query, where=where)}
+
+    assert await found("t1") == {"5000"}
+    assert await found("t2") == {"5001"}
+    assert await found("") == {"6000"}  # the channel itself, outside its threads
+    assert await found(None) == {"5000", "5001", "6000"}
+    assert await found("t1", author="ada") == set()
+    assert await found("t1", author="bob") == {"5000"}
+    # a deleted thread message leaves its thread's postings too
+    await log.delete("discord", "c", "5000", NOW - 10)
+    assert await found("t1") == set()

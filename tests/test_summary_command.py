@@ -296,3 +296,34 @@ async def test_cancel_stops_a_summary_while_it_reads_its_pieces(engine: Engine, 
     assert surface.texts[0].startswith("Summary: reading 200 messages from ")
     assert surface.last == messages.STOPPED
     assert prompts(tgi, FINAL_INSTRUCTIONS) == []
+
+
+async def test_a_thread_is_summarised_as_a_chat_of_its_own(engine: Engine, tgi: TGIEmulator) -> None:
+    await record_on(engine)
+    now = time.time()
+    log = chatlog(engine)
+    for n in range(60):  # a busy channel around a quiet thread
+        await log.record(
+            "test", "g1", LoggedMessage(f"c{n}", "bob", "Bob", f"channel talk {n}", now - 600 + n)
+        )
+    for n, text in enumerate(["thread: pick a venue", "thread: the harbour hall", "thread: booked"]):
+        message = LoggedMessage(
+            f"t{n}", "ada" if n != 1 else "cat", "Ada", text, now - 300 + n, thread_id="T"
+        )
+        await log.record("test", "g1", message)
+    in_thread = dataclasses.replace(group("/summary last=2"), thread_id="T")
+    surface = RecordingSurface()
+    await engine.handle(in_thread, surface)
+    assert surface.texts[0].startswith("Summary of 2 messages from ")
+    assert "the harbour hall" in tgi.prompts[-1] and "booked" in tgi.prompts[-1]
+    assert "channel talk" not in tgi.prompts[-1] and "pick a venue" not in tgi.prompts[-1]
+
+    surface = RecordingSurface()
+    await engine.handle(dataclasses.replace(group("/catchup", user="cat"), thread_id="T"), surface)
+    assert ") of 1 message from " in surface.texts[0]
+    assert "booked" in tgi.prompts[-1] and "channel talk" not in tgi.prompts[-1]
+
+    surface = RecordingSurface()
+    await engine.handle(group("/summary"), surface)  # the channel: its own messages only
+    assert surface.texts[0].startswith("Summary of 60 messages from ")
+    assert "thread:" not in tgi.prompts[-1]

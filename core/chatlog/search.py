@@ -11,8 +11,9 @@ what a question phrased differently from the messages needs.
 One search is three round trips: the chat's settings, the question's postings
 on every day in one pipeline, then the best candidates' messages, which
 carry their word counts for BM25's length normalisation. Filters act before
-the best are chosen: a person's own postings (`@id`) narrow the candidates,
-and a time span bounds the days read, then the messages' own times.
+the best are chosen: a person's own postings (`@id`) and a thread's (`#id`)
+narrow the candidates, and a time span bounds the days read, then the
+messages' own times.
 """
 
 from __future__ import annotations
@@ -24,7 +25,16 @@ from collections import defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from core.chatlog.store import DAY, POSTING, ChatLog, LoggedMessage, author_term, entries
+from core.chatlog.store import (
+    DAY,
+    POSTING,
+    ChatLog,
+    LoggedMessage,
+    author_term,
+    entries,
+    in_place,
+    thread_term,
+)
 
 #: BM25's usual constants (term-frequency saturation, length normalisation)
 K1 = 1.2
@@ -46,6 +56,9 @@ class SearchFilter:
     since: float | None = None
     until: float | None = None
     author_id: str | None = None
+    #: a thread's (or forum topic's) id, "" for the chat outside its threads, None
+    #: for anywhere in the chat (`store.in_place`)
+    thread: str | None = None
 
 
 async def search(
@@ -61,15 +74,16 @@ async def search(
     """The chat's recorded messages that best match `query_terms` (index terms, from
     `Terms.query`), best first; none when nothing matches."""
     settings = await log.settings(platform, chat_id)
-    terms = [t for t in dict.fromkeys(query_terms) if not t.startswith("@")]
+    terms = [t for t in dict.fromkeys(query_terms) if not t.startswith(("@", "#"))]
     if settings is None or not terms:
         return []
     now = time.time() if now is None else now
     first = int(max(where.since or 0.0, now - settings.retention) // DAY)
     last = int(min(where.until or now, now) // DAY)
-    wanted = [*terms, author_term(where.author_id)] if where.author_id is not None else terms
-    postings = await log.postings(platform, chat_id, range(first, last + 1), wanted)
-    by_term, allowed = _split(postings, where.author_id)
+    narrowing = [author_term(where.author_id)] if where.author_id is not None else []
+    narrowing += [thread_term(where.thread)] if where.thread else []
+    postings = await log.postings(platform, chat_id, range(first, last + 1), [*terms, *narrowing])
+    by_term, allowed = _split(postings, narrowing)
     idf = _idf(by_term, terms, settings.live or settings.docs)
     scores = _rough_scores(by_term, idf, allowed)
     ranked = heapq.nlargest(CANDIDATES * MAX_ROUNDS, scores, key=scores.__getitem__)
@@ -89,16 +103,18 @@ async def search(
 
 
 def _split(
-    postings: Sequence[tuple[str, bytes]], author_id: str | None
+    postings: Sequence[tuple[str, bytes]], narrowing: Sequence[str]
 ) -> tuple[dict[str, list[bytes]], set[int] | None]:
-    """Postings by term, and the seqs one person wrote when `from=` asks for them."""
+    """Postings by term, and the seqs that every narrowing term (a person's `@id`, a
+    thread's `#id`) lists, when there are such terms."""
     by_term: dict[str, list[bytes]] = defaultdict(list)
     for term, packed in postings:
         by_term[term].append(packed)
-    if author_id is None:
-        return by_term, None
-    mine = by_term.pop(author_term(author_id), [])
-    return by_term, {seq for packed in mine for seq, _ in entries(packed)}
+    allowed: set[int] | None = None
+    for term in narrowing:
+        listed = {seq for packed in by_term.pop(term, []) for seq, _ in entries(packed)}
+        allowed = listed if allowed is None else allowed & listed
+    return by_term, allowed
 
 
 def _idf(by_term: dict[str, list[bytes]], terms: Sequence[str], docs: int) -> dict[str, float]:
@@ -144,6 +160,8 @@ def _counts(
 
 
 def _in_span(message: LoggedMessage, where: SearchFilter) -> bool:
+    if not in_place(message, where.thread):
+        return False
     if where.since is not None and message.at < where.since:
         return False
     return where.until is None or message.at <= where.until

@@ -15,7 +15,8 @@ Redis Cluster keeps a chat's keys in one slot):
   the message (edits and deletes name the message; both platforms give its day);
 - `log:{chat}:p:{day}` hash: term → the postings of that term on that day, five
   bytes each (seq as a big-endian uint32, then the term's count, at most 255);
-  the term `@<author id>` lists what one person wrote (filters).
+  the term `@<author id>` lists what one person wrote, `#<thread id>` what was
+  written in one thread or forum topic (filters).
 
 A day's keys expire together once the last message of that day is past the
 retention, so retention costs no sweeping (a day's words outlive its earliest
@@ -228,7 +229,8 @@ class ChatLog:
             return 0
         counts = self.terms.counts(message.text)
         words = sum(counts.values())
-        postings = {**{term: min(255, n) for term, n in counts.items()}, author_term(message.author_id): 1}
+        postings = {term: min(255, n) for term, n in counts.items()}
+        postings.update(dict.fromkeys(place_terms(message), 1))
         keys = [
             self._key(platform, chat_id, "cfg"),
             self._key(platform, chat_id, "seq"),
@@ -258,7 +260,7 @@ class ChatLog:
 
     async def remove(self, platform: str, chat_id: str, message: LoggedMessage) -> None:
         """Remove a recorded message everywhere: its text, its place in time, its index."""
-        terms = [*self.terms.counts(message.text), author_term(message.author_id)]
+        terms = [*self.terms.counts(message.text), *place_terms(message)]
         await self._unpost(keys=[self._key(platform, chat_id, "p", message.day)], args=[message.seq, *terms])
         pipe = self._redis.pipeline(transaction=True)
         pipe.hincrby(self._key(platform, chat_id, "cfg"), "docs", -1)
@@ -305,10 +307,13 @@ class ChatLog:
                     forgotten += 1
         return forgotten
 
-    async def last_from(self, platform: str, chat_id: str, author_id: str) -> LoggedMessage | None:
+    async def last_from(
+        self, platform: str, chat_id: str, author_id: str, thread: str | None = None
+    ) -> LoggedMessage | None:
         """The newest recorded message of one person (/catchup): the newest day with
         their `@id` postings, read in one round trip, then that day's messages of theirs
-        (by time: a backfill records old messages with new numbers)."""
+        (by time: a backfill records old messages with new numbers), in `thread` (see
+        `in_place`)."""
         settings = await self.settings(platform, chat_id)
         if settings is None:
             return None
@@ -323,7 +328,7 @@ class ChatLog:
             if not packed:
                 continue
             found = await self.messages(platform, chat_id, [seq for seq, _ in entries(packed)])
-            mine = [message for message in found if message.author_id == author_id]
+            mine = [m for m in found if m.author_id == author_id and in_place(m, thread)]
             if mine:
                 return max(mine, key=written_order)
         return None
@@ -385,6 +390,24 @@ def entries(packed: bytes) -> Iterator[tuple[int, int]]:
 def author_term(author_id: str) -> str:
     """The postings term of everything one person wrote (a word can't start with @)."""
     return "@" + author_id
+
+
+def thread_term(thread_id: str) -> str:
+    """The postings term of everything written in one thread or forum topic (a word
+    can't start with #): a thread is a chat of its own for /search and /summary."""
+    return "#" + thread_id
+
+
+def place_terms(message: LoggedMessage) -> list[str]:
+    """The terms that say who wrote a message and where, besides its words."""
+    where = [thread_term(message.thread_id)] if message.thread_id else []
+    return [author_term(message.author_id), *where]
+
+
+def in_place(message: LoggedMessage, thread: str | None) -> bool:
+    """Whether a message belongs to a place: a thread's id, "" for the chat outside
+    its threads, None for anywhere in the chat."""
+    return thread is None or (message.thread_id or "") == thread
 
 
 def _encode(message: LoggedMessage, words: int) -> str:

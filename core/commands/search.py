@@ -104,7 +104,7 @@ class SearchCommands:
             await ctx.reply("Search works in group chats that record their messages (/history on).")
             return
         try:
-            where = self._filter(args)
+            where = self._filter(args, event.thread_id or "")
         except SearchError as exc:
             await ctx.reply(str(exc))
             return
@@ -124,7 +124,8 @@ class SearchCommands:
         if await ctx.conversation.answer_with(event, ctx.surface, prompt(question, hits)):
             await ctx.reply(sources(hits, ctx.surface.message_link))
 
-    def _filter(self, args: dict[str, Any]) -> SearchFilter:
+    def _filter(self, args: dict[str, Any], thread: str) -> SearchFilter:
+        """The options as a filter, in this thread only (a thread is a chat of its own)."""
         now = time.time()
         author = None
         if args.get("from") is not None:
@@ -135,7 +136,7 @@ class SearchCommands:
         until = parse_when(str(args["until"]), now) if args.get("until") is not None else None
         if since is not None and until is not None and since >= until:
             raise SearchError("since= must come before until=.")
-        return SearchFilter(since=since, until=until, author_id=author)
+        return SearchFilter(since=since, until=until, author_id=author, thread=thread)
 
     async def _keywords(self, question: str) -> list[str]:
         """A few more search words from the model (synonyms, related terms); none when

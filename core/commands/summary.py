@@ -13,17 +13,17 @@ import datetime as dt
 import logging
 import re
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from typing import Any
 
-from core.chatlog.store import ChatLog, LoggedMessage, written_order
+from core.chatlog.store import ChatLog, LoggedMessage, in_place, written_order
 from core.chatlog.summary import Summariser, SummaryError
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandSpec
 from core.commands.search import NOT_RECORDED, SearchError, parse_when, source_line
 from core.llm.base import ChatMessage
 from core.llm.errors import LLMError
-from core.platform import MessageRef, PlatformError
+from core.platform import Inbound, MessageRef, PlatformError
 
 log = logging.getLogger("herald.summary")
 
@@ -101,27 +101,21 @@ class SummaryCommands:
         last = int(args["last"]) if args.get("last") is not None else None
         if since is None and last is None:
             since = now - DEFAULT_SPAN
-        event = ctx.event
-        start = since if since is not None else 0.0
-        if last is not None:
-            newest = await self._log.newest_time(event.platform, event.chat_id, last)
-            start = max(start, newest if newest is not None else 0.0)
-        seqs = await self._log.span(event.platform, event.chat_id, start)
-        await self._summarise(ctx, seqs, args.get("about"), "Summary", last=last)
+        await self._summarise(ctx, since or 0.0, args.get("about"), "Summary", last=last)
 
     async def catchup(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         if not await self._recorded(ctx):
             return
         event = ctx.event
-        mine = await self._log.last_from(event.platform, event.chat_id, event.author.user_id)
+        place = event.thread_id or ""
+        mine = await self._log.last_from(event.platform, event.chat_id, event.author.user_id, place)
         if mine is None:
             since = self._clock() - DEFAULT_SPAN
             title = "Catch-up on the last 24 hours (I have no recorded message of yours here)"
         else:
             since = mine.at
             title = f"Catch-up since your last message ({_when(mine.at)})"
-        seqs = await self._log.span(event.platform, event.chat_id, since)
-        await self._summarise(ctx, seqs, args.get("about"), title, after=mine)
+        await self._summarise(ctx, since, args.get("about"), title, after=mine)
 
     async def _recorded(self, ctx: CommandContext) -> bool:
         event = ctx.event
@@ -137,30 +131,22 @@ class SummaryCommands:
     async def _summarise(
         self,
         ctx: CommandContext,
-        seqs: Sequence[int],
+        since: float,
         about: object,
         title: str,
         *,
         last: int | None = None,
         after: LoggedMessage | None = None,
     ) -> None:
-        """Summarise the messages `seqs` (their newest `last`; those written after `after`)."""
+        """Summarise this chat's (or thread's) messages since `since`: their newest
+        `last`, or those written after `after`."""
         event = ctx.event
-        most = min(last or MAX_MESSAGES, MAX_MESSAGES)
-        capped = last is None and len(seqs) > most
-        # the span holds the messages of one tick in any order: a few more are read
-        seqs = seqs[-(most + READ_SLACK) :]
-        messages: list[LoggedMessage] = []
-        for start in range(0, len(seqs), 1000):
-            messages += await self._log.messages(event.platform, event.chat_id, seqs[start : start + 1000])
-        messages = sorted(messages, key=written_order)[-most:]
-        if after is not None:
-            messages = [m for m in messages if written_order(m) > written_order(after)]
-            if not messages:
-                await ctx.reply(f"Nothing new here since your last message ({_when(after.at)}).")
-                return
+        messages, capped = await self._read(event, since, last, after)
         if not messages:
-            await ctx.reply(f"{title}: no recorded messages in that span.")
+            if after is not None:
+                await ctx.reply(f"Nothing new here since your last message ({_when(after.at)}).")
+            else:
+                await ctx.reply(f"{title}: no recorded messages in that span.")
             return
         covered = f"{_count(len(messages))} from {_when(messages[0].at)} to {_when(messages[-1].at)}" + (
             f" (the newest {MAX_MESSAGES:,}: a summary reads no more)" if capped else ""
@@ -196,6 +182,31 @@ class SummaryCommands:
             link = ctx.surface.message_link
             lines = [source_line(n, messages[n - 1], link) for n in numbers]
             await ctx.reply("\n".join(["Key messages:", *lines]))
+
+    async def _read(
+        self, event: Inbound, since: float, last: int | None, after: LoggedMessage | None
+    ) -> tuple[list[LoggedMessage], bool]:
+        """The messages of the event's place (a thread is a chat of its own) since
+        `since`, in the order written: the newest `last`, at most `MAX_MESSAGES`;
+        and whether older ones were left out. The log is read from its newest end,
+        a wider stretch each round, until enough of this place's messages are in."""
+        most = min(last or MAX_MESSAGES, MAX_MESSAGES)
+        place = event.thread_id or ""
+        wanted = most + READ_SLACK  # the stretch's old end may cut one tick's messages
+        while True:
+            oldest = await self._log.newest_time(event.platform, event.chat_id, wanted)
+            complete = oldest is None or oldest <= since  # the stretch reaches `since`
+            seqs = await self._log.span(event.platform, event.chat_id, max(since, oldest or since))
+            kept = [
+                m
+                for start in range(0, len(seqs), 1000)
+                for m in await self._log.messages(event.platform, event.chat_id, seqs[start : start + 1000])
+                if in_place(m, place) and (after is None or written_order(m) > written_order(after))
+            ]
+            if len(kept) > most + READ_SLACK or complete:
+                kept.sort(key=written_order)
+                return kept[-most:], last is None and len(kept) > most
+            wanted *= 4
 
 
 class _Progress:
