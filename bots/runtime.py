@@ -55,7 +55,8 @@ from core.posts.schedules.actions import PostActions
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.runner import Publisher, Runner, SchedulerService
 from core.posts.schedules.store import ScheduleStore
-from core.search.web import PageFetcher, SearxngClient
+from core.search.pages import PageFetcher
+from core.search.searxng import SearxngClient
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
 

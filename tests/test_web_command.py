@@ -12,7 +12,8 @@ from redis.asyncio import Redis
 from bots.runtime import build_engine, build_llm
 from core.chat.engine import Engine, Outcome
 from core.commands.web import NOT_SET_UP, WebTools
-from core.search.web import PageFetcher, SearxngClient
+from core.search.pages import PageFetcher
+from core.search.searxng import SearxngClient
 from tests.conftest import SettingsFactory
 from tests.emulators.searxng import SearxngEmulator
 from tests.emulators.tgi import TGIEmulator

@@ -24,24 +24,19 @@ import pytest
 from aiohttp import web
 from aiohttp.typedefs import Handler
 
-from core.search import web as websearch
-from core.search.web import (
-    PUBLIC_ONLY,
-    AddressPolicy,
-    BlockedAddress,
-    FetchLimits,
-    Page,
-    PageFetcher,
-    PageFetchError,
+from core.search.addresses import PUBLIC_ONLY, AddressPolicy, guarded_socket_factory, is_public_address
+from core.search.errors import SEARCH_FAILED, BlockedAddress, PageFetchError, WebSearchError
+from core.search.pages import FetchLimits, Page, PageFetcher
+from core.search.searxng import (
+    NOTHING_TO_SEARCH,
+    SEARCH_NOT_ENABLED,
+    SEARCH_RATE_LIMITED,
+    SEARCH_TOO_SLOW,
+    SEARCH_UNREACHABLE,
     SearchResult,
     SearxngClient,
-    Source,
-    WebSearchError,
-    guarded_socket_factory,
-    is_public_address,
-    sources_block,
-    web_context,
 )
+from core.search.sources import SOURCE_RULES, Source, sources_block, web_context
 from tests.emulators.searxng import EmulatedResult, SearxngEmulator
 
 pytestmark = pytest.mark.timeout(60)
@@ -351,18 +346,18 @@ async def test_an_empty_question_is_not_searched(searx: SearxngEmulator) -> None
     async with SearxngClient(searx.url) as client:
         with pytest.raises(WebSearchError) as caught:
             await client.search(" \n ")
-    assert caught.value.user_message == websearch.NOTHING_TO_SEARCH
+    assert caught.value.user_message == NOTHING_TO_SEARCH
     assert searx.requests == []
 
 
 @pytest.mark.parametrize(
     ("knob", "user_message", "logged"),
     [
-        ({"formats": {"html"}}, websearch.SEARCH_NOT_ENABLED, "search.formats"),
-        ({"rate_limited": True}, websearch.SEARCH_RATE_LIMITED, "429"),
-        ({"outage": 502}, websearch.SEARCH_FAILED, "HTTP 502"),
-        ({"login_page": True}, websearch.SEARCH_FAILED, "other than JSON"),
-        ({"delay": 30.0}, websearch.SEARCH_TOO_SLOW, "did not answer within"),
+        ({"formats": {"html"}}, SEARCH_NOT_ENABLED, "search.formats"),
+        ({"rate_limited": True}, SEARCH_RATE_LIMITED, "429"),
+        ({"outage": 502}, SEARCH_FAILED, "HTTP 502"),
+        ({"login_page": True}, SEARCH_FAILED, "other than JSON"),
+        ({"delay": 30.0}, SEARCH_TOO_SLOW, "did not answer within"),
     ],
     ids=["json-format-off", "rate-limited", "bad-gateway", "not-json", "slow"],
 )
@@ -386,7 +381,7 @@ async def test_an_unreachable_instance() -> None:
     async with SearxngClient(f"http://127.0.0.1:{port}") as client:
         with pytest.raises(WebSearchError) as caught:
             await within(10, client.search("rain"))
-    assert caught.value.user_message == websearch.SEARCH_UNREACHABLE
+    assert caught.value.user_message == SEARCH_UNREACHABLE
 
 
 def test_the_instance_url_must_be_http() -> None:
@@ -658,7 +653,7 @@ async def test_web_context_reads_the_top_pages(
         ("/plain", "blog.example"),
         ("/latin1", "news.example"),
     )
-    caplog.set_level("INFO", logger="core.search.web")
+    caplog.set_level("INFO", logger="core.search.sources")
     async with SearxngClient(searx.url) as client:
         sources = await web_context("will it rain", client, fetcher, results=5, pages=2, budget_chars=3000)
 
@@ -799,4 +794,4 @@ async def test_page_text_cannot_leave_its_source_block(site: Site, fetcher: Page
 
 
 def test_the_source_rules_name_the_delimiter() -> None:
-    assert "<source>" in websearch.SOURCE_RULES
+    assert "<source>" in SOURCE_RULES

@@ -1,7 +1,7 @@
 """`/web`: an answer from the web, with numbered links to the pages it used.
 
 The question goes to the operator's SearXNG instance; the top pages are read
-(only public addresses, bounded in size and time: `core.search.web`), and the
+(only public addresses, bounded in size and time: `core.search.pages`), and the
 model answers from them alone, each page a numbered source block that its
 text cannot end. The links follow the answer.
 """
@@ -14,16 +14,10 @@ from typing import Any
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, CommandSpec
 from core.llm.base import ChatMessage
-from core.search.web import (
-    MAX_QUERY_CHARS,
-    SOURCE_RULES,
-    Fetcher,
-    Searcher,
-    Source,
-    WebSearchError,
-    sources_block,
-    web_context,
-)
+from core.search.errors import WebSearchError
+from core.search.pages import Fetcher
+from core.search.searxng import MAX_QUERY_CHARS, Searcher
+from core.search.sources import SOURCE_RULES, Source, sources_block, web_context
 
 NOT_SET_UP = (
     "Web search isn't set up here: the operator sets HERALD_SEARXNG_URL to a SearXNG instance "
