@@ -29,6 +29,7 @@ from core.chat.context import ContextBuilder
 from core.chat.engine import Engine, EnginePolicy
 from core.chat.locks import ConversationLocks
 from core.chat.memory import ConversationStore
+from core.chatlog.backfill import Backfills
 from core.chatlog.store import ChatLog
 from core.chatlog.summary import Summariser
 from core.chatlog.terms import Terms
@@ -174,6 +175,7 @@ def build_commands(
     cancels: CancelBus,
     context: ContextBuilder,
     chatlog: ChatLog,
+    backfills: Backfills | None = None,
     web: WebTools | None = None,
 ) -> CommandRegistry:
     """Herald's commands, each group given what it works with."""
@@ -191,7 +193,7 @@ def build_commands(
         ChatCommands(memory, access, locks, cancels, context, llm),
         DraftCommands(drafter, planner, scheduling.saved),
         schedules,
-        HistoryCommands(chatlog, access),
+        HistoryCommands(chatlog, access, backfills),
         SearchCommands(chatlog, llm),
         WebCommands(web),
         SummaryCommands(chatlog, Summariser(llm, lambda: context.budget)),
@@ -229,6 +231,7 @@ def build_engine(
         block_messages=settings.context_block_messages,
     )
     chatlog = ChatLog(redis, keys, Terms())
+    backfills = Backfills(chatlog, redis, keys)
     return Engine(
         memory=memory,
         admitter=Admitter(redis, keys, limits),
@@ -247,6 +250,7 @@ def build_engine(
             cancels=cancels,
             context=context,
             chatlog=chatlog,
+            backfills=backfills,
             web=web,
         ),
         policy=EnginePolicy(
@@ -258,6 +262,7 @@ def build_engine(
         metrics=metrics,
         logger=log,
         chatlog=chatlog,
+        backfills=backfills,
     )
 
 

@@ -22,6 +22,7 @@ from core.platform import (
     PlatformError,
     PlatformRateLimited,
     Surface,
+    Visibility,
 )
 
 __all__ = ["CONTENT_TYPE_LATEST", "MeteredSurface", "Metrics"]
@@ -184,6 +185,9 @@ class MeteredSurface(Surface):
 
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
         return self._surface.message_link(message_id, thread_id)
+
+    async def visibility(self) -> Visibility | None:
+        return await self._surface.visibility()
 
     async def _counted(self, call: Awaitable[T]) -> T:
         try:

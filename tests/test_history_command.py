@@ -10,7 +10,7 @@ import time
 
 from core.chat.engine import Engine, Outcome
 from core.commands.history import MANAGERS_ONLY, NOT_IN_DMS
-from core.platform import Inbound, Posted
+from core.platform import Inbound, Posted, Visibility
 from tests.conftest import EngineFactory
 from tests.support import RecordingSurface, event
 
@@ -89,3 +89,59 @@ async def test_forgetting_and_turning_off(make_engine: EngineFactory) -> None:
     assert await recorded(engine) == []
     await engine.handle(group("after off"), RecordingSurface())
     assert await recorded(engine) == []
+
+
+@dataclasses.dataclass
+class SeeingSurface(RecordingSurface):
+    """A chat whose platform says what Herald can read there (or can't tell: None)."""
+
+    seen: Visibility | None = None
+    asked: int = 0
+
+    async def visibility(self) -> Visibility | None:
+        self.asked += 1
+        return self.seen
+
+
+OFF = "Recording is off in this chat. A chat manager can turn it on with /history on."
+NO_EARLIER = "History starts when recording starts: I can't read the messages from before it."
+
+
+async def status_seeing(engine: Engine, seen: Visibility | None) -> str:
+    surface = SeeingSurface(seen=seen)
+    await engine.handle(group("/history status"), surface)
+    assert surface.asked == 1  # measured when asked, never remembered
+    return surface.last
+
+
+async def test_status_says_what_herald_can_read_here_before_recording(make_engine: EngineFactory) -> None:
+    engine = await make_engine()
+    assert await status_seeing(engine, None) == OFF  # the platform can't tell: nothing assumed
+    assert await status_seeing(engine, Visibility(reads_all=True)) == (
+        f"{OFF}\n\nI receive every message in this chat. {NO_EARLIER}"
+    )
+    assert await status_seeing(engine, Visibility(reads_all=False, advice="Make me an admin.")) == (
+        f"{OFF}\n\nI only receive the messages addressed to me here (commands, mentions, replies "
+        f"to me), so only those can be recorded. Make me an admin. {NO_EARLIER}"
+    )
+    no_text = Visibility(reads_all=True, reads_text=False, advice="Turn the intent on.")
+    assert await status_seeing(engine, no_text) == (
+        f"{OFF}\n\nMessages here reach me without their text, except those addressed to me, "
+        f"so only those can be recorded. Turn the intent on. {NO_EARLIER}"
+    )
+    with_history = Visibility(reads_all=True, has_history=True)
+    assert await status_seeing(engine, with_history) == f"{OFF}\n\nI receive every message in this chat."
+
+
+async def test_status_while_recording_keeps_the_count_and_adds_what_is_seen(
+    make_engine: EngineFactory,
+) -> None:
+    engine = await make_engine()
+    await say(engine, group("/history on", admin=True))
+    await engine.handle(group("the launch is on Friday"), RecordingSurface())
+    status = await status_seeing(engine, Visibility(reads_all=False, advice="Make me an admin."))
+    head, note = status.split("\n\n")
+    assert head.startswith("Recording is on since ") and head.endswith(
+        "keeping messages for 30 days: 1 message recorded."
+    )
+    assert note.startswith("I only receive the messages addressed to me here") and note.endswith(NO_EARLIER)

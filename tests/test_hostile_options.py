@@ -78,6 +78,7 @@ VALID: dict[str, str] = {
     "reason": "off topic",
     "zone": "UTC",
     "retention": "30d",
+    "backfill": "7d",
     "user": "42",
     "from": "42",
     "since": "7d",

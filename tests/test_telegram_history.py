@@ -11,6 +11,7 @@ import pytest
 
 from core.chat.engine import Engine
 from core.chatlog.search import search
+from core.chatlog.store import written_order
 from tests import test_telegram
 from tests.conftest import EngineFactory
 from tests.emulators.telegram import TelegramEmulator
@@ -39,7 +40,9 @@ async def until(check: Callable[[], Awaitable[bool]]) -> None:
 async def texts(engine: Engine) -> list[str]:
     assert engine.chatlog is not None
     seqs = await engine.chatlog.span("telegram", str(GROUP_ID), 0)
-    return [m.text for m in await engine.chatlog.messages("telegram", str(GROUP_ID), seqs)]
+    found = await engine.chatlog.messages("telegram", str(GROUP_ID), seqs)
+    # in the order written: updates are handled concurrently, and Telegram's clock ticks in seconds
+    return [m.text for m in sorted(found, key=written_order)]
 
 
 async def test_a_group_with_privacy_off_is_recorded_and_follows_edits(

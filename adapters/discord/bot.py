@@ -1,12 +1,17 @@
 """The Discord bot: a discord.py `AutoShardedClient` feeding the core's engine.
 
-Default intents are enough: Discord delivers the content of DMs and of
-messages that mention the bot without the privileged message-content intent,
-which is asked for only when configured (for mentions of the bot's role).
+Default intents are enough to answer: Discord delivers the content of DMs and
+of messages that mention the bot without the privileged message-content intent,
+which is asked for only when configured (HERALD_DISCORD_MESSAGE_CONTENT: for
+recording a chat's messages, and mentions of the bot's role).
 Slash commands are the core's registry, written to Discord only when they
 changed. Stopping lets the answers in flight finish and never removes the
 commands. Edits and deletions reach the core through discord.py's raw events,
 which fire for messages it never cached too (a chat that records follows them).
+Messages that come without their text (no Message Content intent) are never recorded
+blank, and a recording chat is told why. Backfills (`/history on backfill=…`) read
+channel history here (`history.py`): unfinished ones are taken up when the bot starts
+and handed back, unfinished, when it stops.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from redis.asyncio import Redis
 
 from adapters.discord.commands import command_payload, digest
 from adapters.discord.editor import edit_form, form_text
+from adapters.discord.history import WRITTEN, DiscordHistory, withheld
 from adapters.discord.publisher import DiscordPublisher
 from adapters.discord.surface import NO_PINGS, ChannelSurface, DecisionSurface, InteractionSurface
 from adapters.discord.translate import (
@@ -36,14 +42,13 @@ from adapters.discord.translate import (
 from adapters.platform import PlatformStartError
 from core import messages
 from core.chat.engine import Engine
+from core.chatlog.unreadable import UnreadableNotice
 from core.commands.registry import clicked_command
 from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
 from core.storage.keys import Keys
 
-#: the kinds of message people write (and that Herald reads and records)
-_WRITTEN = (discord.MessageType.default, discord.MessageType.reply)
 #: threads discord.py does not hold whose parent channel was asked of Discord
 _PARENTS_KEPT = 1024
 
@@ -96,8 +101,9 @@ class DiscordBot:
         self._gateway = gateway
         self._log = logger or logging.getLogger("herald.discord")
         intents = discord.Intents.default()
-        # Privileged, and only needed to read messages that mention the bot's role
-        # rather than the bot (or reply to it without a ping).
+        # Privileged: needed to read other people's messages in guild channels (to record
+        # a chat, or when they mention the bot's role rather than the bot); without it
+        # such messages come empty and a recording chat is told how to turn it on.
         intents.message_content = message_content
         self.client = _Client(
             self,
@@ -110,6 +116,11 @@ class DiscordBot:
         self._accepting = True
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._thread_parents: dict[int, int] = {}  # thread id → parent channel id
+        chatlog = engine.chatlog
+        #: Herald can't read what it is sent: a recording chat is told so (once a day)
+        self._unreadable = UnreadableNotice(chatlog, redis, keys) if chatlog is not None else None
+        self._backfills = engine.backfills
+        self._history = DiscordHistory(self.client)
 
     async def login(self) -> None:
         try:
@@ -139,6 +150,10 @@ class DiscordBot:
         user = self.client.user
         self._log.info("Discord: %s ready on shards %s", user, self.client.shard_ids)
         await self.sync_commands_if_changed()
+        if self._backfills is not None:
+            # backfills (/history on backfill=…) read channel history here, and the
+            # unfinished ones are taken up again
+            self._backfills.provide(PLATFORM, self._history)
 
     def publisher(self) -> DiscordPublisher:
         return DiscordPublisher(self.client)
@@ -160,6 +175,8 @@ class DiscordBot:
     async def stop(self) -> None:
         """Stop taking events, let the answers in flight finish, then disconnect."""
         self._accepting = False
+        if self._backfills is not None:
+            await self._backfills.withdraw(PLATFORM, self._history)  # unfinished: goes on at a start
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
         await self.client.close()
@@ -200,10 +217,14 @@ class DiscordBot:
         me = self.client.user
         if not self._accepting or message.author.bot or me is None:
             return  # bots, Herald itself included, never trigger it
-        if message.type not in _WRITTEN:
+        if message.type not in WRITTEN:
             return
         with self._tracked():
-            await self._engine.handle(from_message(message, me), ChannelSurface(message))
+            event = from_message(message, me)
+            surface = ChannelSurface(message, self.client.intents)
+            await self._engine.handle(event, surface)
+            if self._unreadable is not None and not event.addressed and withheld(message, me):
+                await self._unreadable.withheld(PLATFORM, event.chat_id, surface)
 
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         """Someone edited a message: a chat that records follows. The gateway sends the
@@ -217,7 +238,7 @@ class DiscordBot:
         with self._tracked():
             try:
                 message = payload.message
-                if message.type not in _WRITTEN:
+                if message.type not in WRITTEN:
                     return
                 edited = from_message(message, me)
             except Exception:  # one odd payload must not cost the others

@@ -22,6 +22,7 @@ from core.platform import (
     PlatformError,
     PlatformRateLimited,
     Surface,
+    Visibility,
 )
 
 MAX_LENGTH = 2000
@@ -31,7 +32,34 @@ CAPABILITIES = Capabilities(
     max_length=MAX_LENGTH, min_edit_interval=EDIT_INTERVAL, has_slash_commands=True, has_buttons=True
 )
 
+#: what would let Herald read the text of other people's guild messages
+CONTENT_ADVICE = (
+    "To let me read every message's text, the bot's operator turns on Message Content Intent "
+    "for this app in the Discord Developer Portal (Bot page), then sets "
+    "HERALD_DISCORD_MESSAGE_CONTENT=true and restarts Herald."
+)
+#: the channels Herald's own messages go to (each can name a message it sent, to edit it)
+Postable = (
+    discord.TextChannel
+    | discord.Thread
+    | discord.VoiceChannel
+    | discord.StageChannel
+    | discord.DMChannel
+    | discord.PartialMessageable
+)
+
 T = TypeVar("T")
+
+
+def visibility(in_guild: bool, intents: discord.Intents) -> Visibility:
+    """What Herald reads in a channel: every message (default intents: guild messages and
+    DMs), with other people's text in a guild only with the Message Content intent, which
+    is what this client was actually given (Discord refuses to connect a client that asks
+    for it unapproved); the channel's history over REST."""
+    reads_text = not in_guild or intents.message_content
+    return Visibility(
+        reads_all=True, reads_text=reads_text, has_history=True, advice="" if reads_text else CONTENT_ADVICE
+    )
 
 
 STYLES = {
@@ -77,9 +105,15 @@ async def _call(call: Callable[[], Awaitable[T]]) -> T:
 class ChannelSurface(Surface):
     """Answers a message: the first part replies to it, later parts to the part before."""
 
-    def __init__(self, message: discord.Message) -> None:
+    def __init__(self, message: discord.Message, intents: discord.Intents | None = None) -> None:
         self._message = message
         self._channel = message.channel
+        self._intents = intents
+
+    async def visibility(self) -> Visibility | None:
+        if self._intents is None:
+            return None
+        return visibility(self._message.guild is not None, self._intents)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -130,6 +164,9 @@ class InteractionSurface(Surface):
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
         return jump_link(self._interaction.guild, self._interaction.channel, message_id, thread_id)
 
+    async def visibility(self) -> Visibility | None:
+        return visibility(self._interaction.guild_id is not None, self._interaction.client.intents)
+
     async def typing(self) -> None:
         return None  # the deferred response already shows "thinking…"
 
@@ -167,6 +204,42 @@ class InteractionSurface(Surface):
         else:
             followup = self._interaction.followup
             await _call(lambda: followup.edit_message(int(ref.id), content=text, allowed_mentions=NO_PINGS))
+
+
+class PostSurface(Surface):
+    """Herald's own messages in a channel or thread, answering none: a backfill's
+    progress, and what it tells the chat on the way."""
+
+    def __init__(self, channel: Postable, intents: discord.Intents) -> None:
+        self._channel = channel
+        self._intents = intents
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return CAPABILITIES
+
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        return jump_link(self._channel.guild, self._channel, message_id, thread_id)
+
+    async def visibility(self) -> Visibility | None:
+        return visibility(self._channel.guild is not None, self._intents)
+
+    async def typing(self) -> None:
+        await _call(lambda: self._channel.typing())
+
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
+        view = button_view(buttons) if buttons else None
+        sent = await sending(
+            view,
+            lambda: self._channel.send(text, allowed_mentions=NO_PINGS, view=view or discord.utils.MISSING),
+        )
+        return MessageRef(str(sent.id))
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        partial = self._channel.get_partial_message(int(ref.id))
+        await _call(lambda: partial.edit(content=text, allowed_mentions=NO_PINGS))
 
 
 class DecisionSurface(InteractionSurface):

@@ -3,6 +3,7 @@
 Markdown from the model is sent as escaped Telegram HTML; if Telegram still
 rejects the formatting, the same text goes out without a parse mode. Telegram
 errors become the core's platform errors, so the renderer decides what to do.
+What Herald can read in a group is asked of the Bot API whenever it is wanted.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from telegram import (
     Message,
     ReplyParameters,
 )
-from telegram.constants import ChatAction, ParseMode
+from telegram.constants import ChatAction, ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
@@ -35,12 +36,24 @@ from core.platform import (
     PlatformError,
     PlatformRateLimited,
     Surface,
+    Visibility,
 )
 
 MAX_LENGTH = 4096  # UTF-16 code units of the text after entity parsing
 PRIVATE_EDIT_INTERVAL = 1.0
 GROUP_EDIT_INTERVAL = 3.0
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
+#: Telegram's rule (bots/features#privacy-mode): a bot joins a group with the privacy
+#: mode it has then, so a change reaches the groups it is already in only once re-added
+PRIVACY_ADVICE = (
+    "To record every message, a chat admin can make me an admin here, or whoever runs me "
+    "can turn my privacy mode off with BotFather (/setprivacy, then Disable) and then remove "
+    "me from this group and add me back: Telegram applies that change only when a bot joins."
+)
+REJOIN_ADVICE = (
+    "If I was in this group before my privacy mode was turned off, remove me and add me back "
+    "(or make me an admin): Telegram applies that change only when a bot joins."
+)
 
 T = TypeVar("T")
 
@@ -64,6 +77,7 @@ class TelegramSurface(Surface):
         self.chat_id = chat_id
         self._thread_id = thread_id
         self._reply_to = reply_to
+        self._private = private
         self._log = logger or logging.getLogger("herald.telegram")
         interval = PRIVATE_EDIT_INTERVAL if private else GROUP_EDIT_INTERVAL
         self._caps = Capabilities(
@@ -80,6 +94,21 @@ class TelegramSurface(Surface):
 
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
         return message_link(self.chat_id, message_id, thread_id)
+
+    async def visibility(self) -> Visibility | None:
+        """Asked of the Bot API each time (two cheap calls, only on /history): privacy
+        mode from getMe, and whether the bot administers this chat. None when Telegram
+        can't be asked."""
+        if self._private:
+            return Visibility(reads_all=True)
+        try:
+            me = await self._call(self._bot.get_me)
+            member = await self._call(lambda: self._bot.get_chat_member(self.chat_id, me.id))
+        except PlatformError as exc:
+            self._log.warning("Telegram: could not tell what the bot can read in %s: %s", self.chat_id, exc)
+            return None
+        admin = member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
+        return group_visibility(privacy_off=bool(me.can_read_all_group_messages), admin=admin)
 
     async def typing(self) -> None:
         await self._call(
@@ -162,6 +191,17 @@ class TelegramSurface(Surface):
             raise PlatformError(exc.message) from exc
         except TelegramError as exc:  # timeouts, network errors, server errors
             raise PlatformError(f"Telegram call failed: {exc}") from exc
+
+
+def group_visibility(*, privacy_off: bool, admin: bool) -> Visibility:
+    """What a bot reads in a group: everything as an admin ("bot admins always receive all
+    messages") or with privacy mode off; otherwise only what is addressed to it. The Bot
+    API keeps no history, so nothing from before recording began."""
+    if admin:
+        return Visibility(reads_all=True)
+    if privacy_off:  # the Bot API can't tell whether this group saw the change
+        return Visibility(reads_all=True, advice=REJOIN_ADVICE)
+    return Visibility(reads_all=False, advice=PRIVACY_ADVICE)
 
 
 def keyboard(buttons: Sequence[Button], per_row: int = 2) -> InlineKeyboardMarkup:

@@ -28,7 +28,8 @@ from core.chat.locks import ConversationLocks, LockTimeout
 from core.chat.memory import ConversationStore, Turn
 from core.chat.render import StreamRenderer
 from core.chat.say import say
-from core.chatlog.store import ChatLog, LoggedMessage
+from core.chatlog.backfill import Backfills
+from core.chatlog.store import ChatLog, loggable
 from core.commands.context import CommandContext
 from core.commands.registry import CommandError, CommandRegistry, ParsedCommand
 from core.llm.base import ChatMessage, Finished, GenerationParams, LLMClient, TextDelta
@@ -124,10 +125,13 @@ class Engine:
         logger: logging.Logger | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
         chatlog: ChatLog | None = None,
+        backfills: Backfills | None = None,
     ) -> None:
         self.memory = memory
         #: records the messages of chats that turned it on (`/history on`)
         self.chatlog = chatlog
+        #: reads chats' past into the log (`/history on backfill=…`), on platforms with history
+        self.backfills = backfills
         self.admitter = admitter
         self.locks = locks
         self.cancels = cancels
@@ -320,23 +324,9 @@ class Engine:
         """Put a message written in a group chat into the chat's log, where the chat
         records (one round trip; the store checks). DMs and commands are not recorded;
         a failure is logged and never stops the answer."""
-        if (
-            self.chatlog is None
-            or event.posted is None
-            or event.is_private
-            or event.command
-            or not event.text
-        ):
+        message = loggable(event)
+        if self.chatlog is None or message is None or event.is_private:
             return
-        message = LoggedMessage(
-            message_id=event.posted.message_id,
-            author_id=event.author.user_id,
-            author_name=event.author.display_name,
-            text=event.text,
-            at=event.posted.at,
-            reply_to=event.posted.reply_to,
-            thread_id=event.thread_id,
-        )
         try:
             await self.chatlog.record(event.platform, event.chat_id, message)
         except RedisError as exc:

@@ -40,6 +40,7 @@ from dataclasses import dataclass, replace
 from redis.asyncio import Redis
 
 from core.chatlog.terms import Terms
+from core.platform import Inbound
 from core.storage.keys import Keys
 
 DAY = 86400
@@ -372,6 +373,23 @@ class ChatLog:
         raw = await self._redis.mget([self._key(platform, chat_id, "m", seq) for seq in seqs])
         found = (_decode(seq, str(value)) for seq, value in zip(seqs, raw, strict=True) if value is not None)
         return [message for message in found if message is not None]
+
+
+def loggable(event: Inbound) -> LoggedMessage | None:
+    """A message as the chat log keeps it, written live or read from the platform's
+    history (None when there is no text to keep)."""
+    posted = event.posted
+    if posted is None or not event.text or event.command is not None:
+        return None
+    return LoggedMessage(
+        message_id=posted.message_id,
+        author_id=event.author.user_id,
+        author_name=event.author.display_name,
+        text=event.text,
+        at=posted.at,
+        reply_to=posted.reply_to,
+        thread_id=event.thread_id,
+    )
 
 
 def written_order(message: LoggedMessage) -> tuple[float, int, int]:

@@ -88,6 +88,11 @@ class Keys:
         tail = ":".join(str(part) for part in parts)
         return f"{self.prefix}:log:{{{platform}:{chat_id}}}:{tail}"
 
+    def backfills(self) -> str:
+        """Sorted set of the chats whose backfill is unfinished (`platform:chat`, by start
+        time); each one's state is under its `chat_log` keys (`core.chatlog.backfill`)."""
+        return f"{self.prefix}:backfills"
+
     def chat_log_pattern(self, platform: str, chat_id: str) -> str:
         """SCAN pattern matching every key of one chat's recorded messages."""
         return f"{self.prefix}:log:{_glob_escape('{' + platform + ':' + chat_id + '}')}:*"

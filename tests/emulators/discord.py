@@ -13,7 +13,8 @@ It keeps the Discord rules that a bot's code can get wrong:
 * per-route rate-limit windows announced in ``X-RateLimit-*`` headers (discord.py paces itself
   from them) and 429s when a client ignores them, plus injected 429s (``rate_limit_next``);
   channel history has its own, tighter window (``history_bucket_limit`` per
-  ``history_bucket_window``); ``throttled()`` lists every 429 served;
+  ``history_bucket_window``); ``throttled()`` lists every 429 served; ``hold`` keeps matching
+  requests unanswered until released, so a test can stop a client at a known point;
 * channel history (``GET /channels/{id}/messages``) with ``around``/``before``/``after`` and
   ``limit`` as documented (newest first, ``after`` pages from the oldest), over messages seeded
   cheaply into the past (``seed_history``) or written live; people edit and delete messages
@@ -72,6 +73,7 @@ __all__ = [
     "BotMessage",
     "Call",
     "DiscordEmulator",
+    "Hold",
     "Interaction",
     "PastMessage",
     "point_discord_py_at",
@@ -244,6 +246,29 @@ class Interaction:
     custom_id: str | None = None
     message_id: int | None = None
     modal: _Json | None = None  # the form the bot opened in answer (callback type 9)
+
+
+@dataclass
+class Hold:
+    """Requests kept waiting, unanswered, as a slow Discord would keep them (``hold``).
+
+    The first ``passes`` matching requests go through; later ones wait in ``waiting`` until
+    ``release()``, so a test can stop a client at a known point of its work. A held request
+    counts as still on its way: one whose client went away meanwhile is dropped (``status``
+    499), never served and never counted in a rate-limit window.
+    """
+
+    method: str
+    path: re.Pattern[str]
+    passes: int = 0
+    waiting: list[Call] = field(default_factory=list)
+    released: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def release(self) -> None:
+        self.released.set()
+
+    def matches(self, method: str, path: str) -> bool:
+        return not self.released.is_set() and method == self.method and bool(self.path.search(path))
 
 
 class ApiError(Exception):
@@ -552,6 +577,7 @@ class DiscordEmulator:
         # faults and limits
         self._limits: list[_InjectedLimit] = []
         self._faults: list[_InjectedFault] = []
+        self._holds: list[Hold] = []
         self._windows: dict[tuple[str, str], _Window] = {}
         # plumbing
         self._sessions: dict[str, _Session] = {}
@@ -583,6 +609,8 @@ class DiscordEmulator:
         Connected clients try to reconnect and find nothing; closing them is the test's job.
         """
         self._stopping = True
+        for hold in self._holds:
+            hold.release()
         conns = list(self._conns)
         for conn in conns:
             self._close(conn, 1001, "Emulator stopping")
@@ -1580,6 +1608,13 @@ class DiscordEmulator:
 
     # -- faults and limits ----------------------------------------------------------------
 
+    def hold(self, method: str, path_regex: str, *, after: int = 0) -> Hold:
+        """Let ``after`` matching requests through, then keep the next ones unanswered until
+        the returned hold is released (``path_regex``: searched after /api/v10)."""
+        held = Hold(method.upper(), re.compile(path_regex), after)
+        self._holds.append(held)
+        return held
+
     def rate_limit_next(
         self, method: str, path_regex: str, *, retry_after: float = 1.0, times: int = 1, global_: bool = False
     ) -> None:
@@ -2295,6 +2330,16 @@ class DiscordEmulator:
             request.method, path, body, loop.time(), query=dict(request.query), files=[f[0] for f in files]
         )
         self.calls.append(call)
+        for hold in self._holds:
+            if hold.matches(request.method, path):
+                if hold.passes > 0:
+                    hold.passes -= 1
+                    continue
+                hold.waiting.append(call)
+                await hold.released.wait()
+                if request.transport is None or request.transport.is_closing():
+                    call.status = 499  # the client gave up meanwhile: never served, never counted
+                    return web.Response(status=499)
         headers: dict[str, str] = {}
         try:
             route, params = self._match(request.method, path)

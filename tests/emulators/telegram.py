@@ -777,7 +777,9 @@ class TelegramEmulator:
     In groups the bot has privacy mode unless ``can_read_all_group_messages`` is set (or
     it is an admin there): then it only gets commands for it, mentions of it, replies to
     its messages and service messages, as Telegram does; other user messages are stored
-    (so they can be replied to) but never delivered.
+    (so they can be replied to) but never delivered. As in Telegram, a group keeps the
+    privacy mode the bot had when it joined (``group``): changing the setting reaches a
+    group only once the bot is re-added (``readd_bot``), while getMe reports it at once.
     """
 
     def __init__(
@@ -810,6 +812,7 @@ class TelegramEmulator:
         self._users: dict[int, _Json] = {bot_id: self.bot_user}
         self._chats: dict[int, _Json] = {}
         self._admins: dict[int, set[int]] = {}
+        self._joined_reading_all: dict[int, bool] = {}  # group -> privacy off when the bot joined
         self._messages: dict[int, dict[int, _Json]] = {}  # chat -> message_id -> wire Message
         self._bot_messages: dict[tuple[int, int], BotMessage] = {}
         self._deleted: set[tuple[int, int]] = set()
@@ -919,7 +922,15 @@ class TelegramEmulator:
             chat["is_forum"] = True
         self._chats[chat_id] = chat
         self._admins.setdefault(chat_id, set())
+        self._joined_reading_all.setdefault(chat_id, self.can_read_all_group_messages)
         return dict(chat)
+
+    def readd_bot(self, chat_id: int) -> None:
+        """The bot is removed from a group and added back: a plain member again, joined
+        with the privacy mode it has now (how a privacy change reaches a group)."""
+        self._kicked.discard(chat_id)
+        self._admins.setdefault(chat_id, set()).discard(self.bot_id)
+        self._joined_reading_all[chat_id] = self.can_read_all_group_messages
 
     def set_admin(self, chat_id: int, user_id: int, admin: bool = True) -> None:
         """Make a user (or the bot, ``user_id=bot_id``) an administrator of a group."""
@@ -1068,6 +1079,8 @@ class TelegramEmulator:
         new: _Json = {"id": new_chat_id, "type": "supergroup", "title": old.get("title", "Group")}
         self._chats[new_chat_id] = new
         self._admins[new_chat_id] = set(self._admins.get(chat_id, set()))
+        if chat_id in self._joined_reading_all:
+            self._joined_reading_all[new_chat_id] = self._joined_reading_all[chat_id]
         self._migrated[chat_id] = new_chat_id
         admins = sorted(self._admins.get(chat_id, set()) - {self.bot_id})
         actor = by or (self._users.get(admins[0]) if admins else None) or self.user(1, "Owner")
@@ -1291,9 +1304,12 @@ class TelegramEmulator:
     def _visible_to_bot(self, message: _Json, replied: _Json | None) -> bool:
         """Privacy mode: in groups, only what is addressed to the bot reaches it."""
         chat = message["chat"]
-        if chat["type"] == "private" or self.can_read_all_group_messages:
+        if chat["type"] == "private":
             return True
-        if self.bot_id in self._admins.get(int(chat["id"]), set()):
+        chat_id = int(chat["id"])
+        if self._joined_reading_all.get(chat_id, self.can_read_all_group_messages):
+            return True
+        if self.bot_id in self._admins.get(chat_id, set()):
             return True
         if replied is not None and replied.get("from", {}).get("id") == self.bot_id:
             return True
@@ -1649,8 +1665,16 @@ class TelegramEmulator:
             return {"status": "administrator", "user": dict(person), **rights}
         return {"status": "member", "user": dict(person)}
 
+    def _member_chat(self, chat_id: Any) -> _Json:
+        """A chat whose members the bot may list: not one it was removed from."""
+        chat = self._chat(chat_id)
+        if int(chat["id"]) in self._kicked:
+            kind = "supergroup chat" if chat["type"] == "supergroup" else "group chat"
+            raise ApiError(403, f"Forbidden: bot was kicked from the {kind}")
+        return chat
+
     async def _get_chat_member(self, p: dict[str, Any]) -> _Json:
-        chat = self._chat(p.get("chat_id"))
+        chat = self._member_chat(p.get("chat_id"))
         user_id = _as_int(p.get("user_id"))
         if user_id is None:
             raise _bad("user_id is empty")
@@ -1659,7 +1683,7 @@ class TelegramEmulator:
         return self._member(chat, user_id)
 
     async def _get_chat_administrators(self, p: dict[str, Any]) -> list[_Json]:
-        chat = self._chat(p.get("chat_id"))
+        chat = self._member_chat(p.get("chat_id"))
         if chat["type"] == "private":
             raise _bad("there are no administrators in the private chat")
         admins = sorted(self._admins.get(int(chat["id"]), set()))
