@@ -98,6 +98,20 @@ class Settings(HeraldSettings):
     # /web: a SearXNG instance (its JSON format enabled)
     searxng_url: str | None = None
 
+    # Publishing to social networks (core/social): the install's own accounts, and the
+    # key that encrypts the accounts chats connect themselves
+    secret_key: SecretStr | None = None
+    x_api_key: SecretStr | None = None  # OAuth 1.0a user context: the app's key and secret…
+    x_api_secret: SecretStr | None = None
+    x_access_token: SecretStr | None = None  # …and the account's token and secret
+    x_access_token_secret: SecretStr | None = None
+    x_user_token: SecretStr | None = None  # or an OAuth 2.0 user access token (tweet.write)
+    bluesky_handle: str | None = None
+    bluesky_app_password: SecretStr | None = None
+    bluesky_service: str = "https://bsky.social"
+    mastodon_url: str | None = None
+    mastodon_token: SecretStr | None = None
+
     # The built-in model
     local_model: str = DEFAULT_LOCAL_MODEL
     local_threads: int | None = Field(default=None, ge=1, le=1024)
@@ -178,6 +192,21 @@ class Settings(HeraldSettings):
     def _searxng_url(cls, value: str | None) -> str | None:
         return http_url(value, "the SearXNG URL") if value else None
 
+    @field_validator("bluesky_service", "mastodon_url")
+    @classmethod
+    def _network_url(cls, value: str | None) -> str | None:
+        return http_url(value, "the server's URL") if value else None
+
+    @field_validator("secret_key")
+    @classmethod
+    def _secret_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None and value.get_secret_value().strip():
+            parts = [p.strip() for p in value.get_secret_value().split(",") if p.strip()]
+            if any(len(part) < 32 for part in parts):
+                raise ValueError("each comma-separated key needs at least 32 characters")
+            return value
+        return None
+
     @field_validator("llm_api", mode="before")
     @classmethod
     def _api(cls, value: Any) -> Any:
@@ -225,6 +254,18 @@ class Settings(HeraldSettings):
                 f"HERALD_LLM_API={self.llm_api} needs HERALD_TGI_URL (the server's URL); "
                 "unset both to use the built-in model"
             )
+        x_oauth1 = (self.x_api_key, self.x_api_secret, self.x_access_token, self.x_access_token_secret)
+        if any(x_oauth1) and not all(x_oauth1):
+            raise ValueError(
+                "X's OAuth 1.0a needs all four of HERALD_X_API_KEY, HERALD_X_API_SECRET, "
+                "HERALD_X_ACCESS_TOKEN and HERALD_X_ACCESS_TOKEN_SECRET"
+            )
+        if all(x_oauth1) and self.x_user_token:
+            raise ValueError("set either X's OAuth 1.0a keys or HERALD_X_USER_TOKEN, not both")
+        if bool(self.bluesky_handle) != bool(self.bluesky_app_password):
+            raise ValueError("HERALD_BLUESKY_HANDLE and HERALD_BLUESKY_APP_PASSWORD go together")
+        if bool(self.mastodon_url) != bool(self.mastodon_token):
+            raise ValueError("HERALD_MASTODON_URL and HERALD_MASTODON_TOKEN go together")
         if self.llm_backend == "openai" and self.max_new_tokens >= self.llm_max_input_tokens:
             raise ValueError("HERALD_MAX_NEW_TOKENS must be smaller than HERALD_LLM_MAX_INPUT_TOKENS")
         if self.llm_backend == "local" and self.max_new_tokens >= self.local_context:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import enum
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 with warnings.catch_warnings():
     # twitter-text reads its emoji table through pkg_resources, which setuptools
@@ -19,6 +19,9 @@ with warnings.catch_warnings():
     from twitter_text import parse_tweet
 
 from core.platform import LengthUnit
+
+#: a post's length as a place counts it
+Measure = Callable[[str], int]
 
 
 class Target(enum.Enum):
@@ -71,21 +74,28 @@ class ThreadTooLong(Exception):
 
 
 def split_thread(text: str, target: Target, *, max_posts: int = 25) -> list[str]:
-    """Numbered posts (" 1/3" appended), each within the target's limit, cut between sentences.
+    """`text` as a numbered thread for `target` (see `split_to_fit`)."""
+    return split_to_fit(text, target.limit, target.measure, max_posts=max_posts)
+
+
+def split_to_fit(text: str, limit: int, measure: Measure, *, max_posts: int = 25) -> list[str]:
+    """Numbered posts (" 1/3" appended), each within `limit` as `measure` counts, cut
+    between sentences (a network's own counting: X's weights, Bluesky's graphemes…).
 
     A sentence longer than a post is cut between words. The numbering's room is
     reserved up front, assuming as many posts as could possibly be needed.
     """
+    if measure(text) <= limit:
+        return [text]
     sentences = [s for s in _SENTENCE_END.split(" ".join(text.split())) if s]
-    suffix_room = target.measure(f" {max_posts}/{max_posts}")
-    room = target.limit - suffix_room
+    room = limit - measure(f" {max_posts}/{max_posts}")
     pieces: list[str] = []
     for sentence in sentences:
-        pieces.extend(_fit_words(sentence, target, room))
+        pieces.extend(_fit_words(sentence, measure, room))
     posts: list[str] = []
     for piece in pieces:
         joined = f"{posts[-1]} {piece}" if posts else piece
-        if posts and target.measure(joined) <= room:
+        if posts and measure(joined) <= room:
             posts[-1] = joined
         else:
             posts.append(piece)
@@ -102,25 +112,25 @@ def unnumbered(posts: Sequence[str]) -> str:
     return " ".join(_NUMBERING.sub("", post) for post in posts)
 
 
-def _fit_words(sentence: str, target: Target, room: int) -> list[str]:
+def _fit_words(sentence: str, measure: Measure, room: int) -> list[str]:
     """Cut a sentence longer than a post between words (a word longer than a post, anywhere)."""
-    if target.measure(sentence) <= room:
+    if measure(sentence) <= room:
         return [sentence]
     parts: list[str] = []
     for word in sentence.split(" "):
-        for chunk in _fit_chars(word, target, room):
+        for chunk in _fit_chars(word, measure, room):
             joined = f"{parts[-1]} {chunk}" if parts else chunk
-            if parts and target.measure(joined) <= room:
+            if parts and measure(joined) <= room:
                 parts[-1] = joined
             else:
                 parts.append(chunk)
     return parts
 
 
-def _fit_chars(word: str, target: Target, room: int) -> list[str]:
+def _fit_chars(word: str, measure: Measure, room: int) -> list[str]:
     chunks = [""]
     for char in word:
-        if chunks[-1] and target.measure(chunks[-1] + char) > room:
+        if chunks[-1] and measure(chunks[-1] + char) > room:
             chunks.append("")
         chunks[-1] += char
     return chunks

@@ -88,6 +88,19 @@ class Keys:
         tail = ":".join(str(part) for part in parts)
         return f"{self.prefix}:log:{{{platform}:{chat_id}}}:{tail}"
 
+    def deliveries(self, post_id: str) -> str:
+        """Hash: network → one post's delivery there (`core.social.delivery`)."""
+        return f"{self.prefix}:deliveries:{post_id}"
+
+    def social_accounts(self, platform: str, chat_id: str) -> str:
+        """Hash: a chat's own social accounts, id → public part and sealed credentials
+        (`core.social.accounts`)."""
+        return f"{self.prefix}:accounts:{platform}:{chat_id}"
+
+    def social_attention(self) -> str:
+        """Hash: accounts that need a person's attention (a 401/403) → why."""
+        return f"{self.prefix}:accounts:attention"
+
     def backfills(self) -> str:
         """Sorted set of the chats whose backfill is unfinished (`platform:chat`, by start
         time); each one's state is under its `chat_log` keys (`core.chatlog.backfill`)."""

@@ -1,0 +1,1 @@
+"""Publishing to social networks (X, Bluesky, Mastodon): accounts, clients, limits."""
