@@ -79,6 +79,7 @@ VALID: dict[str, str] = {
     "zone": "UTC",
     "retention": "30d",
     "backfill": "7d",
+    "to": "x",
     "user": "42",
     "from": "42",
     "since": "7d",

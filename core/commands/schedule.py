@@ -18,12 +18,15 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from core.chat.access import AccessPolicy
 from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandSpec, Handler
+from core.platform import Inbound
 from core.posts.campaigns import publishable
 from core.posts.saved import SavedContent
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.recurrence import RecurrenceError, parse_recurrence
+from core.posts.schedules.social import SocialPublishing
 from core.posts.schedules.store import Mode, Schedule, ScheduleStore, new_id
-from core.posts.targets import Target
+from core.posts.targets import Target, unnumbered
+from core.social.accounts import NETWORK_NAMES, NETWORKS
 
 log = logging.getLogger("herald.scheduler")
 
@@ -43,16 +46,36 @@ MODE = ArgSpec(
     choices=tuple(m.value for m in Mode),
     keyword_only=True,
 )
+TO = ArgSpec(
+    "to",
+    "Publish to x, bluesky or mastodon (several: x,bluesky) instead of this chat",
+    keyword_only=True,
+    max_length=40,
+)
 SCHEDULE_ID = ArgSpec("id", "The schedule's id (/schedule list shows them)", required=True, max_length=32)
 POST_ID = ArgSpec("id", "The post's id (shown with its draft)", required=True, max_length=32)
 
 
 def describe(schedule: Schedule) -> str:
     state = "paused" if schedule.paused else schedule.mode.value
+    where = (
+        f" to {', '.join(NETWORK_NAMES[n] for n in schedule.destinations)}" if schedule.destinations else ""
+    )
     return (
-        f"`{schedule.id}` {schedule.recurrence} ({schedule.timezone}) → {schedule.target}, {state}: "
+        f"`{schedule.id}` {schedule.recurrence} ({schedule.timezone}) → {schedule.target}{where}, {state}: "
         f"{schedule.prompt}"
     )
+
+
+def parse_destinations(text: str) -> tuple[str, ...]:
+    """`x,bluesky` → ("x", "bluesky"); ValueError naming what isn't a network."""
+    names = [part.strip().lower() for part in text.split(",") if part.strip()]
+    unknown = [name for name in names if name not in NETWORKS]
+    if unknown or not names:
+        raise ValueError(
+            f"to= takes x, bluesky or mastodon (several with commas), not {', '.join(unknown) or text!r}."
+        )
+    return tuple(dict.fromkeys(names))
 
 
 class ScheduleCommands:
@@ -64,7 +87,9 @@ class ScheduleCommands:
         access: AccessPolicy,
         *,
         default_timezone: str = "UTC",
+        social: SocialPublishing | None = None,
     ) -> None:
+        self._social = social
         self._store = store
         self._actions = actions
         self._saved = saved
@@ -86,6 +111,7 @@ class ScheduleCommands:
                         ArgSpec("at", "When to publish (YYYY-MM-DD HH:MM)", keyword_only=True, max_length=16),
                         TZ,
                         MODE,
+                        TO,
                     ),
                 ),
                 CommandSpec(
@@ -104,6 +130,7 @@ class ScheduleCommands:
                         ),
                         TZ,
                         MODE,
+                        TO,
                     ),
                 ),
                 CommandSpec("list", "The schedules of this chat", self.list_schedules),
@@ -188,7 +215,7 @@ class ScheduleCommands:
             str(args["when"]),
             timezone,
             prompt=str(args["prompt"]),
-            target=str(args.get("target", Target.GENERIC.value)),
+            target=str(args.get("target") or drafted_for(args.get("to"))),
             tone=str(args.get("tone", "friendly")),
             end_date=until,
             max_runs=args.get("count"),
@@ -209,12 +236,11 @@ class ScheduleCommands:
                 f"(time in {timezone}; add tz=… for another zone, mode=auto to skip approval)"
             )
             return
-        if len(kept.draft.posts) != 1:
-            await ctx.reply("Threads can't be scheduled yet; draft it without thread=yes.")
+        if len(kept.draft.posts) != 1 and not args.get("to"):
+            await ctx.reply("Threads can be scheduled to networks (to=x…), where they become reply chains.")
             return
-        await self._once(
-            ctx, args, str(args["at"]), f"draft {draft_id}", kept.draft.target, kept.draft.posts[0]
-        )
+        text = unnumbered(kept.draft.posts)  # each network cuts it again, its own way
+        await self._once(ctx, args, str(args["at"]), f"draft {draft_id}", kept.draft.target, text)
 
     async def schedule_campaign(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         """One post of a saved campaign, published once at its suggested date and time."""
@@ -300,6 +326,12 @@ class ScheduleCommands:
             await ctx.reply(problem)
             return
         event = ctx.event
+        if args.get("to"):
+            try:
+                fields["destinations"] = await self._destinations(event, str(args["to"]))
+            except ValueError as exc:
+                await ctx.reply(str(exc))
+                return
         schedule = Schedule(
             id=new_id(),
             platform=event.platform,
@@ -314,6 +346,21 @@ class ScheduleCommands:
         )
         await self._store.save(schedule)
         await ctx.reply(f"Scheduled `{schedule.id}`: {describe(schedule)}\nNext run: {_shown(first[0])}.")
+
+    async def _destinations(self, event: Inbound, text: str) -> tuple[str, ...]:
+        """The networks `to=` names, each with an account this chat can publish to
+        (checked now; the account is fixed when a post is approved)."""
+        networks = parse_destinations(text)
+        if self._social is None:
+            raise ValueError("Publishing to networks isn't set up on this server.")
+        missing = await self._social.missing(event.platform, event.chat_id, networks)
+        if missing:
+            names = " or ".join(NETWORK_NAMES[n] for n in missing)
+            raise ValueError(
+                f"This chat has no working {names} account. A chat manager connects one with "
+                f"/account add {missing[0]} (in a DM with me)."
+            )
+        return networks
 
     async def _in_chat(self, ctx: CommandContext, args: dict[str, Any]) -> Schedule | None:
         """The schedule named, if it belongs to this chat; else the person is told."""
@@ -330,6 +377,19 @@ class ScheduleCommands:
             return str(args["tz"])
         event = ctx.event
         return await self._store.chat_timezone(event.platform, event.chat_id) or self._default_timezone
+
+
+def drafted_for(to: object) -> str:
+    """The format drafts take for `to=`: a post for several networks is fitted to the
+    strictest of them (X's 280 where X is one; each network then cuts it into a thread
+    by its own counting where it must)."""
+    if not to:
+        return Target.GENERIC.value
+    try:
+        networks = parse_destinations(str(to))
+    except ValueError:
+        return Target.GENERIC.value  # refused later, with the reason
+    return Target.X.value if "x" in networks else Target.GENERIC.value
 
 
 def _shown(moment: dt.datetime) -> str:
@@ -380,6 +440,7 @@ def _add_spec(handler: Handler) -> CommandSpec:
             MODE,
             ArgSpec("tone", "Tone of the drafts", keyword_only=True, max_length=200),
             ArgSpec("until", "Last day to post (YYYY-MM-DD)", keyword_only=True, max_length=10),
+            TO,
             ArgSpec(
                 "count",
                 "Stop after this many posts",

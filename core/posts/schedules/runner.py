@@ -35,6 +35,7 @@ from core.posts.drafting import Drafter, DraftRequest, DraftTooLong
 from core.posts.schedules.approval import approval_buttons, approval_text
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.recurrence import parse_recurrence
+from core.posts.schedules.social import Outcome, SocialPublishing
 from core.posts.schedules.store import (
     InvalidTransition,
     Mode,
@@ -45,6 +46,7 @@ from core.posts.schedules.store import (
     new_id,
 )
 from core.posts.targets import Target
+from core.social.delivery import DeliveryState
 from core.storage.keys import Keys
 from core.storage.redis_client import honour_cancellation
 
@@ -97,8 +99,11 @@ class Runner:
         owner: str,
         retry_delays: tuple[float, ...] = (30.0, 120.0, 600.0),
         logger: logging.Logger | None = None,
+        social: SocialPublishing | None = None,
     ) -> None:
         self.store = store
+        #: publishes to social networks (None: not set up here; `to=` is refused)
+        self.social = social
         self._drafter = drafter
         self._publishers = publishers
         self._owner = owner
@@ -137,11 +142,17 @@ class Runner:
         """What a leader left behind when it stopped. Drafts it had claimed but not written
         are finished (those of slots before `since` are cancelled, like missed runs); taking
         one over is atomic, so if that leader is alive after all, its draft is dropped.
-        Failed sends get their remaining retries."""
+        Failed sends get their remaining retries; posts left publishing to networks go on
+        (each network's delivery is taken over once its sender's hold has run out)."""
         for failed in await self.store.in_state(PostState.FAILED):
             schedule = await self.store.get(failed.schedule_id)
             if schedule is not None and schedule.platform in self._publishers:
                 self._retry_later(failed, schedule)
+        for stuck in await self.store.in_state(PostState.PUBLISHING):
+            schedule = await self.store.get(stuck.schedule_id)
+            if schedule is not None and schedule.destinations and schedule.platform in self._publishers:
+                self._log.warning("post %s was left publishing to networks; going on", stuck.id)
+                await self.publish(stuck, schedule)
         finished = []
         for orphan in await self.store.unwritten():
             schedule = await self.store.get(orphan.schedule_id)
@@ -228,6 +239,8 @@ class Runner:
 
     async def publish(self, post: Post, schedule: Schedule) -> Post:
         """Check once more, then send; the outcome decides the next state."""
+        if schedule.destinations:
+            return await self._publish_to_networks(post, schedule)
         target = Target(schedule.target)
         if not target.fits(post.text):  # an edit may have made it too long
             return await self.store.move(
@@ -249,6 +262,42 @@ class Runner:
             self._retry_later(post, schedule)
             return post
         return await self.store.move(post, PostState.PUBLISHED, message_id=message_id)
+
+    async def _publish_to_networks(self, post: Post, schedule: Schedule) -> Post:
+        """Deliver to each network once (`core.posts.schedules.social`); the approver is
+        told each network's outcome with its links. Networks that failed for now are
+        tried again later (those done are never sent again)."""
+        publisher = self._publishers[schedule.platform]
+        approver = schedule.approver_chat or schedule.chat_id
+        if self.social is None:
+            await publisher.notify(approver, f"Post {post.id}: publishing to networks is not set up here.")
+            return await self.store.move(post, PostState.CANCELLED, reason="networks not set up")
+        if post.state is not PostState.PUBLISHING:
+            post = await self.store.move(post, PostState.PUBLISHING, attempts=post.attempts + 1)
+        outcome, accounts, tell = await self.social.publish(
+            post.id, post.text, schedule.platform, schedule.chat_id, schedule.destinations
+        )
+        for line in tell:
+            await publisher.notify(schedule.chat_id, line)
+        await publisher.notify(approver, outcome.report(post.id, accounts))
+        try:
+            return await self._settle(post, schedule, outcome)
+        except InvalidTransition:  # another replica settled it meanwhile, from the same deliveries
+            return await self.store.post(post.id) or post
+
+    async def _settle(self, post: Post, schedule: Schedule, outcome: Outcome) -> Post:
+        """The post's state from its deliveries'."""
+        states = {delivery.state for delivery in outcome.deliveries.values()}
+        if not outcome.settled:
+            post = await self.store.move(post, PostState.FAILED, reason="some networks failed for now")
+            self._retry_later(post, schedule)
+            return post
+        if DeliveryState.UNCONFIRMED in states:
+            return await self.store.move(post, PostState.UNCONFIRMED, reason="a network may have it")
+        if outcome.published:
+            links = " ".join(link for delivery in outcome.published for link in delivery.links[:1])
+            return await self.store.move(post, PostState.PUBLISHED, message_id=links)
+        return await self.store.move(post, PostState.CANCELLED, reason="every network refused it")
 
     def _retry_later(self, post: Post, schedule: Schedule) -> None:
         if post.attempts > len(self._retry_delays):

@@ -50,7 +50,10 @@ TRANSITIONS: dict[PostState, frozenset[PostState]] = {
     PostState.DRAFT: frozenset({PostState.PENDING_APPROVAL, PostState.SCHEDULED, PostState.CANCELLED}),
     PostState.PENDING_APPROVAL: frozenset({PostState.SCHEDULED, PostState.DRAFT, PostState.CANCELLED}),
     PostState.SCHEDULED: frozenset({PostState.PUBLISHING, PostState.CANCELLED}),
-    PostState.PUBLISHING: frozenset({PostState.PUBLISHED, PostState.FAILED, PostState.UNCONFIRMED}),
+    # to networks: CANCELLED when every one of them refused it
+    PostState.PUBLISHING: frozenset(
+        {PostState.PUBLISHED, PostState.FAILED, PostState.UNCONFIRMED, PostState.CANCELLED}
+    ),
     PostState.FAILED: frozenset({PostState.PUBLISHING, PostState.CANCELLED}),
     PostState.UNCONFIRMED: frozenset({PostState.PUBLISHED, PostState.CANCELLED}),
     PostState.PUBLISHED: frozenset(),
@@ -86,6 +89,8 @@ class Schedule:
     paused: bool = False
     created_at: str | None = None  # ISO time; anchors "every N hours/days" across restarts
     fixed_text: str | None = None  # publish this text (a saved draft) instead of drafting one
+    #: social networks to publish to (`to=x,bluesky`) instead of the chat itself
+    destinations: tuple[str, ...] = ()
 
     def encode(self) -> str:
         data = asdict(self)
@@ -97,6 +102,7 @@ class Schedule:
         try:
             data = json.loads(raw)
             data["mode"] = Mode(data["mode"])
+            data["destinations"] = tuple(data.get("destinations", ()))
             schedule = Schedule(**data)
             if schedule.end_date is not None:
                 dt.date.fromisoformat(schedule.end_date)
