@@ -134,6 +134,7 @@ async def died_mid_send(store: DeliveryStore, network: str, now: float) -> Deliv
         texts=("one 1/2", "two 2/2"),
         parts=(sent,),
         sending=2,
+        sending_since=now - 60,
         owner="dead",
         until=now - 1,
     )
@@ -143,7 +144,7 @@ async def test_x_is_never_resent_after_a_sender_died_mid_send(store: DeliverySto
     network = Network(network="x")
     await died_mid_send(store, "x", now=1000.0)
     done = await deliverer(store, clock=lambda: 1000.0).deliver(POST, "one two", network)
-    assert done.state is DeliveryState.UNCONFIRMED and "may or may not" in done.reason
+    assert done.state is DeliveryState.UNCONFIRMED and "may have published" in done.reason
     assert network.published == []
     # settled: nothing automatic sends it again
     assert (await deliverer(store, "r3").deliver(POST, "one two", network)).state is DeliveryState.UNCONFIRMED
@@ -156,6 +157,14 @@ async def test_mastodon_is_resent_with_the_same_key_after_a_sender_died(store: D
     done = await deliverer(store, clock=lambda: 1000.0).deliver(POST, "one two", network)
     assert done.state is DeliveryState.PUBLISHED and done.links[1] == "https://example.test/2"
     assert network.published == []  # the network answered with the status it already had
+
+
+async def test_mastodon_is_not_resent_once_it_forgot_the_key(store: DeliveryStore) -> None:
+    network = Network(network="mastodon")
+    await died_mid_send(store, "mastodon", now=1000.0)
+    # Mastodon keeps an Idempotency-Key for an hour: past that, a resend could post twice
+    done = await deliverer(store, clock=lambda: 1000.0 + 3600).deliver(POST, "one two", network)
+    assert done.state is DeliveryState.UNCONFIRMED and network.published == []
 
 
 async def test_a_live_holder_is_left_alone(store: DeliveryStore) -> None:

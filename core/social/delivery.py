@@ -48,6 +48,9 @@ from core.storage.keys import Keys
 
 #: networks where sending a part again with its key can't publish it twice
 IDEMPOTENT = frozenset({"bluesky", "mastodon"})
+#: how long after a part was first sent a network still knows its key (Mastodon keeps an
+#: Idempotency-Key for an hour; a Bluesky record key is for ever), with a margin
+KEY_KEPT = {"mastodon": 3300.0}
 #: how long a replica holds a delivery without a step (longer than any one call takes)
 LEASE_SECONDS = 120.0
 
@@ -77,6 +80,7 @@ class Delivery:
     texts: tuple[str, ...] = ()
     parts: tuple[PublishedPart, ...] = ()  # those the network confirmed, in order
     sending: int = 0  # the part being sent (1-based), 0 when none
+    sending_since: float = 0.0  # when that part was first sent
     owner: str = ""
     until: float = 0.0  # the owner's hold ends (seconds since the epoch)
     reason: str = ""  # for the chat: why it stopped
@@ -200,16 +204,31 @@ class Deliverer:
                 )
             delivery = await change(post_id, delivery, texts=tuple(texts))
         for number in range(len(delivery.parts) + 1, len(delivery.texts) + 1):
-            if delivery.sending == number and delivery.network not in IDEMPOTENT:
-                why = "the replica sending this part stopped mid-send; it may or may not be published"
+            now = self._clock()
+            if delivery.sending == number and not self._resendable(delivery, now):
+                why = "an earlier try may have published this part, and it can't be sent again safely"
                 return await change(post_id, delivery, state=DeliveryState.UNCONFIRMED, reason=why)
-            delivery = await change(post_id, delivery, sending=number, until=self._clock() + self._lease)
+            since = delivery.sending_since if delivery.sending == number else now
+            delivery = await change(
+                post_id, delivery, sending=number, sending_since=since, until=now + self._lease
+            )
             try:
                 delivery, part = await self._send(post_id, delivery, number, client, wait_until)
             except NetworkError as exc:
                 return await self._stopped(post_id, delivery, exc)
-            delivery = await change(post_id, delivery, parts=(*delivery.parts, part), sending=0)
+            delivery = await change(
+                post_id, delivery, parts=(*delivery.parts, part), sending=0, sending_since=0.0
+            )
         return await change(post_id, delivery, state=DeliveryState.PUBLISHED, owner="", until=0.0, reason="")
+
+    @staticmethod
+    def _resendable(delivery: Delivery, now: float) -> bool:
+        """Whether a part an earlier try may have published can be sent again: on a
+        network that knows its key, while it still does."""
+        if delivery.network not in IDEMPOTENT:
+            return False
+        kept = KEY_KEPT.get(delivery.network)
+        return kept is None or now - delivery.sending_since < kept
 
     async def _send(
         self, post_id: str, delivery: Delivery, number: int, client: NetworkClient, wait_until: float
@@ -245,5 +264,12 @@ class Deliverer:
     async def _failed(self, post_id: str, delivery: Delivery, reason: str) -> Delivery:
         """Nothing of the current part was sent: tried again later, from that part."""
         return await self._store.change(
-            post_id, delivery, state=DeliveryState.FAILED, sending=0, owner="", until=0.0, reason=reason
+            post_id,
+            delivery,
+            state=DeliveryState.FAILED,
+            sending=0,
+            sending_since=0.0,
+            owner="",
+            until=0.0,
+            reason=reason,
         )
