@@ -28,7 +28,7 @@ from bots.config import Config
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
 #: libraries that log every request (with its URL, which may hold a token) at INFO
-CHATTY = ("httpx", "httpcore", "aiohttp.access", "apscheduler")
+CHATTY = ("httpx", "httpcore", "aiohttp.access", "apscheduler", "oauthlib")
 #: libraries that warn on every retry; Herald logs the outcome once (herald.model)
 RETRYING = ("huggingface_hub",)
 
