@@ -33,6 +33,7 @@ from core.chatlog.backfill import Backfills
 from core.chatlog.store import ChatLog
 from core.chatlog.summary import Summariser
 from core.chatlog.terms import Terms
+from core.commands.accounts import AccountCommands
 from core.commands.chat import ChatCommands
 from core.commands.drafts import DraftCommands
 from core.commands.herald import herald_commands
@@ -55,9 +56,13 @@ from core.posts.saved import SavedContent
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.leader import LeaderLease
 from core.posts.schedules.runner import Publisher, Runner, SchedulerService
+from core.posts.schedules.social import SocialPublishing
 from core.posts.schedules.store import ScheduleStore
 from core.search.pages import PageFetcher
 from core.search.searxng import SearxngClient
+from core.social.accounts import AccountStore, secret_box
+from core.social.clients import Clients, identify_installed, installed_credentials
+from core.social.delivery import DeliveryStore
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
 
@@ -150,6 +155,9 @@ class Scheduling:
     service: SchedulerService
     publishers: dict[str, Publisher]
     saved: SavedContent
+    #: the social accounts chats publish to, and how their clients are made
+    accounts: AccountStore
+    clients: Clients
 
 
 def build_scheduling(
@@ -158,10 +166,16 @@ def build_scheduling(
     publishers: dict[str, Publisher] = {}
     store = ScheduleStore(redis, keys)
     lease = LeaderLease(redis, keys)
-    runner = Runner(store, Drafter(llm, generation_params(settings)), publishers, owner=lease.owner)
+    box = secret_box(settings.secret_key.get_secret_value()) if settings.secret_key else None
+    accounts = AccountStore(redis, keys, box, installed_credentials(settings))
+    clients = Clients(x_api_url=settings.x_api_url)
+    social = SocialPublishing(accounts, DeliveryStore(redis, keys), clients, owner=lease.owner)
+    drafter = Drafter(llm, generation_params(settings))
+    runner = Runner(store, drafter, publishers, owner=lease.owner, social=social)
     service = SchedulerService(runner, redis, keys, lease=lease)
     saved = SavedContent(redis, keys)
-    return Scheduling(store, runner, PostActions(runner, access), service, publishers, saved)
+    actions = PostActions(runner, access)
+    return Scheduling(store, runner, actions, service, publishers, saved, accounts, clients)
 
 
 def build_commands(
@@ -188,6 +202,7 @@ def build_commands(
         scheduling.saved,
         access,
         default_timezone=settings.default_timezone,
+        social=scheduling.runner.social,
     )
     return herald_commands(
         ChatCommands(memory, access, locks, cancels, context, llm),
@@ -197,6 +212,7 @@ def build_commands(
         SearchCommands(chatlog, llm),
         WebCommands(web),
         SummaryCommands(chatlog, Summariser(llm, lambda: context.budget)),
+        AccountCommands(scheduling.accounts, scheduling.clients, access),
     )
 
 
@@ -323,6 +339,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         keys = Keys(settings.redis_prefix)
         access = AccessPolicy.from_settings(settings)
         scheduling = build_scheduling(settings, redis, llm, access, keys)
+        await identify_installed(scheduling.accounts, scheduling.clients)
         engine = build_engine(settings, redis, llm, scheduling=scheduling, metrics=metrics, web=web)
         running = engine
         metrics.bind(

@@ -111,6 +111,8 @@ class Settings(HeraldSettings):
     bluesky_service: str = "https://bsky.social"
     mastodon_url: str | None = None
     mastodon_token: SecretStr | None = None
+    #: X's API (a proxy, or a stand-in in tests)
+    x_api_url: str = "https://api.x.com"
 
     # The built-in model
     local_model: str = DEFAULT_LOCAL_MODEL
@@ -192,7 +194,7 @@ class Settings(HeraldSettings):
     def _searxng_url(cls, value: str | None) -> str | None:
         return http_url(value, "the SearXNG URL") if value else None
 
-    @field_validator("bluesky_service", "mastodon_url")
+    @field_validator("bluesky_service", "mastodon_url", "x_api_url")
     @classmethod
     def _network_url(cls, value: str | None) -> str | None:
         return http_url(value, "the server's URL") if value else None

@@ -29,6 +29,7 @@ COMMAND_NAMES = {
     "summary",
     "catchup",
     "web",
+    "account",
     "help",
 }
 

@@ -10,6 +10,7 @@ import pytest
 from redis.asyncio import Redis
 
 from core.social.accounts import Account, AccountError, AccountStore, secret_box
+from core.social.network import Identity
 from core.storage.keys import Keys
 
 KEY = "k" * 40
@@ -29,13 +30,12 @@ def bluesky(handle: str = "team.bsky.social", password: str = PASSWORD, by: str 
     )
 
 
-def installed_x() -> Account:
-    return Account("x", "x", "@herald", "https://x.com/herald", credentials={"access_token": "t"})
+INSTALLED = {"x": {"user_token": "t"}}
 
 
 @pytest.fixture
 def store(redis: Redis, prefix: str) -> AccountStore:
-    return AccountStore(redis, Keys(prefix), secret_box(KEY), installed=[installed_x()])
+    return AccountStore(redis, Keys(prefix), secret_box(KEY), installed=INSTALLED)
 
 
 async def every_value(redis: Redis, prefix: str) -> str:
@@ -64,6 +64,9 @@ async def test_credentials_are_encrypted_at_rest_and_read_back(
 async def test_a_chats_own_account_comes_before_the_installs(store: AccountStore) -> None:
     usable = await store.usable("discord", "c1")
     assert sorted(usable) == ["x"] and usable["x"].installed
+    assert usable["x"].handle == "(not checked yet)" and usable["x"].credentials == {"user_token": "t"}
+    await store.identify_installed("x", Identity("x", "42", "@herald", "https://x.com/herald"))
+    assert (await store.usable("telegram", "t9"))["x"].handle == "@herald"  # every chat, every replica
     await store.add("discord", "c1", bluesky())
     mine = Account("", "x", "@team", "https://x.com/team", connected_by="u1", credentials={"a": "b"})
     await store.add("discord", "c1", mine)
@@ -91,7 +94,7 @@ async def test_a_rotated_key_still_reads_and_a_lost_key_reads_nothing(
 
 
 async def test_without_a_secret_key_chats_connect_nothing(redis: Redis, prefix: str) -> None:
-    store = AccountStore(redis, Keys(prefix), None, installed=[installed_x()])
+    store = AccountStore(redis, Keys(prefix), None, installed=INSTALLED)
     assert not store.can_store
     with pytest.raises(AccountError, match="HERALD_SECRET_KEY"):
         await store.add("discord", "c1", bluesky())
@@ -109,7 +112,7 @@ async def test_needing_attention_is_flagged_once_for_every_replica(
     store: AccountStore, redis: Redis, prefix: str
 ) -> None:
     kept = await store.add("discord", "c1", bluesky())
-    replica = AccountStore(redis, Keys(prefix), secret_box(KEY), installed=[installed_x()])
+    replica = AccountStore(redis, Keys(prefix), secret_box(KEY), installed=INSTALLED)
     assert await store.mark("discord", "c1", kept, "Bluesky refused the app password") is True
     assert await replica.mark("discord", "c1", kept, "Bluesky refused the app password") is False
     usable = await replica.usable("discord", "c1")

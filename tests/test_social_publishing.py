@@ -18,23 +18,20 @@ from core.posts.schedules.social import SocialPublishing
 from core.posts.schedules.store import Post, PostState, ScheduleStore
 from core.social.accounts import Account, AccountStore
 from core.social.delivery import DeliveryState, DeliveryStore
-from core.social.network import NetworkClient, PublishFailed, Unauthorized
+from core.social.network import Identity, NetworkClient, PublishFailed, Unauthorized
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
 from tests.test_scheduler import RecordingPublisher, eventually, schedule
 from tests.test_social_delivery import Network
 
-ACCOUNTS = [
-    Account("x", "x", "@team", "https://x.com/team"),
-    Account("mastodon", "mastodon", "@team@social.test", "https://social.test/@team"),
-]
+INSTALLED = {"x": {"user_token": "t"}, "mastodon": {"url": "https://social.test", "token": "t"}}
 
 
 def runner_for(
     redis: Redis, prefix: str, networks: Mapping[str, Network], publisher: RecordingPublisher, owner: str
 ) -> Runner:
     keys = Keys(prefix)
-    accounts = AccountStore(redis, keys, None, installed=ACCOUNTS)
+    accounts = AccountStore(redis, keys, None, installed=INSTALLED)
 
     def client(account: Account) -> NetworkClient:
         return networks[account.network]
@@ -52,7 +49,13 @@ def runner_for(
 
 
 async def pending(runner: Runner, text: str = "Herald 2.0 is out") -> Post:
-    """A post of a `to=x,mastodon` schedule, waiting for approval."""
+    """A post of a `to=x,mastodon` schedule, waiting for approval (the install's accounts
+    checked)."""
+    assert runner.social is not None
+    accounts = runner.social.accounts
+    await accounts.identify_installed("x", Identity("x", "1", "@team", "https://x.com/team"))
+    mastodon = Identity("mastodon", "2", "@team@social.test", "https://social.test/@team")
+    await accounts.identify_installed("mastodon", mastodon)
     definition = schedule(destinations=("x", "mastodon"))
     await runner.store.save(definition)
     post = Post("p1", definition.id, "2026-12-01T09:00:00+00:00", "test", "channel", text)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from core.commands.accounts import AccountCommands
 from core.commands.chat import ChatCommands, HelpCommand
 from core.commands.drafts import DraftCommands
 from core.commands.history import HistoryCommands
@@ -20,6 +21,7 @@ def herald_commands(
     search: SearchCommands | None = None,
     web: WebCommands | None = None,
     summaries: SummaryCommands | None = None,
+    accounts: AccountCommands | None = None,
 ) -> CommandRegistry:
     registry = CommandRegistry()
     for spec in (*chat.specs(), *drafts.specs(), HelpCommand(registry).spec()):
@@ -33,6 +35,8 @@ def herald_commands(
     if summaries is not None:
         for spec in summaries.specs():
             registry.add(spec)
+    if accounts is not None:
+        registry.add(accounts.spec())
     if web is not None:
         registry.add(web.spec())
     return registry

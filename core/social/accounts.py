@@ -23,7 +23,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
@@ -32,10 +32,13 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 from redis.asyncio import Redis
 
 from core.posts.schedules.store import new_id
+from core.social.network import Identity
 from core.storage.keys import Keys
 
 NETWORKS = ("x", "bluesky", "mastodon")
 NETWORK_NAMES = {"x": "X", "bluesky": "Bluesky", "mastodon": "Mastodon"}
+#: how long a connection begun in a chat waits for its credentials in a DM
+CONNECT_SECONDS = 15 * 60
 #: the least length of a secret key (HKDF stretches it; a short one is guessable)
 MIN_SECRET_CHARS = 32
 
@@ -96,12 +99,13 @@ class AccountStore:
         redis: Redis,
         keys: Keys,
         box: MultiFernet | None,
-        installed: Sequence[Account] = (),
+        installed: Mapping[str, Mapping[str, str]] | None = None,
     ) -> None:
         self._redis = redis
         self._keys = keys
         self._box = box
-        self._installed = {account.network: account for account in installed}
+        #: the install's own accounts: network → credentials (from settings)
+        self._installed = dict(installed or {})
 
     @property
     def can_store(self) -> bool:
@@ -124,6 +128,23 @@ class AccountStore:
         await pipe.execute()
         return stored
 
+    async def begin_connecting(self, platform: str, user_id: str, network: str, chat_id: str) -> None:
+        """A chat's manager asked, in the chat, to connect an account of `network`: their
+        credentials, sent in a DM within `CONNECT_SECONDS`, connect it to that chat."""
+        key = self._keys.account_connecting(platform, user_id)
+        pipe = self._redis.pipeline(transaction=True)
+        pipe.hset(key, network, chat_id)
+        pipe.expire(key, CONNECT_SECONDS)
+        await pipe.execute()
+
+    async def connecting(self, platform: str, user_id: str, network: str) -> str | None:
+        """The chat a person is connecting an account of `network` to, if they began lately."""
+        chat = await self._redis.hget(self._keys.account_connecting(platform, user_id), network)
+        return None if chat is None else str(chat)
+
+    async def connected(self, platform: str, user_id: str, network: str) -> None:
+        await self._redis.hdel(self._keys.account_connecting(platform, user_id), network)
+
     async def remove(self, platform: str, chat_id: str, account_id: str) -> bool:
         return bool(await self._redis.hdel(self._keys.social_accounts(platform, chat_id), account_id))
 
@@ -136,7 +157,7 @@ class AccountStore:
     async def usable(self, platform: str, chat_id: str) -> dict[str, Account]:
         """Network → the account a chat publishes to there: its own, else the install's,
         with whether it needs attention."""
-        found = dict(self._installed)
+        found = await self._installed_accounts()
         for account in await self.stored(platform, chat_id):
             found[account.network] = account
         fields = [self._flag(platform, chat_id, account) for account in found.values()]
@@ -145,6 +166,34 @@ class AccountStore:
             network: replace(account, attention=str(flag)) if flag else account
             for (network, account), flag in zip(found.items(), flags, strict=True)
         }
+
+    async def identify_installed(self, network: str, identity: Identity) -> None:
+        """Remember who the install's account of `network` posts as (checked at start),
+        for every replica."""
+        data = {"handle": identity.handle, "url": identity.url, "account_id": identity.account_id}
+        await self._redis.hset(self._keys.installed_identities(), network, json.dumps(data))
+
+    @property
+    def installed_networks(self) -> dict[str, Mapping[str, str]]:
+        return dict(self._installed)
+
+    async def _installed_accounts(self) -> dict[str, Account]:
+        if not self._installed:
+            return {}
+        networks = list(self._installed)
+        known = await self._redis.hmget(self._keys.installed_identities(), networks)
+        found = {}
+        for network, raw in zip(networks, known, strict=True):
+            seen = json.loads(raw) if raw else {}
+            found[network] = Account(
+                id=network,
+                network=network,
+                handle=str(seen.get("handle", "(not checked yet)")),
+                url=str(seen.get("url", "")),
+                account_id=str(seen.get("account_id", "")),
+                credentials=self._installed[network],
+            )
+        return found
 
     async def mark(self, platform: str, chat_id: str, account: Account, attention: str) -> bool:
         """Flag an account as needing attention (a 401/403), for every replica: True only

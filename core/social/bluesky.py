@@ -31,6 +31,7 @@ import email.utils
 import hashlib
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -128,8 +129,11 @@ class BlueskyClient:
         *,
         timeout: float = 10.0,
         create_timeout: float | None = None,
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
     ) -> None:
         self._credentials = credentials
+        #: makes the connections (a chat's own server: public addresses only)
+        self._connector = connector
         self._xrpc = f"{credentials.service.rstrip('/')}/xrpc"
         self._timeout = timeout
         self._create_timeout = create_timeout if create_timeout is not None else timeout
@@ -304,7 +308,7 @@ class BlueskyClient:
         seconds: float,
     ) -> dict[str, Any]:
         if self._http is None:
-            self._http = aiohttp.ClientSession()
+            self._http = aiohttp.ClientSession(connector=self._connector() if self._connector else None)
         headers = {"Authorization": f"Bearer {bearer}"} if bearer else {}
         async with self._http.request(
             method,

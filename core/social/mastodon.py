@@ -26,6 +26,7 @@ import json
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from email.utils import parsedate_to_datetime
@@ -103,6 +104,7 @@ class MastodonClient:
         retry_delay: float = 1.0,
         visibility: str = "public",
         user_agent: str = "Herald",
+        connector: Callable[[], aiohttp.BaseConnector] | None = None,
     ) -> None:
         if attempts < 1:
             raise ValueError("attempts must be at least 1")
@@ -112,6 +114,8 @@ class MastodonClient:
         self._retry_delay = retry_delay
         self._visibility = visibility
         self._user_agent = user_agent
+        #: makes the connections (a chat's own server: public addresses only)
+        self._connector = connector
         self._session: aiohttp.ClientSession | None = None
         self._instance: _Json | None = None
         self._instance_lock = asyncio.Lock()
@@ -233,7 +237,9 @@ class MastodonClient:
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
             self._session = aiohttp.ClientSession(
-                timeout=self._timeout, headers={"User-Agent": self._user_agent}
+                timeout=self._timeout,
+                headers={"User-Agent": self._user_agent},
+                connector=self._connector() if self._connector else None,
             )
         return self._session
 

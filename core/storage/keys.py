@@ -97,6 +97,14 @@ class Keys:
         (`core.social.accounts`)."""
         return f"{self.prefix}:accounts:{platform}:{chat_id}"
 
+    def account_connecting(self, platform: str, user_id: str) -> str:
+        """Hash, expiring: network → the chat a person is connecting an account to."""
+        return f"{self.prefix}:accounts:connecting:{platform}:{user_id}"
+
+    def installed_identities(self) -> str:
+        """Hash: network → who the install's own account there posts as (JSON)."""
+        return f"{self.prefix}:accounts:installed"
+
     def social_attention(self) -> str:
         """Hash: accounts that need a person's attention (a 401/403) → why."""
         return f"{self.prefix}:accounts:attention"
