@@ -120,7 +120,8 @@ async def test_bad_draft_arguments_are_explained(make_engine: EngineFactory) -> 
     engine = await make_engine()
     surface = RecordingSurface()
     await engine.handle(event("/draft myspace hello"), surface)
-    assert surface.last == "target must be one of: x, discord, telegram, linkedin, generic."
+    targets = "x, bluesky, mastodon, discord, telegram, linkedin, generic"
+    assert surface.last == f"target must be one of: {targets}."
     await engine.handle(event("/draft x variants=7 hello"), surface)
     assert surface.last == "variants must be between 1 and 3."
     await engine.handle(event("/draft x"), surface)

@@ -244,7 +244,7 @@ def _campaign_spec(handler: Handler) -> CommandSpec:
             ),
             ArgSpec(
                 "channels",
-                "Targets, comma-separated (x, discord, telegram, linkedin, generic)",
+                "Targets, comma-separated (x, bluesky, mastodon, discord, telegram, linkedin, generic)",
                 keyword_only=True,
                 max_length=100,
             ),

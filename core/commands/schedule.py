@@ -381,15 +381,15 @@ class ScheduleCommands:
 
 def drafted_for(to: object) -> str:
     """The format drafts take for `to=`: a post for several networks is fitted to the
-    strictest of them (X's 280 where X is one; each network then cuts it into a thread
-    by its own counting where it must)."""
+    strictest of them (X's 280, Bluesky's 300, Mastodon's 500), drafted once; each
+    network still measures it its own way and cuts it into a thread where it must."""
     if not to:
         return Target.GENERIC.value
     try:
         networks = parse_destinations(str(to))
     except ValueError:
         return Target.GENERIC.value  # refused later, with the reason
-    return Target.X.value if "x" in networks else Target.GENERIC.value
+    return min((Target(network) for network in networks), key=lambda target: target.limit).value
 
 
 def _shown(moment: dt.datetime) -> str:

@@ -2,7 +2,9 @@
 
 X counts by its own weighted rules (every URL 23, CJK and emoji double), with
 the official twitter-text configuration as ported by `twitter-text-parser`;
-Telegram counts UTF-16 code units; the others count characters.
+Bluesky counts graphemes; Mastodon graphemes with every URL 23 (its instance
+may allow more than the usual 500); Telegram counts UTF-16 code units; the
+others count characters.
 """
 
 from __future__ import annotations
@@ -19,6 +21,8 @@ with warnings.catch_warnings():
     from twitter_text import parse_tweet
 
 from core.platform import LengthUnit
+from core.social.bluesky_text import graphemes
+from core.social.mastodon_text import mastodon_length
 
 #: a post's length as a place counts it
 Measure = Callable[[str], int]
@@ -26,6 +30,8 @@ Measure = Callable[[str], int]
 
 class Target(enum.Enum):
     X = "x"
+    BLUESKY = "bluesky"
+    MASTODON = "mastodon"
     DISCORD = "discord"
     TELEGRAM = "telegram"
     LINKEDIN = "linkedin"
@@ -42,6 +48,10 @@ class Target(enum.Enum):
     def measure(self, text: str) -> int:
         if self is Target.X:
             return int(parse_tweet(text).weightedLength)
+        if self is Target.BLUESKY:
+            return graphemes(text)
+        if self is Target.MASTODON:
+            return mastodon_length(text)
         if self is Target.TELEGRAM:
             return LengthUnit.UTF16.measure(text)
         return len(text)
@@ -52,6 +62,8 @@ class Target(enum.Enum):
 
 _LIMITS = {
     Target.X: 280,
+    Target.BLUESKY: 300,
+    Target.MASTODON: 500,  # the most common instance limit; a post is measured again by its instance's
     Target.DISCORD: 2000,
     Target.TELEGRAM: 4096,
     Target.LINKEDIN: 3000,
@@ -59,6 +71,8 @@ _LIMITS = {
 }
 _LABELS = {
     Target.X: "X (Twitter)",
+    Target.BLUESKY: "Bluesky",
+    Target.MASTODON: "Mastodon",
     Target.DISCORD: "Discord",
     Target.TELEGRAM: "Telegram",
     Target.LINKEDIN: "LinkedIn",
