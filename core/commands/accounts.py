@@ -18,7 +18,7 @@ from core.commands.context import CommandContext
 from core.commands.registry import ArgSpec, ArgType, CommandSpec, Handler
 from core.social.accounts import CONNECT_SECONDS, NETWORK_NAMES, NETWORKS, Account, AccountError, AccountStore
 from core.social.clients import CREDENTIAL_FIELDS, Clients, check
-from core.social.network import NetworkError
+from core.social.network import NetworkError, Unauthorized
 
 log = logging.getLogger("herald.accounts")
 
@@ -148,9 +148,13 @@ class AccountCommands:
         except AccountError as exc:
             await ctx.reply(f"{exc} For {NETWORK_NAMES[network]}, write: {HOW[network]}.")
             return
-        except NetworkError as exc:
-            log.info("connecting a %s account failed: %s", network, exc)
+        except Unauthorized as exc:
+            log.info("connecting a %s account: refused: %s", network, exc)
             await ctx.reply(f"{NETWORK_NAMES[network]} refused these credentials: {exc.user_message}")
+            return
+        except NetworkError as exc:  # unreachable, or not a public address
+            log.info("connecting a %s account failed: %s", network, exc)
+            await ctx.reply(f"I couldn't check these credentials: {exc.user_message} Nothing was kept.")
             return
         account = Account(
             id="",
