@@ -433,9 +433,10 @@ async def test_a_long_post_becomes_a_reply_chain_cut_by_each_networks_counting(
     first_report = await chat.report(post.id)
     assert (await chat.decided(post.id)) == f"Post {post.id} is failed: some networks failed for now"
     assert (
-        f"Bluesky ({BLUESKY_HANDLE}): not published yet (Bluesky didn't confirm the post; it will be "
-        "tried again.); I'll try again." in first_report
+        f"Bluesky ({BLUESKY_HANDLE}): not published yet: Bluesky didn't confirm the post; it will be "
+        "tried again." in first_report
     )
+    assert first_report.endswith("\nI'll try again in 30 seconds.")
     failed = await chat.herald.post(post.id)
     assert failed.state is PostState.FAILED
     assert len((await chat.herald.deliveries(post.id))["bluesky"].parts) == 2
@@ -838,7 +839,7 @@ async def test_a_leader_killed_mid_publish_is_finished_by_the_next_once_per_netw
                 await bot.stop()
 
 
-# -- known defects, reproduced (strict xfail: a fix makes them pass, and the marker goes) --
+# -- defects found, now fixed (each of these failed before its fix) --
 
 #: a thread of 22 posts on X (about 4,000 characters)
 VERY_LONG_TEXT = " ".join(
@@ -846,11 +847,6 @@ VERY_LONG_TEXT = " ".join(
 )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the approval request of a post longer than Discord's 2000 characters is refused "
-    "(50035); run_slot raises and the approver never sees the post",
-)
 async def test_discord_a_long_thread_for_the_networks_reaches_its_approver(
     make_settings: SettingsFactory, networks: Networks, tgi: TGIEmulator
 ) -> None:
@@ -863,12 +859,6 @@ async def test_discord_a_long_thread_for_the_networks_reaches_its_approver(
         assert any(m.startswith(f"Draft `{post.id}`") for m in team.messages())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: the approver's report of a long thread (> 2000 characters of links) is refused by "
-    "Discord; the approval answers 'Something went wrong', no link reaches the chat, and the post "
-    "stays PUBLISHING although every network published it",
-)
 async def test_discord_the_links_of_a_long_thread_reach_the_chat(
     make_settings: SettingsFactory, networks: Networks, tgi: TGIEmulator
 ) -> None:
@@ -892,11 +882,6 @@ async def test_discord_the_links_of_a_long_thread_reach_the_chat(
         assert answer == f"Approved and published post `{post.id}`."
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: text given with an approval (or Edit) of a post for the networks is measured "
-    "against its draft's single-post target (X: 280), so a thread can't be edited at all",
-)
 async def test_an_edited_thread_for_the_networks_is_published_as_a_thread(
     chat: TelegramChat, tgi: TGIEmulator
 ) -> None:
@@ -913,12 +898,6 @@ async def test_an_edited_thread_for_the_networks_is_published_as_a_thread(
     assert [t.sent_text for t in chat.networks.tweets()] == split_to_fit(edited, 280, Target.X.measure)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="defect: a newly elected leader's resume counts deliveries that a live replica is still "
-    "sending as failed: the post goes FAILED mid-publish, and its approver is told 'failed' right "
-    "after a report in which every network published",
-)
 async def test_a_new_leader_leaves_a_live_replicas_publishing_alone(
     chat: TelegramChat, tgi: TGIEmulator, make_settings: SettingsFactory
 ) -> None:

@@ -18,7 +18,7 @@ from core.posts.schedules.social import SocialPublishing
 from core.posts.schedules.store import Post, PostState, ScheduleStore
 from core.social.accounts import Account, AccountStore
 from core.social.delivery import DeliveryState, DeliveryStore
-from core.social.network import Identity, NetworkClient, PublishFailed, Unauthorized
+from core.social.network import Identity, NetworkClient, PublishFailed, RateLimited, Unauthorized
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
 from tests.test_scheduler import RecordingPublisher, eventually, schedule
@@ -108,10 +108,9 @@ async def test_a_network_that_failed_is_tried_again_alone(
     await pending(runner)
     first = await runner.approve("p1")
     assert first.state is PostState.FAILED
-    assert (
-        "- Mastodon (@team@social.test): not published yet (Mastodon is down for now.)"
-        in publisher.notices[0]
-    )
+    waiting = "- Mastodon (@team@social.test): not published yet: Mastodon is down for now."
+    assert waiting in publisher.notices[0]
+    assert publisher.notices[0].endswith("\nI'll try again in 1 second.")
 
     async def published() -> bool:
         post = await runner.store.post("p1")
@@ -169,3 +168,33 @@ async def test_a_post_left_publishing_by_a_dead_leader_goes_on(
     after = await leader.store.post("p1")
     assert after is not None and after.state is PostState.PUBLISHED
     assert len(networks["x"].published) == 1 and len(networks["mastodon"].published) == 1
+
+
+async def test_a_rate_limit_past_the_grace_is_tried_again_after_the_networks_reset(
+    redis: Redis, prefix: str, networks: dict[str, Network]
+) -> None:
+    networks["mastodon"].outcomes = [RateLimited("Mastodon asks me to wait.", retry_after=600.0)]
+    publisher = RecordingPublisher()
+    runner = runner_for(redis, prefix, networks, publisher, "a")
+    await pending(runner)
+    assert (await runner.approve("p1")).state is PostState.FAILED
+    assert publisher.notices[0].endswith("\nI'll try again in 10 minutes.")  # not in 0.05 s
+    await runner.close()
+
+
+async def test_when_the_tries_are_used_up_the_approver_is_told(
+    redis: Redis, prefix: str, networks: dict[str, Network]
+) -> None:
+    networks["mastodon"].outcomes = [PublishFailed("Mastodon is down.") for _ in range(4)]
+    publisher = RecordingPublisher()
+    runner = runner_for(redis, prefix, networks, publisher, "a")
+    await pending(runner)
+    await runner.approve("p1")
+
+    async def given_up() -> bool:
+        return any("I won't try again on my own" in notice for notice in publisher.notices)
+
+    await eventually(given_up, "the last try's report")
+    post = await runner.store.post("p1")
+    assert post is not None and post.state is PostState.FAILED and post.attempts == 4
+    assert len(networks["x"].published) == 1 and networks["mastodon"].published == []

@@ -12,7 +12,8 @@ from collections.abc import Sequence
 import aiohttp
 import discord
 
-from adapters.discord.surface import NO_PINGS, button_view, sending
+from adapters.discord.surface import NO_PINGS, Postable, PostSurface
+from core.chat.say import say
 from core.platform import Button
 from core.posts.schedules.runner import PublishFailed, PublishUnknown
 
@@ -40,10 +41,14 @@ class DiscordPublisher:
         return str(message.id)
 
     async def request_approval(self, chat_id: str, text: str, buttons: Sequence[Button]) -> None:
-        channel = await self._channel(chat_id)
-        view = button_view(buttons)
-        await sending(view, lambda: channel.send(text, view=view, allowed_mentions=NO_PINGS))
+        """In parts where it is long (a thread for the networks), the buttons under the last."""
+        await say(await self._surface(chat_id), text, buttons)
 
     async def notify(self, chat_id: str, text: str) -> None:
+        await say(await self._surface(chat_id), text)
+
+    async def _surface(self, chat_id: str) -> PostSurface:
         channel = await self._channel(chat_id)
-        await channel.send(text, allowed_mentions=NO_PINGS)
+        if not isinstance(channel, Postable):
+            raise PublishFailed(f"Discord channel {chat_id} cannot hold Herald's messages")
+        return PostSurface(channel, self._client.intents)

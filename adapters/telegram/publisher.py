@@ -15,6 +15,7 @@ from telegram.error import BadRequest, NetworkError, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
 from adapters.telegram.surface import NO_PREVIEW, TelegramSurface
+from core.chat.say import say
 from core.platform import Button
 from core.posts.schedules.runner import PublishFailed, PublishUnknown
 
@@ -51,10 +52,11 @@ class TelegramPublisher:
         return str(message.message_id)
 
     async def request_approval(self, chat_id: str, text: str, buttons: Sequence[Button]) -> None:
-        await self._surface(chat_id).send(text, buttons=buttons)
+        """In parts where it is long (a thread for the networks), the buttons under the last."""
+        await say(self._surface(chat_id), text, buttons)
 
     async def notify(self, chat_id: str, text: str) -> None:
-        await self._surface(chat_id).send(text)
+        await say(self._surface(chat_id), text)
 
     def _surface(self, chat_id: str) -> TelegramSurface:
         """Herald's own messages in a chat: formatted, with the plain-text fallback."""

@@ -46,14 +46,27 @@ class Clients:
         self._policy = policy
 
     def __call__(self, account: Account) -> NetworkClient:
-        return self.client(account.network, account.credentials, guarded=not account.installed)
+        known = Identity(account.network, account.account_id, account.handle, account.url)
+        identity = known if account.account_id else None
+        return self.client(
+            account.network, account.credentials, guarded=not account.installed, identity=identity
+        )
 
-    def client(self, network: str, credentials: Mapping[str, str], *, guarded: bool) -> NetworkClient:
-        """A client for `credentials`; AccountError when they are incomplete."""
+    def client(
+        self,
+        network: str,
+        credentials: Mapping[str, str],
+        *,
+        guarded: bool,
+        identity: Identity | None = None,
+    ) -> NetworkClient:
+        """A client for `credentials` (`identity`: who they post as, when known already:
+        X then needs no `whoami` before posting); AccountError when they are incomplete."""
         connector = self._guarded_connector if guarded else None
         try:
             if network == "x":
-                return XClient(XCredentials.from_mapping(credentials), api_url=self._x_api_url)
+                x = XCredentials.from_mapping(credentials)
+                return XClient(x, api_url=self._x_api_url, identity=identity)
             if network == "bluesky":
                 bluesky = BlueskyCredentials(
                     handle=credentials["handle"],

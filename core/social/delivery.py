@@ -84,6 +84,7 @@ class Delivery:
     owner: str = ""
     until: float = 0.0  # the owner's hold ends (seconds since the epoch)
     reason: str = ""  # for the chat: why it stopped
+    retry_at: float = 0.0  # a network's reset time: not tried again before it
     attempts: int = 0
     version: int = 0
 
@@ -212,10 +213,20 @@ class Deliverer:
             delivery = await change(
                 post_id, delivery, sending=number, sending_since=since, until=now + self._lease
             )
-            try:
-                delivery, part = await self._send(post_id, delivery, number, client, wait_until)
-            except NetworkError as exc:
-                return await self._stopped(post_id, delivery, exc)
+            reply = ReplyTo(delivery.parts[0], delivery.parts[-1]) if delivery.parts else None
+            while True:  # a rate limit is waited out while it ends before `wait_until`
+                try:
+                    text = delivery.texts[number - 1]
+                    part = await client.publish(text, key=f"{post_id}-{number}", reply_to=reply)
+                    break
+                except RateLimited as exc:
+                    ready = self._clock() + exc.retry_after
+                    if ready > wait_until:
+                        return await self._failed(post_id, delivery, exc.user_message, retry_at=ready)
+                    delivery = await change(post_id, delivery, until=ready + self._lease)
+                    await self._sleep(exc.retry_after)
+                except NetworkError as exc:
+                    return await self._stopped(post_id, delivery, exc)
             delivery = await change(
                 post_id, delivery, parts=(*delivery.parts, part), sending=0, sending_since=0.0
             )
@@ -229,23 +240,6 @@ class Deliverer:
             return False
         kept = KEY_KEPT.get(delivery.network)
         return kept is None or now - delivery.sending_since < kept
-
-    async def _send(
-        self, post_id: str, delivery: Delivery, number: int, client: NetworkClient, wait_until: float
-    ) -> tuple[Delivery, PublishedPart]:
-        """Part `number`, in reply to the parts before it; a rate limit waited out while
-        it ends before `wait_until` (the hold renewed to cover the wait)."""
-        reply = ReplyTo(delivery.parts[0], delivery.parts[-1]) if delivery.parts else None
-        while True:
-            try:
-                text = delivery.texts[number - 1]
-                return delivery, await client.publish(text, key=f"{post_id}-{number}", reply_to=reply)
-            except RateLimited as exc:
-                ready = self._clock() + exc.retry_after
-                if ready > wait_until:
-                    raise
-                delivery = await self._store.change(post_id, delivery, until=ready + self._lease)
-                await self._sleep(exc.retry_after)
 
     async def _stopped(self, post_id: str, delivery: Delivery, exc: NetworkError) -> Delivery:
         """Where a refusal or failure leaves the delivery, by what the network said."""
@@ -261,8 +255,11 @@ class Deliverer:
             return await change(post_id, delivery, state=DeliveryState.REJECTED, reason=reason)
         return await self._failed(post_id, delivery, reason)  # nothing was sent: PublishFailed
 
-    async def _failed(self, post_id: str, delivery: Delivery, reason: str) -> Delivery:
-        """Nothing of the current part was sent: tried again later, from that part."""
+    async def _failed(
+        self, post_id: str, delivery: Delivery, reason: str, *, retry_at: float = 0.0
+    ) -> Delivery:
+        """Nothing of the current part was sent: tried again later (not before `retry_at`),
+        from that part."""
         return await self._store.change(
             post_id,
             delivery,
@@ -272,4 +269,5 @@ class Deliverer:
             owner="",
             until=0.0,
             reason=reason,
+            retry_at=retry_at,
         )

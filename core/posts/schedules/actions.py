@@ -14,7 +14,7 @@ from core.platform import Inbound
 from core.posts.drafting import DraftTooLong
 from core.posts.schedules.runner import Runner
 from core.posts.schedules.store import InvalidTransition, Post, PostState, Schedule
-from core.posts.targets import Target
+from core.posts.targets import Target, ThreadTooLong, split_to_fit
 
 NOT_A_MANAGER = "Only people who manage this chat can approve its posts."
 
@@ -44,12 +44,9 @@ class PostActions:
         try:
             if action == "approve" or (action == "edit" and text):
                 if text:
-                    target = await self._target_of(post.schedule_id)
-                    if target is not None and not target.fits(text):
-                        return ActionResult(
-                            f"That text is {target.measure(text)} characters as {target.label} counts "
-                            f"them; the limit is {target.limit}. Nothing was published."
-                        )
+                    refusal = await self._too_long(post.schedule_id, text)
+                    if refusal:
+                        return ActionResult(refusal)
                 done = await self._runner.approve(post_id, text or None)
                 if done.state is PostState.PUBLISHED:
                     return ActionResult(f"Approved and published post `{post_id}`.", settled=True)
@@ -102,6 +99,24 @@ class PostActions:
         """The chat's managers (and Herald admins), in a chat Herald serves."""
         return self._access.allows(event) and self._access.may_manage_chat(event)
 
-    async def _target_of(self, schedule_id: str) -> Target | None:
+    async def _too_long(self, schedule_id: str, text: str) -> str:
+        """Why an edited text can't be published ("" when it can): into a chat it must fit
+        one post of its target; to networks, a thread each of them cuts its own way."""
         schedule = await self._runner.store.get(schedule_id)
-        return None if schedule is None else Target(schedule.target)
+        if schedule is None:
+            return ""
+        target = Target(schedule.target)
+        if schedule.destinations:
+            try:
+                split_to_fit(text, target.limit, target.measure)
+            except ThreadTooLong:
+                return (
+                    f"That text is too long even as a thread of {target.label} posts. Nothing was published."
+                )
+            return ""
+        if target.fits(text):
+            return ""
+        return (
+            f"That text is {target.measure(text)} characters as {target.label} counts "
+            f"them; the limit is {target.limit}. Nothing was published."
+        )

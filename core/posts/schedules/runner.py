@@ -22,6 +22,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -51,6 +52,8 @@ from core.storage.keys import Keys
 from core.storage.redis_client import honour_cancellation
 
 Clock = Callable[[], dt.datetime]
+#: how often the leader looks for posts left publishing to networks by a replica that stopped
+SWEEP_SECONDS = 30.0
 
 
 def utc_now() -> dt.datetime:
@@ -148,11 +151,7 @@ class Runner:
             schedule = await self.store.get(failed.schedule_id)
             if schedule is not None and schedule.platform in self._publishers:
                 self._retry_later(failed, schedule)
-        for stuck in await self.store.in_state(PostState.PUBLISHING):
-            schedule = await self.store.get(stuck.schedule_id)
-            if schedule is not None and schedule.destinations and schedule.platform in self._publishers:
-                self._log.warning("post %s was left publishing to networks; going on", stuck.id)
-                await self.publish(stuck, schedule)
+        await self.continue_publishing()
         finished = []
         for orphan in await self.store.unwritten():
             schedule = await self.store.get(orphan.schedule_id)
@@ -266,7 +265,8 @@ class Runner:
     async def _publish_to_networks(self, post: Post, schedule: Schedule) -> Post:
         """Deliver to each network once (`core.posts.schedules.social`); the approver is
         told each network's outcome with its links. Networks that failed for now are
-        tried again later (those done are never sent again)."""
+        tried again later (those done are never sent again); while another replica is
+        still sending, it settles and reports the post, not this one."""
         publisher = self._publishers[schedule.platform]
         approver = schedule.approver_chat or schedule.chat_id
         if self.social is None:
@@ -279,30 +279,52 @@ class Runner:
         )
         for line in tell:
             await publisher.notify(schedule.chat_id, line)
-        await publisher.notify(approver, outcome.report(post.id, accounts))
+        if outcome.held_elsewhere and not outcome.failed:
+            return post  # its sender settles it; if that sender dies, the leader's sweep goes on
         try:
-            return await self._settle(post, schedule, outcome)
+            post, retry_in = await self._settle(post, schedule, outcome)
         except InvalidTransition:  # another replica settled it meanwhile, from the same deliveries
             return await self.store.post(post.id) or post
+        await publisher.notify(approver, outcome.report(post.id, accounts, retry_in))
+        return post
 
-    async def _settle(self, post: Post, schedule: Schedule, outcome: Outcome) -> Post:
-        """The post's state from its deliveries'."""
+    async def _settle(self, post: Post, schedule: Schedule, outcome: Outcome) -> tuple[Post, float | None]:
+        """The post's state from its deliveries', and when it is tried again (None: not)."""
         states = {delivery.state for delivery in outcome.deliveries.values()}
-        if not outcome.settled:
+        if outcome.failed:
             post = await self.store.move(post, PostState.FAILED, reason="some networks failed for now")
-            self._retry_later(post, schedule)
-            return post
+            return post, self._retry_later(post, schedule, not_before=outcome.retry_at)
         if DeliveryState.UNCONFIRMED in states:
-            return await self.store.move(post, PostState.UNCONFIRMED, reason="a network may have it")
-        if outcome.published:
+            post = await self.store.move(post, PostState.UNCONFIRMED, reason="a network may have it")
+        elif outcome.published:
             links = " ".join(link for delivery in outcome.published for link in delivery.links[:1])
-            return await self.store.move(post, PostState.PUBLISHED, message_id=links)
-        return await self.store.move(post, PostState.CANCELLED, reason="every network refused it")
+            post = await self.store.move(post, PostState.PUBLISHED, message_id=links)
+        else:
+            post = await self.store.move(post, PostState.CANCELLED, reason="every network refused it")
+        return post, None
 
-    def _retry_later(self, post: Post, schedule: Schedule) -> None:
+    async def continue_publishing(self) -> list[Post]:
+        """Posts left publishing to networks by a replica that stopped: each goes on
+        once its deliveries are free (their sender's hold ran out); the leader calls
+        this when it takes the lead and every `SWEEP_SECONDS` after."""
+        done = []
+        for stuck in await self.store.in_state(PostState.PUBLISHING):
+            schedule = await self.store.get(stuck.schedule_id)
+            if schedule is None or not schedule.destinations or schedule.platform not in self._publishers:
+                continue
+            if self.social is not None and await self.social.held(stuck.id):
+                continue  # someone is sending it now
+            self._log.warning("post %s was left publishing to networks; going on", stuck.id)
+            done.append(await self.publish(stuck, schedule))
+        return done
+
+    def _retry_later(self, post: Post, schedule: Schedule, *, not_before: float = 0.0) -> float | None:
+        """Publish a failed post again after the next of `retry_delays` (and not before
+        `not_before`, a network's own reset time); the delay, or None when the tries
+        are used up."""
         if post.attempts > len(self._retry_delays):
-            return
-        delay = self._retry_delays[post.attempts - 1]
+            return None
+        delay = max(self._retry_delays[post.attempts - 1], not_before - time.time())
 
         async def retry() -> None:
             await asyncio.sleep(delay)
@@ -313,6 +335,7 @@ class Runner:
         task = asyncio.create_task(retry())
         self._retries.add(task)
         task.add_done_callback(self._retries.discard)
+        return delay
 
     async def close(self) -> None:
         for task in list(self._retries):
@@ -346,6 +369,7 @@ class SchedulerService:
         *,
         lease: LeaderLease,
         misfire_grace: float = 300.0,
+        sweep_seconds: float = SWEEP_SECONDS,
         trigger_for: TriggerFactory = recurrence_trigger,
         clock: Clock = utc_now,
         logger: logging.Logger | None = None,
@@ -355,6 +379,7 @@ class SchedulerService:
         self._keys = keys
         self._lease = lease
         self._grace = dt.timedelta(seconds=misfire_grace)
+        self._sweep_seconds = sweep_seconds
         self._trigger_for = trigger_for
         self._clock = clock
         self._log = logger or logging.getLogger("herald.scheduler")
@@ -370,6 +395,7 @@ class SchedulerService:
         self._tasks = [
             asyncio.create_task(self._lease.run(self._elected, self._deposed), name="scheduler-lease"),
             asyncio.create_task(self._watch_changes(), name="scheduler-watch"),
+            asyncio.create_task(self._sweep_publishing(), name="scheduler-sweep"),
         ]
 
     async def stop(self, drain: float = 15.0) -> None:
@@ -496,6 +522,18 @@ class SchedulerService:
             await self._runner.run_slot(schedule, slot)
         except Exception:  # logged here: APScheduler may have stopped waiting for this run
             self._log.exception("schedule %s failed at %s", schedule_id, slot)
+
+    async def _sweep_publishing(self) -> None:
+        """On the leader, every `sweep_seconds`: posts left publishing to networks by a
+        replica that stopped (any replica may publish an approval) go on."""
+        while True:
+            await asyncio.sleep(self._sweep_seconds)
+            if not self.leading:
+                continue
+            try:
+                await self._runner.continue_publishing()
+            except Exception:
+                self._log.exception("going on with posts left publishing failed; tried again later")
 
     async def _watch_changes(self) -> None:
         while True:

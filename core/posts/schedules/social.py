@@ -38,11 +38,24 @@ class Outcome:
     def published(self) -> list[Delivery]:
         return [d for d in self.deliveries.values() if d.state is DeliveryState.PUBLISHED]
 
-    def state(self, network: str) -> DeliveryState:
-        return self.deliveries[network].state
+    @property
+    def failed(self) -> list[Delivery]:
+        """Deliveries that failed for now (nothing of their current part was sent)."""
+        return [d for d in self.deliveries.values() if d.state is DeliveryState.FAILED]
 
-    def report(self, post_id: str, accounts: Mapping[str, Account]) -> str:
-        """For the approver: each network's outcome, links first."""
+    @property
+    def held_elsewhere(self) -> bool:
+        """Some delivery is still being sent (by another replica)."""
+        return any(d.state is DeliveryState.PUBLISHING for d in self.deliveries.values())
+
+    @property
+    def retry_at(self) -> float:
+        """The earliest a failed delivery may be tried again (a network's reset time)."""
+        return max((d.retry_at for d in self.failed), default=0.0)
+
+    def report(self, post_id: str, accounts: Mapping[str, Account], retry_in: float | None = None) -> str:
+        """For the approver: each network's outcome with its links, and whether and when
+        the networks that failed for now are tried again."""
         lines = [f"Post `{post_id}`:"]
         for network, delivery in sorted(self.deliveries.items()):
             name = NETWORK_NAMES.get(network, network)
@@ -55,12 +68,25 @@ class Outcome:
                 check = f" Check {account.url} before publishing it again." if account is not None else ""
                 lines.append(f"- {where}: may or may not be published ({delivery.reason}).{check}")
             elif state is DeliveryState.FAILED:
-                lines.append(f"- {where}: not published yet ({delivery.reason}); I'll try again.")
+                lines.append(f"- {where}: not published yet: {delivery.reason}")
             elif state is DeliveryState.PUBLISHING:
                 lines.append(f"- {where}: being published.")
             else:
                 lines.append(f"- {where}: not published: {delivery.reason}")
+        if self.failed:
+            if retry_in is None:
+                lines.append("I won't try again on my own: those tries are used up.")
+            else:
+                lines.append(f"I'll try again in {_duration(retry_in)}.")
         return "\n".join(lines)
+
+
+def _duration(seconds: float) -> str:
+    for unit, size, below in (("second", 1, 90), ("minute", 60, 5400), ("hour", 3600, float("inf"))):
+        if seconds < below:
+            count = max(1, round(seconds / size))
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    raise AssertionError("unreachable")
 
 
 _SETTLED = frozenset(
@@ -92,6 +118,12 @@ class SocialPublishing:
         self._deliverer = Deliverer(deliveries, owner=owner, clock=clock)
         self._grace = grace
         self._clock = clock
+
+    async def held(self, post_id: str) -> bool:
+        """Whether a replica holds one of the post's deliveries right now."""
+        now = self._clock()
+        deliveries = await self._deliveries.all(post_id)
+        return any(d.state is DeliveryState.PUBLISHING and d.until > now for d in deliveries.values())
 
     async def missing(self, platform: str, chat_id: str, networks: tuple[str, ...]) -> list[str]:
         """The networks among `networks` this chat has no usable account on."""
