@@ -236,3 +236,10 @@ def test_facets_always_fall_on_characters_in_order_without_overlap(text: str) ->
         else:
             assert covered[1:] == facet.value or covered.upper() == facet.value
         previous_end = facet.end
+
+
+def test_a_hashtag_holding_a_link_gives_one_facet_not_two_overlapping() -> None:
+    # found by the property test above: a post whose facets overlap is malformed
+    [facet] = detect_facets("#(example.com")
+    assert (facet.kind, facet.start, facet.end) == ("tag", 0, 13)
+    assert [f.kind for f in detect_facets("see example.com #launch")] == ["link", "tag"]

@@ -148,8 +148,20 @@ def detect_facets(text: str) -> list[Facet]:
     for match in _CASHTAG.finditer(text):
         ticker = match.group(2)
         found.append(Facet(offsets[match.start(2) - 1], offsets[match.end(2)], "tag", "$" + ticker.upper()))
-    found.sort(key=lambda facet: facet.start)
-    return found
+    return _apart(found)
+
+
+def _apart(found: list[Facet]) -> list[Facet]:
+    """The facets in byte order, none overlapping: where two would (a hashtag holding a
+    link, `#(example.com`), the one found first in the text is kept, mentions and links
+    before tags at the same start (a post whose facets overlap is malformed)."""
+    rank = {"mention": 0, "link": 1, "tag": 2}
+    kept: list[Facet] = []
+    for facet in sorted(found, key=lambda f: (f.start, rank.get(f.kind, 3))):
+        if kept and facet.start < kept[-1].end:
+            continue
+        kept.append(facet)
+    return kept
 
 
 def facet_records(facets: Iterable[Facet], dids: Mapping[str, str | None]) -> list[dict[str, Any]]:
