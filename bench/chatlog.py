@@ -420,8 +420,8 @@ async def capture(messages: Sequence[LoggedMessage], chat: str, terms: Terms) ->
         await log.record(PLATFORM, chat, message)
     script = log._record
     assert isinstance(script, _CaptureScript)
-    # a postings key ends with its term (words hold no colon)
-    sets = [frozenset(str(k).rsplit(":", 1)[1] for k in keys[4:]) for keys, _ in script.calls]
+    # the record script's arguments after the first five are its term and count pairs
+    sets = [frozenset(str(term) for term in args[5::2]) for _, args in script.calls]
     postings_keys = sorted({str(k) for keys, _ in script.calls for k in keys[4:]})
     await stand_in.aclose()
     return Fill(chat, list(messages), script.calls, script.source, sets, sum(map(len, sets)), postings_keys)
