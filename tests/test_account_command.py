@@ -135,12 +135,16 @@ async def test_refused_credentials_say_so_and_keep_nothing(
     assert await store.stored("telegram", "-100") == []
 
 
-async def test_a_chats_own_server_must_be_a_public_address(
+async def test_a_chats_own_server_must_be_a_public_address_over_https(
     store: AccountStore, mastodon: MastodonEmulator
 ) -> None:
     account = commands(store, AddressPolicy())  # public addresses only, as deployed
     await run(account, in_group(), "add", network="mastodon")
     said = await run(account, in_dm(), "add", network="mastodon", url=mastodon.url, token="token-1")
+    assert said.last.startswith("The server's address must start with https://")
+    # https to a loopback address: refused before any connection is made
+    https = mastodon.url.replace("http://", "https://")
+    said = await run(account, in_dm(), "add", network="mastodon", url=https, token="token-1")
     assert said.last.startswith("I couldn't check these credentials: Mastodon at 127.0.0.1 could not be")
     assert mastodon.statuses == [] and await store.stored("telegram", "-100") == []
 

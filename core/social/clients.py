@@ -13,6 +13,7 @@ import logging
 from collections.abc import Callable, Mapping
 
 import aiohttp
+from yarl import URL
 
 from core.config import Settings
 from core.search.addresses import (
@@ -20,6 +21,7 @@ from core.search.addresses import (
     AddressPolicy,
     PolicyResolver,
     guarded_socket_factory,
+    parse_ip,
     system_resolver,
 )
 from core.social.accounts import Account, AccountError, AccountStore
@@ -63,6 +65,8 @@ class Clients:
         """A client for `credentials` (`identity`: who they post as, when known already:
         X then needs no `whoami` before posting); AccountError when they are incomplete."""
         connector = self._guarded_connector if guarded else None
+        if guarded:
+            self._require_https(network, credentials)
         try:
             if network == "x":
                 x = XCredentials.from_mapping(credentials)
@@ -84,6 +88,17 @@ class Clients:
         except ValueError as exc:
             raise AccountError(str(exc)) from None
         raise AccountError(f"Herald can't publish to {network!r}.")
+
+    def _require_https(self, network: str, credentials: Mapping[str, str]) -> None:
+        """A chat's own server is reached over https only (its token travels with every
+        request), except an address the policy names on purpose (a test's stand-in)."""
+        url = credentials.get("url") if network == "mastodon" else credentials.get("service")
+        if not url:
+            return
+        parsed = URL(url)
+        host = parse_ip(parsed.host or "")
+        if parsed.scheme != "https" and (host is None or host not in self._policy.also_allowed):
+            raise AccountError(f"The server's address must start with https:// (got {url!r}).")
 
     def _guarded_connector(self) -> aiohttp.BaseConnector:
         return aiohttp.TCPConnector(
