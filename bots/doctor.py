@@ -15,6 +15,9 @@ from bots.local_model.backend import BuiltInModel, LocalModelError
 from bots.runtime import StartupError, build_llm, start_redis
 from core.config import Settings
 from core.llm.errors import LLMError
+from core.social.accounts import NETWORK_NAMES, AccountError
+from core.social.clients import Clients, check, installed_credentials
+from core.social.network import NetworkError
 
 
 async def run_doctor(
@@ -30,11 +33,35 @@ async def run_doctor(
     echo(f"  Redis: {settings.redis_url or 'embedded (private server)'}")
     ok = await _redis(settings, echo)
     ok = await _model(settings, echo) and ok
+    ok = await _networks(settings, echo) and ok
     for platform in platforms:
         report = await platform.doctor(config.platforms[platform.name])
         for line in report.lines:
             echo(line)
         ok = ok and report.ok
+    return ok
+
+
+async def _networks(settings: Settings, echo: Callable[[str], None]) -> bool:
+    """The install's own social accounts: who each posts as, asked of its network."""
+    if settings.secret_key:
+        echo("Social accounts of chats: can be connected (HERALD_SECRET_KEY set)")
+    else:
+        echo("Social accounts of chats: off (no HERALD_SECRET_KEY)")
+    clients = Clients(x_api_url=settings.x_api_url)
+    ok = True
+    for network, credentials in installed_credentials(settings).items():
+        name = NETWORK_NAMES[network]
+        try:
+            identity = await check(clients.client(network, credentials, guarded=False))
+        except NetworkError as exc:
+            echo(f"{name}: FAILED — {exc.user_message}")
+            ok = False
+        except AccountError as exc:
+            echo(f"{name}: FAILED — {exc}")
+            ok = False
+        else:
+            echo(f"{name}: OK, publishing as {identity.handle}")
     return ok
 
 

@@ -13,6 +13,7 @@ import signal
 import sys
 from pathlib import Path
 
+from tests.emulators.mastodon import MastodonEmulator
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator, default_responder
 
@@ -148,6 +149,25 @@ async def test_doctor_reports_what_it_found(tmp_path: Path, tgi: TGIEmulator, re
         ["doctor"], "", tmp_path, HERALD_TGI_URL=tgi.url, HERALD_REDIS_URL=redis_url
     )
     assert code == 1 and "UNHEALTHY" in out
+
+
+async def test_doctor_checks_the_installs_social_accounts(
+    tmp_path: Path, tgi: TGIEmulator, redis_url: str
+) -> None:
+    async with MastodonEmulator() as mastodon:
+        mastodon.add_account("team", "token-1")
+        common = {
+            "HERALD_TGI_URL": tgi.url,
+            "HERALD_REDIS_URL": redis_url,
+            "HERALD_MASTODON_URL": mastodon.url,
+        }
+        code, out, err = await run_herald(["doctor"], "", tmp_path, **common, HERALD_MASTODON_TOKEN="token-1")
+        assert code == 0, out + err
+        assert "Mastodon: OK, publishing as @team@social.example" in out
+        assert "Social accounts of chats: off (no HERALD_SECRET_KEY)" in out
+        code, out, err = await run_herald(["doctor"], "", tmp_path, **common, HERALD_MASTODON_TOKEN="wrong")
+        assert code == 1 and "Mastodon: FAILED — " in out
+        assert "wrong" not in out + err
 
 
 async def test_console_continues_an_answer_cut_short(
