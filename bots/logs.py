@@ -28,7 +28,18 @@ from bots.config import Config
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 MASK = "***"
 #: libraries that log every request (with its URL, which may hold a token) at INFO
-CHATTY = ("httpx", "httpcore", "aiohttp.access", "apscheduler", "oauthlib")
+CHATTY = (
+    "httpx",
+    "httpcore",
+    "aiohttp.access",
+    "apscheduler",
+    "oauthlib",
+    # at DEBUG they write whole updates and gateway events, people's messages included
+    # (and with them what someone types to `/account add` in a DM)
+    "telegram",
+    "discord.gateway",
+    "discord.http",
+)
 #: libraries that warn on every retry; Herald logs the outcome once (herald.model)
 RETRYING = ("huggingface_hub",)
 
@@ -114,7 +125,13 @@ def setup_logging(config: Config, level: str | None = None) -> None:
     root.handlers[:] = [handler]
     root.setLevel(level or settings.log_level)
     logging.captureWarnings(True)  # Python warnings become log lines (JSON too)
+    quiet_libraries(root.level)
+
+
+def quiet_libraries(level: int) -> None:
+    """Libraries that log too much, or what must not be logged, speak from WARNING
+    (those that warn on every retry, from ERROR), whatever Herald's own `level`."""
     for name in CHATTY:
-        logging.getLogger(name).setLevel(max(logging.WARNING, root.level))
+        logging.getLogger(name).setLevel(max(logging.WARNING, level))
     for name in RETRYING:
-        logging.getLogger(name).setLevel(max(logging.ERROR, root.level))
+        logging.getLogger(name).setLevel(max(logging.ERROR, level))

@@ -161,14 +161,20 @@ class Scheduling:
 
 
 def build_scheduling(
-    settings: Settings, redis: Redis, llm: LLMClient, access: AccessPolicy, keys: Keys
+    settings: Settings,
+    redis: Redis,
+    llm: LLMClient,
+    access: AccessPolicy,
+    keys: Keys,
+    *,
+    clients: Clients | None = None,
 ) -> Scheduling:
     publishers: dict[str, Publisher] = {}
     store = ScheduleStore(redis, keys)
     lease = LeaderLease(redis, keys)
     box = secret_box(settings.secret_key.get_secret_value()) if settings.secret_key else None
     accounts = AccountStore(redis, keys, box, installed_credentials(settings))
-    clients = Clients(x_api_url=settings.x_api_url)
+    clients = clients or Clients(x_api_url=settings.x_api_url)
     social = SocialPublishing(accounts, DeliveryStore(redis, keys), clients, owner=lease.owner)
     drafter = Drafter(llm, generation_params(settings))
     runner = Runner(store, drafter, publishers, owner=lease.owner, social=social)
