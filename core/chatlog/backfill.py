@@ -24,7 +24,6 @@ import contextlib
 import enum
 import logging
 import math
-import secrets
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
@@ -43,6 +42,7 @@ from core.platform import (
     Surface,
 )
 from core.storage.keys import Keys
+from core.storage.lease import Lease
 from core.storage.redis_client import honour_cancellation
 
 log = logging.getLogger("herald.backfill")
@@ -83,16 +83,6 @@ _FINISH = """
 if redis.call('GET', KEYS[2]) ~= ARGV[1] then return 0 end
 redis.call('DEL', KEYS[1], KEYS[2])
 return 1
-"""
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
 """
 
 
@@ -219,7 +209,7 @@ class Backfills:
         self._log = chatlog
         self._redis = redis
         self._keys = keys
-        self._lease_ms = int(lease_seconds * 1000)
+        self._lease_s = lease_seconds
         self._sweep_seconds = sweep_seconds
         self._clock = clock
         self._unreadable = UnreadableNotice(chatlog, redis, keys)
@@ -230,8 +220,6 @@ class Backfills:
         self._begin = redis.register_script(_BEGIN)
         self._step = redis.register_script(_STEP)
         self._finish = redis.register_script(_FINISH)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
 
     # -- platforms ----------------------------------------------------------------------
 
@@ -316,17 +304,16 @@ class Backfills:
     # -- working ------------------------------------------------------------------------
 
     async def _run(self, platform: str, chat_id: str, source: HistorySource) -> None:
-        owner = secrets.token_hex(8)
-        lease = self._keys.chat_log(platform, chat_id, "backfill-lease")
+        lease = Lease(self._redis, self._keys.chat_log(platform, chat_id, "backfill-lease"), self._lease_s)
         try:
-            if not await self._redis.set(lease, owner, nx=True, px=self._lease_ms):
+            if not await lease.acquire():
                 return  # another replica works it
         except RedisError as exc:
             log.warning("backfill of %s:%s: Redis failed: %s", platform, chat_id, exc)
             return
-        keeper = asyncio.create_task(self._keep(lease, owner))
+        keeper = asyncio.create_task(self._keep(lease))
         try:
-            await self._work(platform, chat_id, owner, source)
+            await self._work(platform, chat_id, lease.owner, source)
         except (PlatformError, RedisError, _NotYet) as exc:
             log.warning("backfill of %s:%s paused until the next sweep: %s", platform, chat_id, exc)
         except Exception:
@@ -334,15 +321,15 @@ class Backfills:
         finally:
             keeper.cancel()
             with contextlib.suppress(RedisError, asyncio.CancelledError):
-                await self._release(keys=[lease], args=[owner])
+                await lease.release()
 
-    async def _keep(self, lease: str, owner: str) -> None:
+    async def _keep(self, lease: Lease) -> None:
         """Renew the lease while the job works. A job that lost it (turned off, or held
         too long without a word) finds out at its next step, before it records anything."""
         while True:
-            await asyncio.sleep(self._lease_ms / 3000)
+            await asyncio.sleep(self._lease_s / 3)
             try:
-                if not await self._renew(keys=[lease], args=[owner, self._lease_ms]):
+                if not await lease.renew():
                     return
             except RedisError as exc:
                 log.warning("could not renew a backfill's lease: %s", exc)

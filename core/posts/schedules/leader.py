@@ -13,23 +13,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import secrets
 from collections.abc import Awaitable, Callable
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.storage.keys import Keys
+from core.storage.lease import Lease
 from core.storage.redis_client import honour_cancellation
-
-_RENEW = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
-return 0
-"""
-_RELEASE = """
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"""
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -44,28 +35,24 @@ class LeaderLease:
         poll: float = 5.0,
         logger: logging.Logger | None = None,
     ) -> None:
-        self._redis = redis
-        self._key = keys.scheduler_lease()
-        self._ttl_ms = int(ttl * 1000)
+        self._lease = Lease(redis, keys.scheduler_lease(), ttl)
         self._poll = poll
         self._log = logger or logging.getLogger("herald.scheduler")
-        self.owner = secrets.token_hex(8)
-        self._renew = redis.register_script(_RENEW)
-        self._release = redis.register_script(_RELEASE)
+        self.owner = self._lease.owner
         self.leading = False
 
     async def try_acquire(self) -> bool:
-        self.leading = bool(await self._redis.set(self._key, self.owner, nx=True, px=self._ttl_ms))
+        self.leading = await self._lease.acquire()
         return self.leading
 
     async def renew(self) -> bool:
-        self.leading = bool(await self._renew(keys=[self._key], args=[self.owner, self._ttl_ms]))
+        self.leading = await self._lease.renew()
         return self.leading
 
     async def release(self) -> None:
         if self.leading:
             with contextlib.suppress(RedisError):
-                await self._release(keys=[self._key], args=[self.owner])
+                await self._lease.release()
         self.leading = False
 
     async def _elect(self, on_elected: Callback, on_deposed: Callback) -> bool:
