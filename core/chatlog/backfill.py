@@ -25,20 +25,19 @@ import enum
 import logging
 import math
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
+from core.chat.progress import ProgressMessage
 from core.chatlog.store import ChatLog, LoggedMessage
 from core.chatlog.unreadable import UnreadableNotice
 from core.platform import (
-    MessageNotModified,
     MessageRef,
     PlatformError,
-    PlatformRateLimited,
     Surface,
 )
 from core.storage.keys import Keys
@@ -349,7 +348,7 @@ class Backfills:
         async def sent(ref: MessageRef) -> None:
             await self._advance(platform, chat_id, owner, {"progress": ref.id})
 
-        progress = _Progress(surface, MessageRef(state.progress) if state.progress else None, sent)
+        progress = ProgressMessage(surface, MessageRef(state.progress) if state.progress else None, sent)
         try:
             if not state.progress:
                 progress.show(started_text(state.span))
@@ -440,84 +439,6 @@ class Backfills:
 
     def _key(self, platform: str, chat_id: str) -> str:
         return self._keys.chat_log(platform, chat_id, "backfill")
-
-
-class _Progress:
-    """A backfill's one message in the chat, edited as pages go but no more often than
-    the surface allows (a text that must wait is shown when it may be); the final text
-    is always shown."""
-
-    def __init__(
-        self,
-        surface: Surface,
-        ref: MessageRef | None,
-        sent: Callable[[MessageRef], Awaitable[None]],
-    ) -> None:
-        self._surface = surface
-        self._ref = ref
-        self._sent = sent
-        self._interval = surface.capabilities.min_edit_interval
-        self._shown = -math.inf  # when the last send or edit came back (monotonic)
-        self._pending: str | None = None
-        self._flush: asyncio.Task[None] | None = None
-        self._putting = False  # the flush is sending or editing (not only waiting)
-
-    def show(self, text: str) -> None:
-        self._pending = text
-        if self._flush is None or self._flush.done():
-            self._flush = asyncio.create_task(self._show_pending())
-
-    async def final(self, text: str) -> None:
-        self._pending = None
-        flush = self._flush
-        if flush is not None and not flush.done():
-            if self._putting:
-                await flush  # a message on its way: its id is needed for the final edit
-            else:
-                flush.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await flush
-        await self._wait()
-        await self._put(text)
-
-    def close(self) -> None:
-        if self._flush is not None:
-            self._flush.cancel()
-
-    async def _show_pending(self) -> None:
-        await self._wait()
-        text, self._pending = self._pending, None
-        if text is not None:
-            self._putting = True
-            try:
-                await self._put(text)
-            finally:
-                self._putting = False
-
-    async def _wait(self) -> None:
-        due = self._shown + self._interval - time.monotonic()
-        if due > 0:
-            await asyncio.sleep(due)
-
-    async def _put(self, text: str) -> None:
-        try:
-            if self._ref is None:
-                self._ref = await self._surface.send(text)
-                await self._sent(self._ref)
-            else:
-                await self._surface.edit(self._ref, text)
-        except MessageNotModified:
-            pass
-        except PlatformRateLimited as exc:
-            log.info("backfill progress not shown (rate limited): %s", exc)
-        except PlatformError as exc:
-            # deleted, most likely: the next text goes out as a new message
-            log.info("backfill progress could not be edited: %s", exc)
-            self._ref = None
-        except RedisError as exc:
-            log.warning("could not remember where a backfill's progress is: %s", exc)
-        finally:
-            self._shown = time.monotonic()
 
 
 def _member(platform: str, chat_id: str) -> str:

@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from core.chat.progress import ProgressMessage
 from core.chatlog.store import ChatLog, LoggedMessage, in_place, written_order
 from core.chatlog.summary import Summariser, SummaryError
 from core.commands.context import CommandContext
@@ -23,7 +24,7 @@ from core.commands.registry import ArgSpec, ArgType, CommandSpec
 from core.commands.search import NOT_RECORDED, SearchError, parse_when, source_line
 from core.llm.base import ChatMessage
 from core.llm.errors import LLMError
-from core.platform import Inbound, MessageRef, PlatformError
+from core.platform import Inbound
 
 log = logging.getLogger("herald.summary")
 
@@ -151,12 +152,15 @@ class SummaryCommands:
         covered = f"{_count(len(messages))} from {_when(messages[0].at)} to {_when(messages[-1].at)}" + (
             f" (the newest {MAX_MESSAGES:,}: a summary reads no more)" if capped else ""
         )
-        status = await ctx.reply(f"{title}: reading {covered}…")
-        progress = _Progress(ctx, status, f"{title}: reading {covered}")
+        reading = f"{title}: reading {covered}"
+        progress = ProgressMessage(ctx.surface, await ctx.reply(f"{reading}…"))
         topic = str(about) if about is not None else None
 
+        async def read_pieces(done: int, total: int) -> None:
+            progress.show(f"{reading}: read {done} of {total} parts…")
+
         async def read() -> list[ChatMessage]:
-            digest = await self._summariser.digest(messages, topic, progress.update)
+            digest = await self._summariser.digest(messages, topic, read_pieces)
             await ctx.conversation.charge(event, digest.tokens)
             log.info(
                 "summary of %d messages: %d pieces, %d model calls before the last, largest input %d",
@@ -165,7 +169,7 @@ class SummaryCommands:
                 digest.calls,
                 digest.largest_input,
             )
-            await progress.done(f"{title} of {covered}:")
+            await progress.final(f"{title} of {covered}:")
             return digest.prompt
 
         try:
@@ -177,6 +181,8 @@ class SummaryCommands:
             log.warning("summary of %s failed: %r", event.conversation, exc)
             await ctx.reply(exc.user_message)
             return
+        finally:
+            progress.close()
         numbers = cited(text, len(messages))[:MAX_SOURCES]
         if numbers:
             link = ctx.surface.message_link
@@ -207,32 +213,3 @@ class SummaryCommands:
                 kept.sort(key=written_order)
                 return kept[-most:], last is None and len(kept) > most
             wanted *= 4
-
-
-class _Progress:
-    """The 'Summarising…' message, edited as pieces are read (no more often than the
-    platform allows), then left saying what the summary below it covers."""
-
-    def __init__(self, ctx: CommandContext, ref: MessageRef | None, heading: str) -> None:
-        self._ctx = ctx
-        self._ref = ref
-        self._heading = heading
-        self._shown = time.monotonic()
-
-    async def update(self, done: int, total: int) -> None:
-        interval = max(1.0, self._ctx.surface.capabilities.min_edit_interval)
-        if time.monotonic() - self._shown < interval and done < total:
-            return
-        self._shown = time.monotonic()
-        await self._edit(f"{self._heading}: read {done} of {total} parts…")
-
-    async def done(self, text: str) -> None:
-        await self._edit(text)
-
-    async def _edit(self, text: str) -> None:
-        if self._ref is None or not self._ctx.surface.capabilities.can_edit:
-            return
-        try:
-            await self._ctx.surface.edit(self._ref, text)
-        except PlatformError as exc:
-            log.info("could not show a summary's progress: %s", exc)
