@@ -15,6 +15,7 @@ from typing import Any
 
 from core.chat.access import AccessPolicy
 from core.commands.context import CommandContext
+from core.commands.guards import in_chats_only, managers_only
 from core.commands.registry import ArgSpec, ArgType, CommandSpec, Handler
 from core.social.accounts import CONNECT_SECONDS, NETWORK_NAMES, NETWORKS, Account, AccountError, AccountStore
 from core.social.clients import CREDENTIAL_FIELDS, Clients, check
@@ -78,22 +79,10 @@ class AccountCommands:
         )
 
     def _in_chat(self, handler: Handler) -> Handler:
-        async def checked(ctx: CommandContext, args: dict[str, Any]) -> None:
-            if ctx.event.is_private:
-                await ctx.reply(IN_A_CHAT)
-            else:
-                await handler(ctx, args)
-
-        return checked
+        return in_chats_only(handler, IN_A_CHAT)
 
     def _managed(self, handler: Handler) -> Handler:
-        async def checked(ctx: CommandContext, args: dict[str, Any]) -> None:
-            if not self._access.may_manage_chat(ctx.event):
-                await ctx.reply(MANAGERS_ONLY)
-            else:
-                await handler(ctx, args)
-
-        return checked
+        return managers_only(self._access, handler, MANAGERS_ONLY)
 
     async def add(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         network = str(args["network"])

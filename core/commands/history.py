@@ -15,6 +15,7 @@ from core.chat.access import AccessPolicy
 from core.chatlog.backfill import Backfills, Begun, last_span
 from core.chatlog.store import ChatLog
 from core.commands.context import CommandContext
+from core.commands.guards import in_chats_only, managers_only
 from core.commands.registry import ArgSpec, CommandSpec, Handler
 from core.commands.values import duration, user_id
 from core.platform import Visibility
@@ -128,22 +129,10 @@ class HistoryCommands:
         )
 
     def _outside_dms(self, handler: Handler) -> Handler:
-        async def checked(ctx: CommandContext, args: dict[str, Any]) -> None:
-            if ctx.event.is_private:
-                await ctx.reply(NOT_IN_DMS)
-            else:
-                await handler(ctx, args)
-
-        return checked
+        return in_chats_only(handler, NOT_IN_DMS)
 
     def _managed(self, handler: Handler) -> Handler:
-        async def checked(ctx: CommandContext, args: dict[str, Any]) -> None:
-            if not self._access.may_manage_chat(ctx.event):
-                await ctx.reply(MANAGERS_ONLY)
-            else:
-                await handler(ctx, args)
-
-        return self._outside_dms(checked)
+        return in_chats_only(managers_only(self._access, handler, MANAGERS_ONLY), NOT_IN_DMS)
 
     async def _off(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         deleted = await self._log.turn_off(ctx.event.platform, ctx.event.chat_id)

@@ -17,6 +17,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from core.chat.access import AccessPolicy
 from core.commands.context import CommandContext
+from core.commands.guards import managers_only
 from core.commands.registry import ArgSpec, ArgType, CommandSpec, Handler
 from core.platform import Inbound
 from core.posts.campaigns import publishable
@@ -171,14 +172,7 @@ class ScheduleCommands:
 
     def _managed(self, handler: Handler) -> Handler:
         """Only the chat's managers (and Herald admins) run `handler`."""
-
-        async def checked(ctx: CommandContext, args: dict[str, Any]) -> None:
-            if not self._access.may_manage_chat(ctx.event):
-                await ctx.reply(NOT_ALLOWED)
-                return
-            await handler(ctx, args)
-
-        return checked
+        return managers_only(self._access, handler, NOT_ALLOWED)
 
     async def list_schedules(self, ctx: CommandContext, args: dict[str, Any]) -> None:
         schedules = await self._store.in_chat(ctx.event.platform, ctx.event.chat_id)
