@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import itertools
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
 from core.commands.registry import parse_command_text
@@ -97,3 +98,17 @@ def event(
         is_private=private,
         command=parse_command_text(text),
     )
+
+
+async def eventually(
+    check: Callable[[], Awaitable[bool]],
+    what: str = "the condition",
+    timeout: float = 60.0,  # noqa: ASYNC109
+) -> None:
+    """Poll `check` until it holds. The timeout only bounds a broken run; it paces nothing."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not await check():
+        if loop.time() > deadline:
+            raise AssertionError(f"still not true after {timeout} s: {what}")
+        await asyncio.sleep(0.02)

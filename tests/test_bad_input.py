@@ -16,8 +16,8 @@ from core.posts.schedules.store import PostState, ScheduleStore
 from core.storage.keys import Keys
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import Fault, TGIEmulator
-from tests.support import RecordingSurface, event
-from tests.test_scheduler import RecordingPublisher, eventually, make_runner, schedule
+from tests.support import RecordingSurface, event, eventually
+from tests.test_scheduler import RecordingPublisher, make_runner, schedule
 
 
 async def say(engine: object, text: str, expect: Outcome = Outcome.COMMAND) -> str:

@@ -8,10 +8,8 @@ recorded and the chat is told once."""
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import itertools
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import discord
@@ -35,6 +33,7 @@ from tests.emulators.discord import (
     Interaction,
     PastMessage,
 )
+from tests.support import eventually
 from tests.test_discord import CHANNEL, GUILD, BotFactory, bot_user, settled
 
 # the Discord emulator, a member (Ada) and the bot, as test_discord starts them
@@ -49,15 +48,6 @@ BOB, OTHER_BOT = 602, 603
 HISTORY = rf"^/channels/{CHANNEL}/messages$"
 WEEK = 7 * 86400.0
 DONE_WEEK = "Backfill done: {} messages from the last 7 days recorded."
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll until `check` holds; the bound only ends a broken run."""
-    for _ in range(2000):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("still not true after 40 s")
 
 
 def ago(seconds: float) -> dt.datetime:
@@ -161,7 +151,7 @@ async def test_a_week_is_backfilled_oldest_first_with_progress_and_no_429(
     async def recorded_live() -> bool:
         return len(await logged(engine)) == 3
 
-    await until(recorded_live)
+    await eventually(recorded_live)
     asked = history_command(discord_emu, "on", backfill="7d")
     assert await answered(discord_emu, asked, "Recording is on:") == (
         "Recording is on: I keep this chat's messages for 30 days so that /search and /summary can "
@@ -209,7 +199,7 @@ async def test_a_week_is_backfilled_oldest_first_with_progress_and_no_429(
     async def finished() -> bool:
         return await unfinished(redis, prefix) == []
 
-    await until(finished)
+    await eventually(finished)
     assert await redis.exists(Keys(prefix).chat_log("discord", str(CHANNEL), "backfill")) == 0
 
 
@@ -252,7 +242,7 @@ async def test_an_interrupted_backfill_goes_on_after_its_last_page_at_the_next_s
     async def finished() -> bool:
         return await unfinished(redis, prefix) == []
 
-    await until(finished)
+    await eventually(finished)
 
 
 async def test_history_off_stops_a_backfill_and_nothing_more_is_recorded(
@@ -274,7 +264,7 @@ async def test_history_off_stops_a_backfill_and_nothing_more_is_recorded(
     async def first_page() -> bool:
         return len(await logged(engine)) == 100
 
-    await until(first_page)
+    await eventually(first_page)
     off = history_command(discord_emu, "off")
     assert await answered(discord_emu, off, "Recording is off") == (
         "Recording is off, and everything recorded in this chat is deleted."
@@ -285,7 +275,7 @@ async def test_history_off_stops_a_backfill_and_nothing_more_is_recorded(
     async def stopped() -> bool:
         return await unfinished(redis, prefix) == []
 
-    await until(stopped)
+    await eventually(stopped)
     assert await logged(engine) == []
     left = [
         key async for key in redis.scan_iter(match=Keys(prefix).chat_log_pattern("discord", str(CHANNEL)))
@@ -346,7 +336,7 @@ async def test_without_message_content_nothing_blank_is_recorded_and_the_chat_is
     async def asked() -> bool:
         return [m.text for m in await logged(engine)] == ["an old question", "are you there"]
 
-    await until(asked)
+    await eventually(asked)
     assert len(notices()) == 1
     key = Keys(prefix).chat_log("discord", str(CHANNEL), "unreadable")
     assert 0 < await redis.ttl(key) <= 86400  # remembered for a day, by every replica
@@ -394,5 +384,5 @@ async def test_a_channel_herald_may_not_read_ends_the_backfill_with_the_reason(
     async def ended() -> bool:
         return await unfinished(redis, prefix) == []
 
-    await until(ended)
+    await eventually(ended)
     assert pages(discord_emu) == []

@@ -5,8 +5,6 @@ which fire for messages it never cached; a thread's messages belong to its chann
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -19,6 +17,7 @@ from tests import test_discord
 from tests.conftest import EngineFactory
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.tgi import TGIEmulator
+from tests.support import eventually
 from tests.test_discord import CHANNEL, GUILD, BotFactory, bot_user, settled
 
 # the Discord emulator, a member (Ada) and the bot, as test_discord starts them
@@ -31,15 +30,6 @@ pytestmark = pytest.mark.timeout(60)
 MANAGE_CHANNELS = 1 << 4
 OTHER = 5002  # a second channel of the guild, recorded on its own
 THREAD = 5100  # a thread under CHANNEL
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll until `check` holds; the bound only ends a broken run."""
-    for _ in range(1000):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("still not true after 20 s")
 
 
 async def logged(engine: Engine, channel: int = CHANNEL) -> list[LoggedMessage]:
@@ -127,7 +117,7 @@ async def test_a_recorded_channel_follows_edits_and_deletions(
     async def recorded() -> bool:
         return await texts(engine, OTHER) == ["the budget is forty thousand"]
 
-    await until(recorded)
+    await eventually(recorded)
     assert await texts(engine) == [
         "the release moves to Thursday",
         "the launch party is on Friday",
@@ -145,7 +135,7 @@ async def test_a_recorded_channel_follows_edits_and_deletions(
     async def edited() -> bool:
         return "the launch party is on Saturday" in await texts(engine)
 
-    await until(edited)
+    await eventually(edited)
     assert "the launch party is on Friday" not in await texts(engine)
     assert await found(engine, "party saturday") == [str(party)]
     assert await found(engine, "friday") == []
@@ -155,7 +145,7 @@ async def test_a_recorded_channel_follows_edits_and_deletions(
     async def deleted() -> bool:
         return "the release moves to Thursday" not in await texts(engine)
 
-    await until(deleted)
+    await eventually(deleted)
     assert await found(engine, "release thursday") == []
 
     lunch = [
@@ -166,13 +156,13 @@ async def test_a_recorded_channel_follows_edits_and_deletions(
     async def lunch_recorded() -> bool:
         return len(await found(engine, "lunch")) == 2
 
-    await until(lunch_recorded)
+    await eventually(lunch_recorded)
     discord_emu.bulk_delete(CHANNEL, lunch)
 
     async def lunch_deleted() -> bool:
         return await found(engine, "lunch") == []
 
-    await until(lunch_deleted)
+    await eventually(lunch_deleted)
     assert await texts(engine) == ["the launch party is on Saturday", "which day"]
     assert await texts(engine, OTHER) == ["the budget is forty thousand"]
 
@@ -186,7 +176,7 @@ async def test_a_recorded_channel_follows_edits_and_deletions(
     async def budget_edited() -> bool:
         return await texts(engine, OTHER) == ["the budget is fifty thousand"]
 
-    await until(budget_edited)
+    await eventually(budget_edited)
     # Herald's streamed edits (echoed by Discord as MESSAGE_UPDATE) and the DM's never came
     assert [(e.event_id, e.chat_id, e.author.user_id) for e in edits] == [
         (str(party), str(CHANNEL), str(ada["id"])),
@@ -212,7 +202,7 @@ async def test_a_thread_belongs_to_its_channel_even_once_discord_py_forgot_it(
     async def recorded() -> bool:
         return len(await logged(engine)) == 3
 
-    await until(recorded)
+    await eventually(recorded)
     assert [(m.message_id, m.thread_id) for m in await logged(engine)] == [
         (str(said), None),
         (str(first), str(THREAD)),
@@ -233,7 +223,7 @@ async def test_a_thread_belongs_to_its_channel_even_once_discord_py_forgot_it(
     async def edited() -> bool:
         return "the thread picked green" in await texts(engine)
 
-    await until(edited)
+    await eventually(edited)
     assert await found(engine, "green") == [str(first)] and await found(engine, "blue") == []
     [changed] = [m for m in await logged(engine) if m.message_id == str(first)]
     assert changed.thread_id == str(THREAD)
@@ -243,7 +233,7 @@ async def test_a_thread_belongs_to_its_channel_even_once_discord_py_forgot_it(
     async def deleted() -> bool:
         return len(await logged(engine)) == 2
 
-    await until(deleted)
+    await eventually(deleted)
     assert await found(engine, "round logo") == []
     # the thread's parent was asked of Discord once, then remembered
     asked = [c for c in discord_emu.calls if c.method == "GET" and c.path == f"/channels/{THREAD}"]
@@ -274,7 +264,7 @@ async def test_without_message_content_nothing_blank_is_recorded(
     async def recorded() -> bool:
         return await texts(engine) == ["remember the launch"]  # Bob's message came empty: not kept
 
-    await until(recorded)
+    await eventually(recorded)
     discord_emu.edit_message(plain, "secret plans for Saturday")  # arrives empty again
     discord_emu.edit_message(asked, "never mind")  # no mention any more: arrives empty
     discord_emu.user_message(CHANNEL, ada, f"{mention} last one", guild_id=GUILD, mentions=[me])
@@ -282,7 +272,7 @@ async def test_without_message_content_nothing_blank_is_recorded(
     async def last() -> bool:
         return await texts(engine) == ["remember the launch", "last one"]
 
-    await until(last)  # the edits came before it, and changed nothing: no blank replaced a text
+    await eventually(last)  # the edits came before it, and changed nothing: no blank replaced a text
     assert all(m.text.strip() for m in await logged(engine))
 
     discord_emu.delete_message(asked)  # deletions need no content
@@ -290,4 +280,4 @@ async def test_without_message_content_nothing_blank_is_recorded(
     async def forgotten() -> bool:
         return await texts(engine) == ["last one"]
 
-    await until(forgotten)
+    await eventually(forgotten)

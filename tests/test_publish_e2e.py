@@ -27,7 +27,7 @@ import secrets
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -63,6 +63,7 @@ from tests.emulators.mastodon import EmulatedAccount, MastodonEmulator
 from tests.emulators.telegram import BotMessage, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 from tests.emulators.x import EmulatedTweet, XAccount, XEmulator
+from tests.support import eventually
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -232,16 +233,6 @@ async def replica(settings: Settings, *, clock: Callable[[], float] | None = Non
         await engine.cancels.stop()
         await llm.close()
         await redis.aclose()
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:  # noqa: ASYNC109
-    """Poll `check` until it holds; the timeout only bounds a broken run."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"still not true after {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 # -- Telegram --------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import asyncio
 import contextlib
 import datetime as dt
 import itertools
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -31,6 +31,7 @@ from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
 from tests.conftest import EngineFactory
 from tests.emulators.tgi import TGIEmulator
+from tests.support import eventually
 
 START = dt.datetime(2026, 11, 27, 9, 0, tzinfo=dt.UTC)
 
@@ -73,16 +74,6 @@ def schedule(**changes: Any) -> Schedule:
     }
     values.update(changes)
     return Schedule(**values)
-
-
-async def eventually(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 30.0) -> None:  # noqa: ASYNC109
-    """Poll `check` until it holds. The timeout only bounds a broken run; it paces nothing."""
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not await check():
-        if loop.time() > deadline:
-            raise AssertionError(f"still not true after {timeout} s: {what}")
-        await asyncio.sleep(0.02)
 
 
 class HeldDrafter(Drafter):

@@ -5,10 +5,8 @@ a second chat's facts never appear, and a summary covers exactly the span it cla
 
 from __future__ import annotations
 
-import asyncio
 import json
 import re
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -20,6 +18,7 @@ from tests.conftest import EngineFactory
 from tests.emulators.discord import DiscordEmulator
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
+from tests.support import eventually
 from tests.test_discord import CHANNEL, GUILD
 from tests.test_discord import BotFactory as DiscordBots
 from tests.test_discord_history import history_on
@@ -59,15 +58,6 @@ def model(messages: list[dict[str, str]]) -> str:
         found = _LINE.search(user)
         return ANSWER.format(n=found.group(1) if found else 0)
     return respond(messages)
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll until `check` holds; the bound only ends a broken run."""
-    for _ in range(3000):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("still not true after 60 s")
 
 
 async def recorded(engine: Engine, platform: str, chat: int) -> list[str]:
@@ -115,13 +105,13 @@ async def test_discord_search_finds_and_links_and_summary_covers_its_span(
             await recorded(engine, "discord", OTHER)
         )
 
-    await until(all_recorded)
+    await eventually(all_recorded)
     discord_emu.delete_message(gone)
 
     async def forgotten() -> bool:
         return GONE not in await recorded(engine, "discord", CHANNEL)
 
-    await until(forgotten)
+    await eventually(forgotten)
     tgi.responder = model
     asked = discord_emu.slash_command(
         "search",
@@ -178,7 +168,7 @@ async def test_telegram_search_finds_and_links_and_summary_covers_its_span(
             await recorded(engine, "telegram", OTHER_GROUP)
         )
 
-    await until(all_recorded)
+    await eventually(all_recorded)
     fact = texts[120]
     tgi.responder = model
     telegram.send_user_message(team, ADA, "/search how much money did the booth get?")

@@ -21,7 +21,8 @@ from core.social.delivery import DeliveryState, DeliveryStore
 from core.social.network import Identity, NetworkClient, PublishFailed, RateLimited, Unauthorized
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
-from tests.test_scheduler import RecordingPublisher, eventually, schedule
+from tests.support import eventually
+from tests.test_scheduler import RecordingPublisher, schedule
 from tests.test_social_delivery import Network
 
 INSTALLED = {"x": {"user_token": "t"}, "mastodon": {"url": "https://social.test", "token": "t"}}

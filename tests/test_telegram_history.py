@@ -4,9 +4,6 @@ records it once /history is on; an edit replaces the text everywhere."""
 
 from __future__ import annotations
 
-import asyncio
-from collections.abc import Awaitable, Callable
-
 import pytest
 
 from core.chat.engine import Engine
@@ -15,6 +12,7 @@ from core.chatlog.store import written_order
 from tests import test_telegram
 from tests.conftest import EngineFactory
 from tests.emulators.telegram import TelegramEmulator
+from tests.support import eventually
 from tests.test_telegram import ADA, BOB, GROUP_ID, BotFactory, settled
 
 # the Telegram emulator and the bot, as test_telegram starts them
@@ -26,15 +24,6 @@ ON = (
     "Recording is on: I keep this chat's messages for 30 days so that /search and /summary "
     "can use them. History starts now; /history off deletes it all."
 )
-
-
-async def until(check: Callable[[], Awaitable[bool]]) -> None:
-    """Poll until `check` holds; the bound only ends a broken run."""
-    for _ in range(1000):
-        if await check():
-            return
-        await asyncio.sleep(0.02)
-    raise AssertionError("still not true after 20 s")
 
 
 async def texts(engine: Engine) -> list[str]:
@@ -62,13 +51,13 @@ async def test_a_group_with_privacy_off_is_recorded_and_follows_edits(
     async def both() -> bool:
         return await texts(engine) == ["the release moves to Thursday", "the launch party is on Friday"]
 
-    await until(both)
+    await eventually(both)
     telegram.edit_user_message(group, fact, "the launch party is on Saturday")
 
     async def edited() -> bool:
         return "the launch party is on Saturday" in await texts(engine)
 
-    await until(edited)
+    await eventually(edited)
     assert "the launch party is on Friday" not in await texts(engine)
     assert engine.chatlog is not None
     [hit] = await search(
