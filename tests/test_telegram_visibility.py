@@ -19,8 +19,9 @@ from core.platform import Visibility
 from tests import test_telegram
 from tests.conftest import EngineFactory
 from tests.emulators.telegram import TelegramEmulator
+from tests.support import eventually
 from tests.test_telegram import ADA, BOB, GROUP_ID, BotFactory, settled
-from tests.test_telegram_history import ON, texts, until
+from tests.test_telegram_history import ON, texts
 
 # the Telegram emulator and the bot, as test_telegram starts them
 telegram = test_telegram.telegram
@@ -73,7 +74,7 @@ async def plain_then_addressed(
         found = await texts(engine)
         return asked in found and (plain in found or not delivered)
 
-    await until(recorded)
+    await eventually(recorded)
     return sorted(await texts(engine))
 
 
