@@ -30,7 +30,6 @@ import asyncio
 import email.utils
 import hashlib
 import logging
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -49,6 +48,7 @@ from core.social.network import (
     Rejected,
     ReplyTo,
     Unauthorized,
+    server_now,
 )
 
 log = logging.getLogger("herald.social.bluesky")
@@ -375,19 +375,20 @@ def _network_error(exc: BaseException, *, creating: bool = False) -> NetworkErro
 
 
 def _retry_after(headers: dict[str, str]) -> float:
-    """Seconds until the limit resets: ``Retry-After``, else ``RateLimit-Reset`` (epoch s)."""
+    """Seconds until the limit resets: ``Retry-After``, else ``RateLimit-Reset`` (epoch s),
+    counted from the server's clock where it says its time."""
     found = {name.lower(): value for name, value in headers.items()}
     retry_after = found.get("retry-after", "")
     if retry_after.strip().isdigit():
         return float(retry_after)
     if retry_after:
         try:
-            return max(email.utils.parsedate_to_datetime(retry_after).timestamp() - time.time(), 0.0)
+            return max(email.utils.parsedate_to_datetime(retry_after).timestamp() - server_now(headers), 0.0)
         except (TypeError, ValueError):
             pass
     reset = found.get("ratelimit-reset", "")
     try:
-        return max(float(reset) - time.time(), 0.0)
+        return max(float(reset) - server_now(headers), 0.0)
     except ValueError:
         return 60.0
 

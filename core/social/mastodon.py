@@ -21,7 +21,6 @@ The key only holds for that hour: whoever retries later must not count on it.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import json
 import logging
 import re
@@ -29,7 +28,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
@@ -47,6 +45,8 @@ from core.social.network import (
     Rejected,
     ReplyTo,
     Unauthorized,
+    in_words,
+    server_now,
 )
 
 __all__ = ["MastodonClient", "MastodonCredentials"]
@@ -267,12 +267,13 @@ class MastodonClient:
             ):
                 return PublishUnknown(
                     f"Mastodon at {self.server} did not confirm this post and is limiting this account for "
-                    f"{_human(wait)}; the post may already be up. Check the account on {self.server} "
+                    f"{in_words(wait)}; the post may already be up. Check the account on {self.server} "
                     "before publishing it again.",
                     detail,
                 )
             return RateLimited(
-                f"Mastodon is limiting how often this account may post; it can post again in {_human(wait)}.",
+                "Mastodon is limiting how often this account may post; it can post again in "
+                f"{in_words(wait)}.",
                 wait,
                 detail,
             )
@@ -315,12 +316,7 @@ def _retry_after(headers: dict[str, str]) -> float:
             return max(0.0, float(headers.get("Retry-After", "")))
         except ValueError:
             return 60.0
-    now = time.time()
-    with_date = headers.get("Date")
-    if with_date:
-        with contextlib.suppress(TypeError, ValueError):
-            now = parsedate_to_datetime(with_date).timestamp()
-    return max(0.0, reset - now)
+    return max(0.0, reset - server_now(headers))
 
 
 def _moment(value: str) -> float | None:
@@ -328,11 +324,3 @@ def _moment(value: str) -> float | None:
         return datetime.fromisoformat(value).timestamp() if value else None
     except ValueError:
         return None
-
-
-def _human(seconds: float) -> str:
-    if seconds < 90:
-        return f"{max(1, round(seconds))} seconds"
-    if seconds < 90 * 60:
-        return f"{round(seconds / 60)} minutes"
-    return f"{round(seconds / 3600, 1):g} hours"

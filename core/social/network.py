@@ -9,8 +9,12 @@ and is never retried automatically.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+import math
+import time
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from typing import Protocol
 
 
@@ -107,6 +111,25 @@ class NetworkClient(Protocol):
         for this part of this post across retries and replicas."""
 
     async def close(self) -> None: ...
+
+
+def server_now(headers: Mapping[str, str]) -> float:
+    """The server's own time from its `Date` header (any case), else this machine's: a
+    rate limit's reset is counted from it, so that a skewed local clock does not matter."""
+    found = next((value for name, value in headers.items() if name.lower() == "date"), None)
+    if found:
+        with contextlib.suppress(TypeError, ValueError):
+            return parsedate_to_datetime(found).timestamp()
+    return time.time()
+
+
+def in_words(seconds: float) -> str:
+    """A wait as people say it: `1 second`, `40 seconds`, `3 minutes`, `2 hours`."""
+    for unit, size, below in (("second", 1, 90), ("minute", 60, 90 * 60), ("hour", 3600, math.inf)):
+        if seconds < below:
+            count = max(1, math.ceil(int(seconds) / size))  # never sooner than it is, to the second
+            return f"{count} {unit}{'s' if count != 1 else ''}"
+    raise AssertionError("unreachable")
 
 
 def thread_keys(post_id: str, parts: int) -> Sequence[str]:

@@ -35,11 +35,8 @@ from __future__ import annotations
 
 import json
 import logging
-import math
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any, Literal
 
 import aiohttp
@@ -56,6 +53,8 @@ from core.social.network import (
     Rejected,
     ReplyTo,
     Unauthorized,
+    in_words,
+    server_now,
 )
 
 __all__ = ["API_URL", "DUPLICATE_MESSAGE", "XClient", "XCredentials"]
@@ -274,7 +273,7 @@ def _refusal(answer: _Answer, *, posting: bool) -> Exception:
     if answer.status == 429:
         wait = _retry_after(answer.headers)
         return RateLimited(
-            f"X is limiting this account for now; it can post again in about {_in_words(wait)}.",
+            f"X is limiting this account for now; it can post again in about {in_words(wait)}.",
             retry_after=wait,
             detail=detail,
         )
@@ -328,21 +327,7 @@ def _retry_after(headers: Mapping[str, str]) -> float:
         resets.append(int(fallback))
     if not resets:
         return 60.0  # a 429 without X's headers: a short, polite pause
-    return max(0.0, max(resets) - _server_now(headers))
-
-
-def _server_now(headers: Mapping[str, str]) -> float:
-    try:
-        return parsedate_to_datetime(headers["date"]).timestamp()
-    except (KeyError, TypeError, ValueError):
-        return time.time()
-
-
-def _in_words(seconds: float) -> str:
-    if seconds < 60:
-        return _count(max(1, math.ceil(seconds)), "second")
-    minutes = math.ceil(seconds / 60)
-    return _count(minutes, "minute") if minutes < 120 else _count(math.ceil(minutes / 60), "hour")
+    return max(0.0, max(resets) - server_now(headers))
 
 
 def _count(n: int, unit: str) -> str:

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from core.social.accounts import NETWORK_NAMES, Account, AccountStore
 from core.social.delivery import Deliverer, Delivery, DeliveryState, DeliveryStore
-from core.social.network import NetworkClient
+from core.social.network import NetworkClient, in_words
 
 log = logging.getLogger("herald.scheduler")
 
@@ -77,16 +77,8 @@ class Outcome:
             if retry_in is None:
                 lines.append("I won't try again on my own: those tries are used up.")
             else:
-                lines.append(f"I'll try again in {_duration(retry_in)}.")
+                lines.append(f"I'll try again in {in_words(retry_in)}.")
         return "\n".join(lines)
-
-
-def _duration(seconds: float) -> str:
-    for unit, size, below in (("second", 1, 90), ("minute", 60, 5400), ("hour", 3600, float("inf"))):
-        if seconds < below:
-            count = max(1, round(seconds / size))
-            return f"{count} {unit}{'s' if count != 1 else ''}"
-    raise AssertionError("unreachable")
 
 
 _SETTLED = frozenset(
