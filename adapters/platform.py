@@ -14,13 +14,14 @@ from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
 import click
-from redis.asyncio import Redis
 
 from core.chat.engine import Engine
 from core.config import HeraldSettings
+from core.intake.worker import Intake
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.runner import Publisher
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 
 class PlatformStartError(Exception):
@@ -46,12 +47,16 @@ class PlatformBot(Protocol):
 
 @dataclass(frozen=True, slots=True)
 class BotDeps:
-    """What a platform's bot is built from: the running core."""
+    """What a platform's bot is built from: the running core. `intake.works`: this
+    replica answers events; `receives`: it holds the platform's connection (a Discord
+    gateway, Telegram's polling or webhook) and puts what arrives in the intake."""
 
     engine: Engine
-    redis: Redis
+    redis: RedisClient
     keys: Keys
     actions: PostActions
+    intake: Intake
+    receives: bool = True
 
 
 @dataclass(frozen=True, slots=True)

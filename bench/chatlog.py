@@ -393,7 +393,9 @@ class RoundTrips(Connection):
 
 def counting_client(url: str) -> Counting:
     """Herald's client configuration (`connect_redis`), counting commands and round trips."""
-    pool = connect_redis(url).connection_pool
+    client = connect_redis(url)
+    assert isinstance(client, Redis), "round trips are counted on one server"
+    pool = client.connection_pool
     pool.connection_class = RoundTrips
     return cast(Counting, Counting.from_pool(pool))
 

@@ -79,7 +79,7 @@ from core.llm.base import (
 )
 from core.llm.forwarding import ForwardingLLM
 from core.platform import Author, Button, Capabilities, Inbound, MessageRef, Surface
-from core.storage.redis_client import connect_redis
+from core.storage.redis_client import RedisClient, connect_redis
 
 REPO = Path(__file__).resolve().parent.parent
 COMMAND = ".venv/bin/python -m bench.core_overhead"
@@ -391,10 +391,11 @@ def _wait_for_http(url: str, proc: subprocess.Popen[bytes], timeout: float = 20.
 
 
 @contextlib.contextmanager
-def services(emulator: str = "bench") -> Iterator[Services]:
+def services(emulator: str = "bench", emulator_args: Sequence[str] = ()) -> Iterator[Services]:
     """A throw-away Redis and the emulator in their own processes, stopped whatever happens.
 
     `emulator` "bench" is `bench.tgi_server` (records nothing); "tests" the tests' server as is.
+    `emulator_args` go last on its command line (a later option wins over an earlier one).
     """
     with contextlib.ExitStack() as stack:
         server = stack.enter_context(RedisServerProcess())
@@ -403,8 +404,9 @@ def services(emulator: str = "bench") -> Iterator[Services]:
         module = ["bench.tgi_server"]
         if emulator == "tests":
             module = ["tests.emulators.tgi", "--token-delay", "0"]
+        options = ["--port", str(port), "--max-concurrent-requests", "1000", *emulator_args]
         proc = subprocess.Popen(
-            [sys.executable, "-m", *module, "--port", str(port), "--max-concurrent-requests", "1000"],
+            [sys.executable, "-m", *module, *options],
             cwd=REPO,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
@@ -816,7 +818,7 @@ class Plan:
     patience: float  # seconds after which a message counts as not answered
 
 
-async def _engine(svc: Services, prefix: str, **overrides: Any) -> tuple[Engine, Redis, LLMClient]:
+async def _engine(svc: Services, prefix: str, **overrides: Any) -> tuple[Engine, RedisClient, LLMClient]:
     values: dict[str, Any] = {
         "tgi_url": svc.tgi_url,
         "redis_url": svc.redis_url,
@@ -836,7 +838,7 @@ async def _engine(svc: Services, prefix: str, **overrides: Any) -> tuple[Engine,
     return engine, client, llm
 
 
-async def _close(engine: Engine, client: Redis, llm: LLMClient) -> None:
+async def _close(engine: Engine, client: RedisClient, llm: LLMClient) -> None:
     await engine.cancels.stop()
     await llm.close()
     await client.aclose()

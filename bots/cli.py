@@ -30,9 +30,9 @@ EXIT_STARTUP = 1
 T = TypeVar("T")
 
 
-def _config(env_file: Path | None) -> Config:
+def _config(env_file: Path | None, **core_overrides: Any) -> Config:
     try:
-        return load_config(env_file=env_file or ".env")
+        return load_config(env_file=env_file or ".env", **core_overrides)
     except ConfigError as exc:
         click.echo(exc.render(), err=True)
         sys.exit(EXIT_CONFIG)
@@ -86,10 +86,17 @@ async def _console(settings: Settings, user: str, chat: str, interactive: bool) 
 
 
 @main.command()
+@click.option(
+    "--role",
+    type=click.Choice(["gateway", "worker", "all"]),
+    default=None,
+    help="gateway: receive events and only keep them; worker: answer kept events; "
+    "all: both (default: HERALD_ROLE, else all).",
+)
 @click.pass_obj
-def run(env_file: Path | None) -> None:
+def run(env_file: Path | None, role: str | None) -> None:
     """Run every platform bot that has its token set, until stopped (Ctrl-C or SIGTERM)."""
-    config = _config(env_file)
+    config = _config(env_file, **({"role": role} if role else {}))
     setup_logging(config)
     try:
         asyncio.run(run_bots(config))

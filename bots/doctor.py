@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from redis.asyncio import RedisCluster
 from redis.exceptions import RedisError
 
 from adapters.platform import Platform
@@ -74,7 +75,10 @@ async def _redis(settings: Settings, echo: Callable[[str], None]) -> bool:
     try:
         info = await redis.info("server")
         version = info.get("valkey_version") or info.get("redis_version", "?")
-        echo(f"Redis: OK (server {version})")
+        shape = ""
+        if isinstance(redis, RedisCluster):
+            shape = f", a cluster of {len(redis.get_primaries())} primaries"
+        echo(f"Redis: OK (server {version}{shape})")
         return True
     except RedisError as exc:
         echo(f"Redis: FAILED — {exc}")

@@ -16,6 +16,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import IO
 
@@ -73,11 +74,14 @@ class RedisServerProcess:
         port: int | None = None,
         binary: str | None = None,
         startup_timeout: float = 10.0,
+        extra_arguments: Sequence[str] = (),
     ) -> None:
         self.data_dir = data_dir
         self.port = port or free_port()
         self.binary = binary or find_server_binary()
         self.startup_timeout = startup_timeout
+        #: more server options (the test suite's cluster nodes: `--cluster-enabled yes`, …)
+        self.extra_arguments = tuple(extra_arguments)
         self._proc: subprocess.Popen[bytes] | None = None
         self._lock_file: IO[str] | None = None
         self._scratch: tempfile.TemporaryDirectory[str] | None = None
@@ -110,7 +114,7 @@ class RedisServerProcess:
             args += ["--save", "", "--appendonly", "no"]
         else:
             args += ["--appendonly", "yes", "--appendfsync", "everysec", "--save", "300 1"]
-        return args
+        return args + list(self.extra_arguments)
 
     def _take_lock(self, workdir: Path) -> None:
         lock = (workdir / "herald.lock").open("w")

@@ -1,6 +1,11 @@
 """`herald run`: every configured platform bot, the scheduler and the HTTP
 endpoints in one process, until SIGINT/SIGTERM.
 
+Its role (`--role`, HERALD_ROLE) says what it does with events: a gateway holds the
+platforms' connections and keeps what arrives in the intake's streams; a worker
+answers what is kept there (and runs the scheduler); `all` does both, answering what
+it received at once. Gateways and workers scale apart.
+
 Shutdown is graceful: /readyz turns 503, the bots stop taking events, answers
 in flight get `HERALD_SHUTDOWN_GRACE_SECONDS` to finish (then are marked
 interrupted for the user), the bots close, the scheduler gives up its lease,
@@ -20,6 +25,7 @@ from adapters.registry import PLATFORMS
 from bots.config import Config
 from bots.http_server import Check, HttpServer
 from bots.runtime import Runtime, StartupError, open_runtime
+from core.config import Settings
 from core.posts.schedules.store import PostState
 
 log = logging.getLogger("herald")
@@ -51,12 +57,20 @@ def readiness_checks(runtime: Runtime, bots: Bots) -> dict[str, Check]:
     async def scheduler() -> bool:
         return runtime.scheduling.service.healthy
 
-    checks: dict[str, Check] = {"redis": redis, "model": runtime.llm.health}
+    checks: dict[str, Check] = {"redis": redis}
+    if runtime.settings.role != "gateway":  # a gateway never calls the model
+        checks["model"] = runtime.llm.health
     for name, bot in bots:
         checks[name] = bot.ready
-    if runtime.settings.scheduler:
+    if schedules(runtime.settings):
         checks["scheduler"] = scheduler
     return checks
+
+
+def schedules(settings: Settings) -> bool:
+    """Whether this replica may run the scheduler: workers do, gateways never (they
+    neither draft with the model nor publish)."""
+    return settings.scheduler and settings.role != "gateway"
 
 
 async def run(config: Config, stop: asyncio.Event | None = None) -> None:
@@ -83,14 +97,15 @@ async def _serve(config: Config, runtime: Runtime, stop: asyncio.Event) -> None:
     named = build_bots(config, runtime)
     scheduling = runtime.scheduling
 
-    async def refresh_posts() -> None:
+    async def refresh_gauges() -> None:
         runtime.metrics.set_posts(await scheduling.store.count_by_state(), [s.value for s in PostState])
+        runtime.metrics.set_intake(*await runtime.intake.stream.depth(name for name, _ in named))
 
     http = HttpServer(
         settings.http_addr,
         runtime.metrics,
         readiness_checks(runtime, named),
-        before_scrape=refresh_posts,
+        before_scrape=refresh_gauges,
     )
     try:
         await http.start()  # first, so /healthz answers while the platforms connect
@@ -102,9 +117,10 @@ async def _serve(config: Config, runtime: Runtime, stop: asyncio.Event) -> None:
             await bot.start()
             started.append(bot)
             scheduling.publishers[name] = bot.publisher()
-        if settings.scheduler:
+        await runtime.intake.start()  # the bots have said which platforms they answer
+        if schedules(settings):
             await scheduling.service.start()
-        log.info("Herald is running; stop it with Ctrl-C or SIGTERM")
+        log.info("Herald is running as %s; stop it with Ctrl-C or SIGTERM", settings.role)
         await stop.wait()
     except PlatformStartError as exc:
         raise StartupError(str(exc)) from None
@@ -118,6 +134,7 @@ async def _serve(config: Config, runtime: Runtime, stop: asyncio.Event) -> None:
         # another replica takes over at once.
         await asyncio.gather(
             runtime.engine.drain(settings.shutdown_grace_seconds),
+            runtime.intake.stop(settings.shutdown_grace_seconds + STOP_TIMEOUT),
             scheduling.service.stop(drain=settings.shutdown_grace_seconds),
         )
         for bot in reversed(started):

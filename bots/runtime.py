@@ -10,12 +10,14 @@ import asyncio
 import contextlib
 import gc
 import logging
+import os
+import secrets
+import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import platformdirs
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from adapters.platform import BotDeps
@@ -44,6 +46,8 @@ from core.commands.search import SearchCommands
 from core.commands.summary import SummaryCommands
 from core.commands.web import WebCommands, WebTools
 from core.config import Settings
+from core.intake.stream import IntakeStream
+from core.intake.worker import Intake
 from core.llm import TransportOptions, create_llm_client
 from core.llm.base import GenerationParams, LLMClient
 from core.llm.errors import LLMError
@@ -64,7 +68,8 @@ from core.social.accounts import AccountStore, secret_box
 from core.social.clients import Clients, identify_installed, installed_credentials
 from core.social.delivery import DeliveryStore
 from core.storage.keys import Keys
-from core.storage.redis_client import connect_redis
+from core.storage.migrate import migrate
+from core.storage.redis_client import RedisClient, connect_redis
 
 
 class StartupError(Exception):
@@ -74,16 +79,24 @@ class StartupError(Exception):
 @dataclass(slots=True)
 class Runtime:
     settings: Settings
-    redis: Redis
+    redis: RedisClient
     llm: LLMClient
     engine: Engine
     scheduling: Scheduling
     redis_server: RedisServerProcess | None
     metrics: Metrics
+    intake: Intake
 
     def bot_deps(self) -> BotDeps:
         """What the platforms' bots are built from."""
-        return BotDeps(self.engine, self.redis, Keys(self.settings.redis_prefix), self.scheduling.actions)
+        return BotDeps(
+            self.engine,
+            self.redis,
+            Keys(self.settings.redis_prefix),
+            self.scheduling.actions,
+            self.intake,
+            receives=self.settings.role != "worker",
+        )
 
 
 def default_data_dir(settings: Settings) -> Path:
@@ -162,7 +175,7 @@ class Scheduling:
 
 def build_scheduling(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     llm: LLMClient,
     access: AccessPolicy,
     keys: Keys,
@@ -224,7 +237,7 @@ def build_commands(
 
 def build_engine(
     settings: Settings,
-    redis: Redis,
+    redis: RedisClient,
     llm: LLMClient,
     *,
     scheduling: Scheduling | None = None,
@@ -239,7 +252,9 @@ def build_engine(
     memory = ConversationStore(
         redis, keys, max_messages=settings.history_max_messages, ttl_seconds=settings.history_ttl_seconds
     )
-    locks = ConversationLocks(redis, keys, logger=log)
+    # a dead replica's hold on a conversation ends as soon as its hold on the event it
+    # answered: whoever takes the event over then finds the conversation free
+    locks = ConversationLocks(redis, keys, lease=settings.intake_visibility_seconds, logger=log)
     cancels = CancelBus(redis, keys, logger=log)
     limits = Limits(
         rate_per_minute=settings.rate_limit_per_minute,
@@ -288,6 +303,22 @@ def build_engine(
     )
 
 
+def build_intake(settings: Settings, redis: RedisClient, metrics: Metrics | None = None) -> Intake:
+    """The intake's streams, as this replica's role uses them: a gateway only puts events
+    in; a worker (and `all`) answers them too."""
+    consumer = f"{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(3)}"
+    stream = IntakeStream(
+        redis,
+        Keys(settings.redis_prefix),
+        consumer=consumer,
+        max_length=settings.intake_max_length,
+        visibility=settings.intake_visibility_seconds,
+    )
+    return Intake(
+        stream, works=settings.role != "gateway", capacity=settings.intake_capacity, metrics=metrics
+    )
+
+
 def settle_heap() -> None:
     """Move what start-up allocated out of the garbage collector's way.
 
@@ -299,18 +330,27 @@ def settle_heap() -> None:
     gc.freeze()
 
 
-async def start_redis(settings: Settings) -> tuple[Redis, RedisServerProcess | None]:
-    """Connect to HERALD_REDIS_URL, or start the private embedded server."""
+async def start_redis(settings: Settings) -> tuple[RedisClient, RedisServerProcess | None]:
+    """Connect to HERALD_REDIS_URL (a cluster for a `redis+cluster://` URL or with
+    HERALD_REDIS_CLUSTER), or start the private embedded server."""
     server: RedisServerProcess | None = None
     url = settings.redis_url
     if url is None:
+        if settings.redis_cluster:
+            raise StartupError(
+                "HERALD_REDIS_CLUSTER=true needs HERALD_REDIS_URL naming a node of the cluster "
+                "(the embedded server is a single server)."
+            )
         data_dir = default_data_dir(settings) / "redis"
         try:
             server = await asyncio.to_thread(RedisServerProcess(data_dir=data_dir).start)
         except RedisServerError as exc:
             raise StartupError(f"Could not start the embedded Redis server: {exc}") from None
         url = server.url
-    redis = connect_redis(url)
+    try:
+        redis = connect_redis(url, cluster=settings.redis_cluster)
+    except ValueError as exc:
+        raise StartupError(f"HERALD_REDIS_URL: {exc}") from None
     try:
         await redis.ping()
     except (RedisError, OSError) as exc:
@@ -332,8 +372,10 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     web = build_web(settings)
     engine: Engine | None = None
     try:
+        await migrate(redis, Keys(settings.redis_prefix))
         try:
-            await llm.start()
+            if settings.role != "gateway":  # a gateway only keeps events: it never calls the model
+                await llm.start()
         except LocalModelError as exc:
             raise StartupError(str(exc)) from None
         except LLMError as exc:
@@ -356,8 +398,9 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
             schedules_broken=lambda: float(scheduling.service.broken),
         )
         await engine.cancels.start()
+        intake = build_intake(settings, redis, metrics)
         settle_heap()
-        yield Runtime(settings, redis, llm, engine, scheduling, server, metrics)
+        yield Runtime(settings, redis, llm, engine, scheduling, server, metrics, intake)
     finally:
         if engine is not None:
             await engine.cancels.stop()

@@ -132,7 +132,20 @@ class Settings(HeraldSettings):
     # Redis
     redis_url: str | None = None
     redis_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]+$")
+    #: Redis Cluster (or Valkey cluster): also implied by a redis+cluster:// URL
+    redis_cluster: bool = False
     data_dir: Path | None = None
+
+    # Intake (core/intake): events are kept in a Redis Stream until answered
+    #: gateway: hold the platforms' connections and only enqueue; worker: only answer;
+    #: all: both (`herald run --role` overrides it)
+    role: Literal["gateway", "worker", "all"] = "all"
+    #: an event taken by a replica that stops renewing it is taken over after this long
+    intake_visibility_seconds: float = Field(default=15.0, ge=2, le=600)
+    #: events kept in the stream at most (trimmed approximately, oldest first)
+    intake_max_length: int = Field(default=100_000, ge=1000)
+    #: events one replica answers at once; more wait in the stream for any worker
+    intake_capacity: int = Field(default=128, ge=1, le=100_000)
 
     # Memory
     history_ttl_days: float = Field(default=7.0, gt=0)
@@ -230,8 +243,8 @@ class Settings(HeraldSettings):
     def _redis_url(cls, value: str | None) -> str | None:
         if not value:
             return None
-        if urlsplit(value).scheme not in ("redis", "rediss", "unix"):
-            raise ValueError("must start with redis://, rediss:// or unix://")
+        if urlsplit(value).scheme not in ("redis", "rediss", "unix", "redis+cluster", "rediss+cluster"):
+            raise ValueError("must start with redis://, rediss://, unix:// or redis+cluster://")
         return value
 
     @field_validator("log_level", mode="before")

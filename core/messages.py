@@ -25,6 +25,14 @@ TIME_LIMIT = "This answer reached my time limit."
 WAITING_FOR_TURN = "⏳ Waiting for my earlier answer here to finish — yours comes next."
 #: a command's prompt (search results, pieces of a summary) would not fit the model
 TOO_MUCH_TO_READ = "That is more than I can read at once — narrow it down (a shorter span, fewer results)."
+#: under an answer another replica finished after the one writing it stopped (a crash)
+RESUMED = "↻ Resumed after a restart."
+#: in a message an answer taken over after a restart no longer needed
+ANSWER_MOVED = "↻ (This answer was restarted; it is above.)"
+#: a command (not an answer) that was under way when its replica stopped
+COMMAND_INTERRUPTED = (
+    "Herald restarted while doing that, and it may or may not have been done — check before trying again."
+)
 NOTHING_TO_CONTINUE = "There's nothing to continue here — my last answer was complete."
 #: what the model is asked when a person wants the rest of a cut answer
 CONTINUE_PROMPT = "Continue your previous answer exactly where it stopped, without repeating anything."

@@ -97,6 +97,31 @@ class Metrics:
             "herald_generations_in_flight", "Answers being generated right now", registry=registry
         )
         self._scheduler_gauges(registry)
+        self._intake_metrics(registry)
+
+    def _intake_metrics(self, registry: CollectorRegistry) -> None:
+        self.intake_waiting = Gauge(
+            "herald_intake_waiting",
+            "Events in the intake's streams that no worker has taken yet (the same on every "
+            "replica: read from Redis; what the worker autoscaler follows)",
+            registry=registry,
+        )
+        self.intake_in_progress = Gauge(
+            "herald_intake_in_progress",
+            "Events taken by a worker and not yet finished, on every replica",
+            registry=registry,
+        )
+        self.intake_events = Counter(
+            "herald_intake_events",
+            "Events put in the intake (kept), refused as repeats (duplicate), and taken over from "
+            "a replica that stopped renewing them (resumed)",
+            ["platform", "what"],
+            registry=registry,
+        )
+
+    def set_intake(self, waiting: int, in_progress: int) -> None:
+        self.intake_waiting.set(waiting)
+        self.intake_in_progress.set(in_progress)
 
     def _scheduler_gauges(self, registry: CollectorRegistry) -> None:
         self.scheduler_leader = Gauge(
@@ -176,6 +201,9 @@ class MeteredSurface(Surface):
 
     async def edit(self, ref: MessageRef, text: str) -> None:
         await self._counted(self._surface.edit(ref, text))
+
+    async def delete(self, ref: MessageRef) -> None:
+        await self._counted(self._surface.delete(ref))
 
     async def notice(self, text: str) -> None:
         await self._counted(self._surface.notice(text))

@@ -63,6 +63,16 @@ class Posted:
 
 
 @dataclass(frozen=True, slots=True)
+class Arrival:
+    """How an event reached the engine. Through the intake (`core.intake`), repeats of
+    an event id were already refused; a resumed event was taken over from a replica that
+    died while answering it: it was admitted there, and may have been partly answered."""
+
+    deduplicated: bool = False
+    resumed: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Inbound:
     """One platform event, normalised. The adapter decides only `addressed`."""
 
@@ -77,6 +87,8 @@ class Inbound:
     command: CommandCall | None = None
     #: set for a message someone wrote in the chat (not a button or an interaction)
     posted: Posted | None = None
+    #: how it reached the engine (set by the intake's worker; not part of the event)
+    arrival: Arrival = Arrival()
 
     @property
     def conversation(self) -> ConversationKey:
@@ -206,6 +218,11 @@ class Surface(Protocol):
 
     async def edit(self, ref: MessageRef, text: str) -> None:
         """Replace the text of a message this surface sent."""
+
+    async def delete(self, ref: MessageRef) -> None:
+        """Delete a message this surface sent (an answer taken over after a restart that
+        came out shorter). Where the platform can't, `PlatformError`."""
+        raise PlatformError("this surface cannot delete messages")
 
     async def notice(self, text: str) -> None:
         """Tell only the person who acted, where the platform can (a refusal after a

@@ -7,8 +7,10 @@ import itertools
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 
+from adapters.platform import PlatformBot
 from core.commands.registry import parse_command_text
-from core.platform import Author, Button, Capabilities, Inbound, MessageRef, Surface
+from core.intake.worker import Intake
+from core.platform import Author, Button, Capabilities, Inbound, MessageRef, PlatformError, Surface
 
 _ids = itertools.count(1)
 
@@ -43,6 +45,7 @@ class RecordingSurface(Surface):
     messages: dict[str, str] = field(default_factory=dict)
     calls: list[tuple[str, str]] = field(default_factory=list)
     buttons: dict[str, tuple[Button, ...]] = field(default_factory=dict)  # by message id
+    numbers: itertools.count[int] = field(default_factory=lambda: itertools.count(1))  # message ids
 
     @property
     def capabilities(self) -> Capabilities:
@@ -54,7 +57,7 @@ class RecordingSurface(Surface):
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
-        ref = MessageRef(str(len(self.messages) + 1))
+        ref = MessageRef(str(next(self.numbers)))
         self.messages[ref.id] = text
         self.calls.append(("send", text))
         if buttons:
@@ -63,8 +66,15 @@ class RecordingSurface(Surface):
         return ref
 
     async def edit(self, ref: MessageRef, text: str) -> None:
+        if ref.id not in self.messages:
+            raise PlatformError(f"no message {ref.id}")
         self.messages[ref.id] = text
         self.calls.append(("edit", text))
+
+    async def delete(self, ref: MessageRef) -> None:
+        if self.messages.pop(ref.id, None) is None:
+            raise PlatformError(f"no message {ref.id}")
+        self.calls.append(("delete", ref.id))
 
     @property
     def texts(self) -> list[str]:
@@ -112,3 +122,18 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"still not true after {timeout} s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def start_serving(bot: PlatformBot, intake: Intake) -> None:
+    """Start a bot and its intake as `herald run` does: the bot first (it says which
+    platform it answers), then the intake."""
+    await bot.start()
+    await intake.start()
+
+
+async def stop_serving(bot: PlatformBot, intake: Intake, grace: float = 10.0) -> None:
+    """Stop them as `herald run` does: no more events taken, the answers under way get
+    `grace` to finish (what is left is taken over by another replica), then the bot closes."""
+    await bot.pause()
+    await intake.stop(grace)
+    await bot.stop()

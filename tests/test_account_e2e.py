@@ -32,7 +32,7 @@ from redis.asyncio import Redis
 
 from adapters.telegram.bot import TelegramBot
 from bots.logs import CHATTY, RETRYING, quiet_libraries
-from bots.runtime import Scheduling, build_engine, build_llm, build_scheduling
+from bots.runtime import Scheduling, build_engine, build_intake, build_llm, build_scheduling
 from core.chat.access import AccessPolicy
 from core.chat.engine import Engine
 from core.commands.accounts import MANAGERS_ONLY
@@ -49,6 +49,7 @@ from tests.emulators.bluesky import Account as BlueskyAccount
 from tests.emulators.bluesky import BlueskyEmulator
 from tests.emulators.telegram import BotMessage, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
+from tests.support import start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -242,10 +243,16 @@ async def team_of(
 ) -> AsyncIterator[Team]:
     async with herald(settings) as replica, TelegramEmulator() as telegram:
         wired = replica.scheduling
+        intake = build_intake(settings, replica.redis)
         bot = TelegramBot(
-            replica.engine, telegram.token, api_url=telegram.url, poll_timeout=1, actions=wired.actions
+            replica.engine,
+            telegram.token,
+            intake=intake,
+            api_url=telegram.url,
+            poll_timeout=1,
+            actions=wired.actions,
         )
-        await bot.start()
+        await start_serving(bot, intake)
         wired.publishers["telegram"] = bot.publisher()
         group = telegram.group(GROUP, "Social team", supergroup=True)
         telegram.set_admin(GROUP, int(ADA["id"]))
@@ -253,7 +260,7 @@ async def team_of(
         try:
             yield Team(telegram, bluesky, account, replica, group)
         finally:
-            await bot.stop()
+            await stop_serving(bot, intake)
 
 
 @pytest.fixture
@@ -484,19 +491,21 @@ async def discord_team(
             ada, bob = emu.user(DISCORD_ADA, "ada"), emu.user(DISCORD_BOB, "bob")
             emu.member(DISCORD_GUILD, DISCORD_ADA, permissions=MANAGE_GUILD)
             emu.member(DISCORD_GUILD, DISCORD_BOB)
+            intake = build_intake(replica.settings, replica.redis)
             bot = DiscordBot(
                 replica.engine,
                 emu.token,
                 redis=replica.redis,
                 keys=replica.keys,
+                intake=intake,
                 ready_timeout=10,
                 actions=replica.scheduling.actions,
             )
-            await bot.start()
+            await start_serving(bot, intake)
             try:
                 yield DiscordTeam(emu, replica, bluesky[0], ada, bob)
             finally:
-                await bot.stop()
+                await stop_serving(bot, intake)
 
 
 async def test_discord_slash_commands_connect_bluesky_from_a_dm_for_the_channel(

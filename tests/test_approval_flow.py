@@ -12,7 +12,7 @@ from collections.abc import AsyncIterator
 import pytest
 
 from adapters.telegram.bot import TelegramBot
-from bots.runtime import Scheduling, build_engine, build_llm, build_scheduling
+from bots.runtime import Scheduling, build_engine, build_intake, build_llm, build_scheduling
 from core.chat.access import AccessPolicy
 from core.posts.schedules.store import PostState
 from core.storage.keys import Keys
@@ -20,6 +20,7 @@ from core.storage.redis_client import connect_redis
 from tests.conftest import SettingsFactory
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
+from tests.support import start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -41,15 +42,21 @@ async def herald(
     scheduling = build_scheduling(settings, redis, llm, access, Keys(settings.redis_prefix))
     engine = build_engine(settings, redis, llm, scheduling=scheduling)
     async with TelegramEmulator() as telegram:
+        intake = build_intake(settings, redis)
         bot = TelegramBot(
-            engine, telegram.token, api_url=telegram.url, poll_timeout=1, actions=scheduling.actions
+            engine,
+            telegram.token,
+            intake=intake,
+            api_url=telegram.url,
+            poll_timeout=1,
+            actions=scheduling.actions,
         )
-        await bot.start()
+        await start_serving(bot, intake)
         scheduling.publishers["telegram"] = bot.publisher()
         try:
             yield telegram, scheduling
         finally:
-            await bot.stop()
+            await stop_serving(bot, intake)
             await scheduling.runner.close()
             await llm.close()
             await redis.aclose()
@@ -219,10 +226,17 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
             emu.role(guild, social_team, "Social team")
             cy = emu.user(803, "cy")
             emu.member(guild, 803, roles=[social_team])
+            intake = build_intake(settings, redis)
             bot = DiscordBot(
-                engine, emu.token, redis=redis, keys=keys, ready_timeout=10, actions=scheduling.actions
+                engine,
+                emu.token,
+                redis=redis,
+                keys=keys,
+                intake=intake,
+                ready_timeout=10,
+                actions=scheduling.actions,
             )
-            await bot.start()
+            await start_serving(bot, intake)
             scheduling.publishers["discord"] = bot.publisher()
             try:
                 interaction = emu.slash_command(
@@ -344,7 +358,7 @@ async def test_discord_approval_flow_publishes_once(make_settings: SettingsFacto
                 assert emu.interaction_callbacks(copying)[0]["type"] == 5  # a new message, not an edit
                 assert emu.message(shown.id)["content"] == shown.content  # the draft stays as it was
             finally:
-                await bot.stop()
+                await stop_serving(bot, intake)
                 await scheduling.runner.close()
                 await llm.close()
                 await redis.aclose()

@@ -25,6 +25,7 @@ import yaml
 from adapters.registry import PLATFORMS
 from bots.config import load_config
 from core.config import ENV_PREFIX, ConfigError, Settings
+from core.metrics import Metrics
 
 ROOT = Path(__file__).resolve().parent.parent
 DEPLOY = ROOT / "deploy"
@@ -32,6 +33,10 @@ K8S = DEPLOY / "k8s"
 DOCKERFILE = DEPLOY / "Dockerfile"
 COMPOSE = DEPLOY / "compose.yaml"
 KUSTOMIZATION = K8S / "kustomization.yaml"
+# Examples kept out of the kustomization: custom resources and prometheus-adapter's values.
+MONITORING = K8S / "monitoring"
+PODMONITOR = MONITORING / "podmonitor.yaml"
+ADAPTER_VALUES = MONITORING / "prometheus-adapter-values.yaml"
 # The validators live beside the interpreter running the tests (the project's venv).
 BIN = Path(sys.executable).parent
 # A Kubernetes release whose schemas kubernetes-validate ships (>= 1.28 for the pod-index label).
@@ -39,6 +44,13 @@ K8S_VERSION = "1.30.0"
 # Variables that compose.yaml interpolates for its model servers: not Herald settings.
 COMPOSE_ONLY_VARIABLES = {"HERALD_MODEL_ID", "HERALD_GGUF_MODEL"}
 HERALD_NAME = re.compile(r"\bHERALD_[A-Z0-9_]+\b")
+# The gauge of events in the intake stream that no worker has taken: the workers' HPA
+# scales on it. Herald's Metrics will export it as `intake_waiting`; until then this
+# name stands alone (herald_intake_waiting_name() checks Metrics once it is there).
+INTAKE_WAITING_METRIC = "herald_intake_waiting"
+# Which Herald workloads run which role (HERALD_ROLE), by name.
+GATEWAYS = {"herald-telegram", "herald-discord"}
+WORKERS = {"herald-worker"}
 
 # Top-level fields of a kustomize Kustomization (kustomize v5, including deprecated ones).
 KUSTOMIZE_FIELDS = {
@@ -227,6 +239,28 @@ def final_stage() -> list[tuple[str, str]]:
     return instructions[last_from:]
 
 
+def herald_workload(name: str) -> dict[str, Any]:
+    (found,) = [w for w in herald_workloads() if w["metadata"]["name"] == name]
+    return found
+
+
+def pod_labels(workload: dict[str, Any]) -> dict[str, str]:
+    return dict(workload["spec"]["template"]["metadata"]["labels"])
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return bool(selector) and all(labels.get(k) == v for k, v in selector.items())
+
+
+def herald_intake_waiting_name() -> str:
+    """The name Herald exports the intake's waiting gauge under."""
+    gauge = getattr(Metrics(), "intake_waiting", None)
+    if gauge is None:  # core/metrics.py does not export it yet
+        return INTAKE_WAITING_METRIC
+    (family,) = gauge.describe()
+    return str(family.name)
+
+
 def settings_from(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> Settings:
     """Validate an environment as Herald would at start-up (no .env, nothing else from this process)."""
     for name in list(os.environ):
@@ -409,7 +443,7 @@ def test_kubernetes_herald_pods_have_valid_settings(monkeypatch: pytest.MonkeyPa
 def test_compose_herald_services_have_valid_settings(monkeypatch: pytest.MonkeyPatch) -> None:
     services = compose()["services"]
     herald = [name for name, svc in services.items() if "build" in svc]
-    assert sorted(herald) == ["herald", "herald-cpu"]
+    assert sorted(herald) == ["herald", "herald-cpu", "herald-cpu-worker", "herald-worker"]
     for name in herald:
         env = {k: str(v) for k, v in services[name]["environment"].items()}
         with monkeypatch.context() as patch:
@@ -418,6 +452,23 @@ def test_compose_herald_services_have_valid_settings(monkeypatch: pytest.MonkeyP
         host = urlsplit(settings.tgi_url).hostname
         assert host in services and set(services[host]["profiles"]) >= set(services[name]["profiles"])
         assert services[name]["depends_on"][host]["condition"] == "service_healthy"
+
+
+def test_compose_runs_one_receiving_service_and_extra_workers_on_demand() -> None:
+    services = compose()["services"]
+    for receiver, worker in (("herald", "herald-worker"), ("herald-cpu", "herald-cpu-worker")):
+        # The receiving service runs every role unless deploy/.env says HERALD_ROLE=gateway.
+        assert "HERALD_ROLE" not in services[receiver]["environment"], receiver
+        assert services[receiver].get("scale", 1) == 1, f"{receiver}: one receiver (one Telegram poller)"
+        env = dict(services[worker]["environment"])
+        assert env.pop("HERALD_ROLE") == "worker", worker
+        # The same model server and settings as the receiving service, and no way in.
+        assert env == services[receiver]["environment"], f"{worker} differs from {receiver}"
+        assert services[worker]["profiles"] == services[receiver]["profiles"]
+        assert services[worker]["depends_on"] == services[receiver]["depends_on"]
+        assert services[worker]["image"] == services[receiver]["image"]
+        assert "ports" not in services[worker], f"{worker} publishes ports: it could not scale"
+        assert services[worker]["scale"] == 0, f"{worker}: no extra workers unless asked for"
 
 
 def test_grace_periods_exceed_herald_shutdown_grace() -> None:
@@ -447,24 +498,37 @@ def test_kubernetes_probes_and_services_use_herald_ports() -> None:
             get = container[probe]["httpGet"]
             assert get["path"] == path, f"{workload['metadata']['name']} {probe}"
             assert named_port(container, get["port"]) == http_port, f"{workload['metadata']['name']} {probe}"
-    deployment = k8s_object("Deployment", "herald")
+    deployment = k8s_object("Deployment", "herald-telegram")
     container = herald_container(deployment)
     webhook_port = port_of(
         container_env(deployment).get(
             "HERALD_TELEGRAM_WEBHOOK_LISTEN", setting_default("HERALD_TELEGRAM_WEBHOOK_LISTEN")
         )
     )
-    service_ports = {p["name"]: p for p in k8s_object("Service", "herald")["spec"]["ports"]}
+    service_ports = {p["name"]: p for p in k8s_object("Service", "herald-telegram")["spec"]["ports"]}
     assert named_port(container, service_ports["http"]["targetPort"]) == http_port
     assert named_port(container, service_ports["telegram"]["targetPort"]) == webhook_port
+    worker = k8s_object("Deployment", "herald-worker")
+    (port,) = k8s_object("Service", "herald-worker")["spec"]["ports"]
+    assert named_port(herald_container(worker), port["targetPort"]) == http_port
     for name, svc in compose()["services"].items():
-        if "build" in svc:
+        if "build" in svc and svc["environment"].get("HERALD_ROLE") != "worker":
             targets = {int(str(p).rpartition(":")[2]) for p in svc["ports"]}
             assert http_port in targets, f"compose {name} does not publish {http_port}"
 
 
+def test_every_herald_pod_is_scraped_on_the_metrics_port() -> None:
+    http_port = port_of(setting_default("HERALD_HTTP_ADDR"))
+    for workload in herald_workloads():
+        annotations = workload["spec"]["template"]["metadata"]["annotations"]
+        name = workload["metadata"]["name"]
+        assert annotations["prometheus.io/scrape"] == "true", name
+        assert int(annotations["prometheus.io/port"]) == http_port, name
+        assert annotations["prometheus.io/path"] == "/metrics", name
+
+
 def test_ingress_routes_the_telegram_webhook_url_to_the_webhook_port() -> None:
-    url = urlsplit(container_env(k8s_object("Deployment", "herald"))["HERALD_TELEGRAM_WEBHOOK_URL"])
+    url = urlsplit(container_env(k8s_object("Deployment", "herald-telegram"))["HERALD_TELEGRAM_WEBHOOK_URL"])
     ingress = k8s_object("Ingress", "herald-telegram")
     (rule,) = ingress["spec"]["rules"]
     assert rule["host"] == url.hostname
@@ -474,26 +538,156 @@ def test_ingress_routes_the_telegram_webhook_url_to_the_webhook_port() -> None:
         assert path["path"] == url.path
     else:
         assert url.path.startswith(path["path"])
-    assert path["backend"]["service"] == {"name": "herald", "port": {"name": "telegram"}}
+    assert path["backend"]["service"] == {"name": "herald-telegram", "port": {"name": "telegram"}}
 
 
 # --------------------------------------------------------------------------- roles and scaling
 
 
-def test_replicated_deployment_uses_webhooks_the_scheduler_and_no_gateway() -> None:
-    deployment = k8s_object("Deployment", "herald")
+def test_every_herald_workload_runs_its_one_role(monkeypatch: pytest.MonkeyPatch) -> None:
+    roles = {}
+    for workload in herald_workloads():
+        name = workload["metadata"]["name"]
+        args = herald_container(workload).get("args", [])
+        assert "--role" not in " ".join(args), f"{name}: set the role in HERALD_ROLE, not in args"
+        env = container_env(workload)
+        # Said in each workload: the default (all) would receive and answer in one pod.
+        assert "HERALD_ROLE" in {item["name"] for item in herald_container(workload)["env"]}, name
+        with monkeypatch.context() as patch:
+            roles[name] = settings_from(
+                {k: v for k, v in env.items() if k.startswith(ENV_PREFIX)}, patch
+            ).role
+    assert roles == {**dict.fromkeys(GATEWAYS, "gateway"), **dict.fromkeys(WORKERS, "worker")}
+
+
+def test_services_and_disruption_budgets_select_one_workload_each() -> None:
+    pods = {w["metadata"]["name"]: pod_labels(w) for _, w in k8s_objects() if "template" in w.get("spec", {})}
+    for _, doc in k8s_objects():
+        if doc["kind"] == "Service":
+            selector = doc["spec"]["selector"]
+        elif doc["kind"] == "PodDisruptionBudget":
+            selector = doc["spec"]["selector"]["matchLabels"]
+        else:
+            continue
+        matched = [name for name, labels in pods.items() if selects(selector, labels)]
+        assert len(matched) == 1, f"{doc['kind']} {doc['metadata']['name']} selects {matched}"
+    for workload in herald_workloads():
+        labels = workload["spec"]["selector"]["matchLabels"]
+        assert [n for n, pod in pods.items() if selects(labels, pod)] == [workload["metadata"]["name"]]
+
+
+def test_telegram_gateway_receives_by_webhook_and_holds_only_telegrams_secrets() -> None:
+    deployment = k8s_object("Deployment", "herald-telegram")
+    container = herald_container(deployment)
     env = container_env(deployment)
     assert deployment["spec"]["replicas"] >= 2
     # Several replicas: Telegram long polling allows one poller per token.
     assert env.get("HERALD_TELEGRAM_WEBHOOK_URL", "").startswith("https://")
     assert env.get("HERALD_TELEGRAM_WEBHOOK_SECRET")
-    assert env.get("HERALD_DISCORD_GATEWAY") == "false"
-    assert env.get("HERALD_SCHEDULER", "true") == "true"
-    for item in herald_container(deployment)["envFrom"]:
-        assert "configMapRef" in item or "secretRef" in item
-    pdb = k8s_object("PodDisruptionBudget", "herald")
+    assert env.get("HERALD_TELEGRAM_TOKEN")
+    assert all("secretRef" not in source for source in container.get("envFrom", []))
+    secrets = {
+        item["valueFrom"]["secretKeyRef"]["key"]
+        for item in container["env"]
+        if "secretKeyRef" in item.get("valueFrom", {})
+    }
+    assert secrets == {"HERALD_TELEGRAM_TOKEN", "HERALD_TELEGRAM_WEBHOOK_SECRET"}
+    assert env["HERALD_SCHEDULER"] == "false"
+    pdb = k8s_object("PodDisruptionBudget", "herald-telegram")
     assert pdb["spec"]["minAvailable"] == 1
     assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+
+
+def test_workers_answer_run_the_scheduler_and_hold_no_platform_connection() -> None:
+    deployment = k8s_object("Deployment", "herald-worker")
+    container = herald_container(deployment)
+    env = container_env(deployment)
+    # Every token, to answer and publish over REST.
+    assert any(source.get("secretRef", {}).get("name") == "herald-secrets" for source in container["envFrom"])
+    assert env.get("HERALD_TELEGRAM_TOKEN") and env.get("HERALD_DISCORD_TOKEN")
+    # Nothing that receives (the role opens no Discord gateway), no Telegram webhook (or its
+    # port); HERALD_DISCORD_GATEWAY=false would mean publishing only: no answers at all.
+    assert env.get("HERALD_DISCORD_GATEWAY", "true") == "true"
+    assert "HERALD_TELEGRAM_WEBHOOK_URL" not in env
+    assert [p["name"] for p in container["ports"]] == ["http"]
+    assert env.get("HERALD_SCHEDULER", "true") == "true"
+    # The HPA owns the replica count: a value here would reset it on every apply.
+    assert "replicas" not in deployment["spec"]
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+    pdb = k8s_object("PodDisruptionBudget", "herald-worker")
+    assert pdb["spec"]["selector"]["matchLabels"] == deployment["spec"]["selector"]["matchLabels"]
+    assert "minAvailable" not in pdb["spec"], "the HPA moves the replicas: budget maxUnavailable"
+    hpa = k8s_object("HorizontalPodAutoscaler", "herald-worker")
+    assert pdb["spec"]["maxUnavailable"] < hpa["spec"]["minReplicas"]
+
+
+def test_worker_hpa_scales_the_worker_deployment_on_the_intake_queue() -> None:
+    (hpa,) = [doc for _, doc in k8s_objects() if doc["kind"] == "HorizontalPodAutoscaler"]
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    target = hpa["spec"]["scaleTargetRef"]
+    assert target == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "herald-worker"}
+    workers = k8s_object("Deployment", target["name"])
+    assert container_env(workers)["HERALD_ROLE"] == "worker"
+    assert 2 <= hpa["spec"]["minReplicas"] < hpa["spec"]["maxReplicas"]
+    metrics = {m["type"]: m for m in hpa["spec"]["metrics"]}
+    # One queue for all workers: an External metric whose AverageValue the HPA
+    # divides by the replicas (a Pods metric would average the same number).
+    external = metrics["External"]["external"]
+    assert external["metric"]["name"] == INTAKE_WAITING_METRIC == herald_intake_waiting_name()
+    assert external["target"]["type"] == "AverageValue"
+    assert float(external["target"]["averageValue"]) > 0
+    # CPU utilization is a share of the request, so the request must be there.
+    cpu = metrics["Resource"]["resource"]
+    assert cpu["name"] == "cpu" and cpu["target"]["type"] == "Utilization"
+    assert herald_container(workers)["resources"]["requests"]["cpu"]
+    behavior = hpa["spec"]["behavior"]
+    assert behavior["scaleDown"]["stabilizationWindowSeconds"] >= 60
+    assert (
+        behavior["scaleUp"]["stabilizationWindowSeconds"]
+        < behavior["scaleDown"]["stabilizationWindowSeconds"]
+    )
+
+
+def test_prometheus_adapter_rule_serves_the_metric_the_hpa_reads() -> None:
+    (hpa,) = [doc for _, doc in k8s_objects() if doc["kind"] == "HorizontalPodAutoscaler"]
+    (metric,) = [m["external"]["metric"] for m in hpa["spec"]["metrics"] if m["type"] == "External"]
+    values = yaml.safe_load(ADAPTER_VALUES.read_text())
+    rules = [r for r in values["rules"]["external"] if r["name"]["as"] == metric["name"]]
+    assert len(rules) == 1, f"no single prometheus-adapter external rule serves {metric['name']}"
+    (rule,) = rules
+    series = herald_intake_waiting_name()
+    assert re.match(rule["name"]["matches"], series)
+    assert rule["seriesQuery"].startswith(series + "{")
+    # Namespaced: the adapter then limits the query to the HPA's namespace.
+    assert rule["resources"]["overrides"]["namespace"] == {"resource": "namespace"}
+    # Every pod reports the whole queue: take the max, never the sum.
+    query = rule["metricsQuery"]
+    assert query.startswith("max(<<.Series>>{<<.LabelMatchers>>})"), query
+    assert "sum" not in query and not metric.get("selector")
+
+
+def test_podmonitor_example_scrapes_every_herald_pod() -> None:
+    http_port = port_of(setting_default("HERALD_HTTP_ADDR"))
+    (monitor,) = [doc for doc in yaml.safe_load_all(PODMONITOR.read_text()) if doc]
+    assert monitor["apiVersion"] == "monitoring.coreos.com/v1" and monitor["kind"] == "PodMonitor"
+    namespace = kustomization()["namespace"]
+    assert monitor["metadata"]["namespace"] == namespace
+    assert monitor["spec"]["namespaceSelector"] == {"matchNames": [namespace]}
+    (endpoint,) = monitor["spec"]["podMetricsEndpoints"]
+    assert endpoint["path"] == "/metrics"
+    for workload in herald_workloads():
+        assert selects(monitor["spec"]["selector"]["matchLabels"], pod_labels(workload))
+        assert named_port(herald_container(workload), endpoint["port"]) == http_port
+    # Custom resources stay out of the kustomization (strictly validated against core schemas).
+    assert not [p for p in listed_resources() if MONITORING in p.parents]
+
+
+def test_redis_keeps_an_append_only_file_synced_every_second() -> None:
+    (redis,) = [c for c in k8s_object("StatefulSet", "redis")["spec"]["template"]["spec"]["containers"]]
+    for where, command in (("k8s", redis["args"]), ("compose", compose()["services"]["redis"]["command"])):
+        line = " ".join(command)
+        assert "--appendonly yes" in line, where
+        assert "--appendfsync everysec" in line, where
 
 
 def test_discord_statefulset_runs_one_shard_per_pod_and_nothing_else() -> None:
@@ -502,6 +696,7 @@ def test_discord_statefulset_runs_one_shard_per_pod_and_nothing_else() -> None:
     env_items = {item["name"]: item for item in container["env"]}
     assert all("secretRef" not in source for source in container.get("envFrom", []))
     env = container_env(sts)
+    assert env["HERALD_ROLE"] == "gateway"
     assert "HERALD_TELEGRAM_TOKEN" not in env
     assert env["HERALD_SCHEDULER"] == "false"
     assert env.get("HERALD_DISCORD_GATEWAY", "true") == "true"

@@ -14,13 +14,15 @@ from redis.asyncio import Redis
 from adapters.discord.bot import DiscordBot
 from adapters.discord.platform import DISCORD, DiscordSettings
 from bots.cli import main
+from bots.runtime import build_intake
 from core.chat.engine import Engine
 from core.chat.splitting import closing_fence
+from core.intake.worker import Intake
 from core.storage.keys import Keys
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, SettingsFactory
 from tests.emulators.discord import DiscordEmulator, point_discord_py_at
 from tests.emulators.tgi import TGIEmulator
-from tests.support import COMMAND_NAMES
+from tests.support import COMMAND_NAMES, start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -45,26 +47,36 @@ def ada(discord_emu: DiscordEmulator) -> dict[str, Any]:
 
 @pytest.fixture
 async def start_bot(
-    make_engine: EngineFactory, discord_emu: DiscordEmulator, redis: Redis, prefix: str
+    make_engine: EngineFactory,
+    make_settings: SettingsFactory,
+    discord_emu: DiscordEmulator,
+    redis: Redis,
+    prefix: str,
 ) -> AsyncIterator[BotFactory]:
-    running: list[DiscordBot] = []
+    """Bots as `herald run` starts them: each with the intake of its replica (`intake`, or
+    one of its own that receives and works), started once the bot serves it."""
+    running: list[tuple[DiscordBot, Intake]] = []
 
-    async def start(engine: Engine | None = None, **options: Any) -> DiscordBot:
+    async def start(
+        engine: Engine | None = None, *, intake: Intake | None = None, **options: Any
+    ) -> DiscordBot:
+        intake = intake or build_intake(make_settings(), redis)
         bot = DiscordBot(
             engine or await make_engine(),
             discord_emu.token,
             redis=redis,
             keys=Keys(prefix),
+            intake=intake,
             ready_timeout=10,
             **options,
         )
-        await bot.start()
-        running.append(bot)
+        await start_serving(bot, intake)
+        running.append((bot, intake))
         return bot
 
     yield start
-    for bot in running:
-        await bot.stop()
+    for bot, intake in running:
+        await stop_serving(bot, intake, grace=2)
 
 
 def bot_user(emu: DiscordEmulator) -> dict[str, Any]:
@@ -311,7 +323,7 @@ async def test_without_the_gateway_it_only_publishes(
 ) -> None:
     """HERALD_DISCORD_GATEWAY=false: a replica that publishes scheduled posts over REST
     while another process holds the gateway shards."""
-    bot = await start_bot(gateway=False)
+    bot = await start_bot(answers=False)
     assert discord_emu.identifies == [] and discord_emu.connected() == []
     assert await bot.ready()
     publisher = bot.publisher()
@@ -348,8 +360,10 @@ async def test_schedule_is_a_command_with_typed_subcommands(
         "schedule", [{"name": "list", "type": 1, "options": []}], channel_id=CHANNEL, user=ada, guild_id=GUILD
     )
     await discord_emu.wait_until(
-        lambda: (r := discord_emu.interaction_response(listed)) is not None
-        and r.content.startswith("No schedules in this chat yet."),
+        lambda: (
+            (r := discord_emu.interaction_response(listed)) is not None
+            and r.content.startswith("No schedules in this chat yet.")
+        ),
         10,
     )
     digest = [{"name": "prompt", "value": "digest"}, {"name": "when", "value": "daily"}]
@@ -361,8 +375,10 @@ async def test_schedule_is_a_command_with_typed_subcommands(
         guild_id=GUILD,
     )
     await discord_emu.wait_until(
-        lambda: (r := discord_emu.interaction_response(refused)) is not None
-        and r.content == "Only people who manage this chat can change its schedules.",
+        lambda: (
+            (r := discord_emu.interaction_response(refused)) is not None
+            and r.content == "Only people who manage this chat can change its schedules."
+        ),
         10,
     )
 

@@ -730,6 +730,48 @@ async def test_ephemeral_answer_defer_raw_components_and_dm_clicks(emu: DiscordE
         assert raw_message.components == components and raw_message.edits == 1
 
 
+async def test_an_interaction_webhook_reaches_by_id_only_what_its_token_sent(
+    emu: DiscordEmulator, bot: Bot
+) -> None:
+    """How a replica that never saw an interaction answers it, knowing only its token:
+    follow-ups by id (edit, delete); the clicked message only as `@original`."""
+    channel = bot.get_channel(CHANNEL)
+    assert isinstance(channel, discord.TextChannel)
+    view = approval_view(9)
+    sent = await channel.send("Publish post 9?", view=view)
+    view.stop()
+    click = emu.click_button(sent.id, "herald:approve:9", user=emu.user(ADA), guild_id=GUILD)
+    status, _, _ = await raw(emu, "POST", f"/interactions/{click.id}/{click.token}/callback", {"type": 6})
+    assert status == 204
+    hook = f"/webhooks/{emu.application_id}/{click.token}"
+    status, _, body = await raw(emu, "PATCH", f"{hook}/messages/{sent.id}", {"content": "by id"})
+    assert (status, body["code"]) == (404, 10008)  # not sent from this token
+    status, _, body = await raw(emu, "PATCH", f"{hook}/messages/@original", {"content": "Approved"})
+    assert status == 200 and body["id"] == str(sent.id) and body["content"] == "Approved"
+
+    status, _, followup = await raw(emu, "POST", f"{hook}?wait=true", {"content": "published"})
+    assert status == 200
+    status, _, body = await raw(emu, "PATCH", f"{hook}/messages/{followup['id']}", {"content": "done"})
+    assert status == 200 and body["content"] == "done"
+    other = emu.click_button(sent.id, "herald:reject:9", user=emu.user(ADA), guild_id=GUILD)
+    await raw(emu, "POST", f"/interactions/{other.id}/{other.token}/callback", {"type": 6})
+    status, _, body = await raw(
+        emu, "DELETE", f"/webhooks/{emu.application_id}/{other.token}/messages/{followup['id']}"
+    )
+    assert (status, body["code"]) == (404, 10008)  # another interaction's message
+    status, _, _ = await raw(emu, "DELETE", f"{hook}/messages/{followup['id']}")
+    assert status == 204 and emu.message(int(followup["id"])) is None
+
+
+async def test_a_message_may_be_delivered_twice(emu: DiscordEmulator, bot: Bot) -> None:
+    """Gateway delivery is at least once: the same MESSAGE_CREATE can come again."""
+    sent = emu.user_message(CHANNEL, emu.user(ADA), "hello", guild_id=GUILD)
+    await emu.wait_until(lambda: len(bot.seen) == 1)
+    emu.deliver_again(sent)
+    await emu.wait_until(lambda: len(bot.seen) == 2)
+    assert [m.id for m in bot.seen] == [sent, sent]
+
+
 async def test_component_only_callback_types_are_refused_for_slash_commands(emu: DiscordEmulator) -> None:
     emu.strict_commands = False
     command = emu.slash_command("ping", channel_id=CHANNEL, user=emu.user(ADA))

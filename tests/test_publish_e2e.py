@@ -38,7 +38,7 @@ from redis.asyncio import Redis
 
 from adapters.telegram.bot import TelegramBot
 from bots.redis_server import free_port
-from bots.runtime import Scheduling, build_engine, build_llm, build_scheduling
+from bots.runtime import Scheduling, build_engine, build_intake, build_llm, build_scheduling
 from core.chat.access import AccessPolicy
 from core.chat.engine import Engine
 from core.config import Settings
@@ -63,7 +63,7 @@ from tests.emulators.mastodon import EmulatedAccount, MastodonEmulator
 from tests.emulators.telegram import BotMessage, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 from tests.emulators.x import EmulatedTweet, XAccount, XEmulator
-from tests.support import eventually
+from tests.support import eventually, start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -315,21 +315,23 @@ async def chat(
 ) -> AsyncIterator[TelegramChat]:
     settings = make_settings(**networks.settings())
     async with TelegramEmulator() as telegram, replica(settings) as herald:
+        intake = build_intake(settings, herald.redis)
         bot = TelegramBot(
             herald.engine,
             telegram.token,
+            intake=intake,
             api_url=telegram.url,
             poll_timeout=1,
             actions=herald.scheduling.actions,
         )
-        await bot.start()
+        await start_serving(bot, intake)
         herald.scheduling.publishers["telegram"] = bot.publisher()
         group = telegram.group(GROUP, "Social team", supergroup=True)
         telegram.set_admin(GROUP, ADMIN["id"])
         try:
             yield TelegramChat(telegram, herald, networks, group)
         finally:
-            await bot.stop()
+            await stop_serving(bot, intake)
 
 
 # -- 1 and 3: approved once, published once per network, linked in the chat --------------
@@ -646,16 +648,18 @@ async def discord_team(settings: Settings, replicas: int = 1) -> AsyncIterator[D
         ada = emu.user(1801, "ada")
         emu.member(DISCORD_GUILD, 1801, permissions=MANAGE_GUILD)
         for herald in started:  # each replica has its own gateway session
+            intake = build_intake(settings, herald.redis)
             bot = DiscordBot(
                 herald.engine,
                 emu.token,
                 redis=herald.redis,
                 keys=herald.keys,
+                intake=intake,
                 ready_timeout=10,
                 actions=herald.scheduling.actions,
             )
-            await bot.start()
-            stack.push_async_callback(bot.stop)
+            await start_serving(bot, intake)
+            stack.push_async_callback(stop_serving, bot, intake)
             herald.scheduling.publishers["discord"] = bot.publisher()
         yield DiscordTeam(emu, started, ada)
 
@@ -776,14 +780,16 @@ async def test_a_leader_killed_mid_publish_is_finished_by_the_next_once_per_netw
         # the next replica: its networks' clock is past the dead one's hold on the deliveries
         settings = make_settings(**networks.settings())
         async with replica(settings, clock=lambda: time.time() + LEASE_SECONDS + 5) as after:
+            intake = build_intake(settings, after.redis)
             bot = TelegramBot(
                 after.engine,
                 telegram.token,
+                intake=intake,
                 api_url=telegram.url,
                 poll_timeout=1,
                 actions=after.scheduling.actions,
             )
-            await bot.start()
+            await start_serving(bot, intake)
             after.scheduling.publishers["telegram"] = bot.publisher()
             service = SchedulerService(
                 after.scheduling.runner,
@@ -827,7 +833,7 @@ async def test_a_leader_killed_mid_publish_is_finished_by_the_next_once_per_netw
                 assert networks.counts() == (1, 1, 1)
             finally:
                 await service.stop(drain=5)
-                await bot.stop()
+                await stop_serving(bot, intake)
 
 
 # -- defects found, now fixed (each of these failed before its fix) --

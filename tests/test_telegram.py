@@ -1,5 +1,5 @@
-"""Herald on Telegram end to end: the real python-telegram-bot `Application` over real
-HTTP against the Bot API emulator, the real engine, Redis and the TGI emulator."""
+"""Herald on Telegram end to end: the real python-telegram-bot client over real HTTP
+against the Bot API emulator, the real engine, intake, Redis and the TGI emulator."""
 
 from __future__ import annotations
 
@@ -11,23 +11,26 @@ from typing import Any
 
 import aiohttp
 import pytest
+from redis.asyncio import Redis
 
 from adapters.telegram.bot import TelegramBot, WebhookConfig
 from adapters.telegram.formatting import utf16_len
 from bots.redis_server import RedisServerProcess, free_port
+from bots.runtime import build_intake
 from core.chat.engine import Engine
+from core.intake.worker import Intake
 from core.platform import ConversationKey
-from tests.conftest import EngineFactory
+from tests.conftest import EngineFactory, SettingsFactory
 from tests.emulators.telegram import TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
-from tests.support import COMMAND_NAMES
+from tests.support import COMMAND_NAMES, start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(60)
 
 ADA = {"id": 501, "is_bot": False, "first_name": "Ada", "username": "ada"}
 BOB = {"id": 502, "is_bot": False, "first_name": "Bob", "username": "bob"}
 GROUP_ID = -1001
-BotFactory = Callable[..., Any]
+IntakeFactory = Callable[..., Intake]
 
 
 @pytest.fixture
@@ -36,26 +39,66 @@ async def telegram() -> AsyncIterator[TelegramEmulator]:
         yield emulator
 
 
-@pytest.fixture
-async def start_bot(make_engine: EngineFactory, telegram: TelegramEmulator) -> AsyncIterator[BotFactory]:
-    """Start Herald's Telegram bot against the emulator; stopped at the end of the test."""
-    running: list[TelegramBot] = []
+def intakes(make_settings: SettingsFactory, redis: Redis) -> IntakeFactory:
+    """Intakes on the test's Redis and prefix, as `herald run` builds them (settings
+    overrides: `role`, `intake_visibility_seconds`…)."""
 
-    async def start(engine: Engine | None = None, **bot_options: Any) -> TelegramBot:
+    def make(**overrides: Any) -> Intake:
+        return build_intake(make_settings(**overrides), redis)
+
+    return make
+
+
+@pytest.fixture
+def make_intake(make_settings: SettingsFactory, redis: Redis) -> IntakeFactory:
+    return intakes(make_settings, redis)
+
+
+class BotFactory:
+    """Herald's Telegram bots against the emulator, each with its own intake: a replica
+    each. What is still running at the end of the test is stopped then."""
+
+    def __init__(
+        self, make_engine: EngineFactory, make_intake: IntakeFactory, telegram: TelegramEmulator
+    ) -> None:
+        self._make_engine = make_engine
+        self._make_intake = make_intake
+        self._telegram = telegram
+        self.running: dict[TelegramBot, Intake] = {}
+
+    async def __call__(
+        self, engine: Engine | None = None, *, intake: Intake | None = None, **bot_options: Any
+    ) -> TelegramBot:
+        intake = intake or self._make_intake()
         bot = TelegramBot(
-            engine or await make_engine(),
-            telegram.token,
-            api_url=telegram.url,
+            engine or await self._make_engine(),
+            self._telegram.token,
+            intake=intake,
+            api_url=self._telegram.url,
             poll_timeout=1,
             **bot_options,
         )
-        await bot.start()
-        running.append(bot)
+        await start_serving(bot, intake)
+        self.running[bot] = intake
         return bot
 
-    yield start
-    for bot in running:
-        await bot.stop()
+    async def stop(self, bot: TelegramBot, grace: float = 10.0) -> None:
+        """Stop one replica: its answers under way get `grace` to finish."""
+        await stop_serving(bot, self.running.pop(bot), grace)
+
+    async def close(self) -> None:
+        while self.running:
+            await self.stop(next(iter(self.running)))
+
+
+@pytest.fixture
+async def start_bot(
+    make_engine: EngineFactory, make_settings: SettingsFactory, redis: Redis, telegram: TelegramEmulator
+) -> AsyncIterator[BotFactory]:
+    """Start Herald's Telegram bot against the emulator; stopped at the end of the test."""
+    bots = BotFactory(make_engine, intakes(make_settings, redis), telegram)
+    yield bots
+    await bots.close()
 
 
 async def settled(telegram: TelegramEmulator, chat_id: int, expected: str) -> None:
@@ -256,7 +299,7 @@ async def test_restart_keeps_the_conversation(
     chat = telegram.private_chat(ADA["id"])
     telegram.send_user_message(chat, ADA, "my name is Grace")
     await settled(telegram, chat["id"], "You said: my name is Grace")
-    await bot.stop()
+    await start_bot.stop(bot)
     await start_bot(await make_engine())  # a new process: new engine, same Redis
     telegram.send_user_message(chat, ADA, "what is my name?")
     await settled(telegram, chat["id"], "Your name is Grace.")

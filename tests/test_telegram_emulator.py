@@ -15,6 +15,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiohttp import web
 from telegram import (
     Bot,
     BotCommand,
@@ -28,7 +29,9 @@ from telegram.constants import ChatAction, ParseMode
 from telegram.error import BadRequest, ChatMigrated, Conflict, Forbidden, InvalidToken, RetryAfter
 from telegram.ext import ApplicationBuilder, CommandHandler, ContextTypes, MessageHandler, filters
 
+from bots.redis_server import free_port
 from tests.emulators.telegram import (
+    DELETE_WINDOW,
     MarkupError,
     TelegramEmulator,
     parse_html,
@@ -304,6 +307,27 @@ async def test_delete_message(emu: TelegramEmulator, bot: Bot) -> None:
     assert emu.messages_in(ADA) == []
     with pytest.raises(BadRequest, match=r"^Message to delete not found$"):
         await bot.delete_message(ADA, sent.message_id)
+    with pytest.raises(BadRequest, match=r"^Message to edit not found$"):
+        await bot.edit_message_text("back?", chat_id=ADA, message_id=sent.message_id)
+
+
+async def test_delete_message_follows_telegrams_rules(emu: TelegramEmulator, bot: Bot) -> None:
+    team = emu.group(-4010, "Team", supergroup=True)
+    someone = emu.send_user_message(team, emu.user(7, "Grace"), "/ask hi")
+    with pytest.raises(BadRequest, match=r"^Message can't be deleted$"):  # not its own, not an admin
+        await bot.delete_message(-4010, someone)
+    emu.set_admin(-4010, emu.bot_id)
+    assert await bot.delete_message(-4010, someone)
+    emu.group(-4011, "Small")
+    emu.migrate_group(-4011, -1004011)
+    created = [u["message"] for u in emu.pending_updates if "migrate_from_chat_id" in u.get("message", {})]
+    emu.set_admin(-1004011, emu.bot_id)
+    with pytest.raises(BadRequest, match=r"^Message can't be deleted$"):  # a service message
+        await bot.delete_message(-1004011, created[0]["message_id"])
+    old = await bot.send_message(-4010, "from long ago")
+    emu.age_message(-4010, old.message_id, DELETE_WINDOW)
+    with pytest.raises(BadRequest, match=r"^Message can't be deleted$"):  # 48 hours at most
+        await bot.delete_message(-4010, old.message_id)
 
 
 # --- faults --------------------------------------------------------------------------------
@@ -362,6 +386,69 @@ async def test_a_second_poller_terminates_the_held_one(emu: TelegramEmulator, bo
         assert await other.get_updates(timeout=0) == ()
     with pytest.raises(Conflict):
         await asyncio.wait_for(held, 1)
+
+
+async def test_an_offset_confirms_every_update_below_it(emu: TelegramEmulator, bot: Bot) -> None:
+    chat = emu.private_chat(ADA)
+    for text in ("a", "b", "c"):
+        emu.send_user_message(chat, emu.user(ADA), text)
+    ids = [u["update_id"] for u in emu.pending_updates]
+    seen: list[list[int]] = []
+
+    async def watch(confirmed: list[int]) -> None:
+        seen.append(confirmed)
+
+    emu.on_confirm = watch
+    assert [u.update_id for u in await bot.get_updates(timeout=0)] == ids
+    assert [u.update_id for u in await bot.get_updates(offset=ids[1], timeout=0)] == ids[1:]
+    assert await bot.get_updates(offset=ids[2] + 1, timeout=0) == ()
+    assert seen == [[ids[0]], ids[1:]] and emu.confirmed == ids
+    assert [c.params.get("offset") for c in emu.calls_to("getUpdates")] == [None, ids[1], ids[2] + 1]
+
+
+async def test_set_webhook_checks_its_secret_token(emu: TelegramEmulator, bot: Bot) -> None:
+    with pytest.raises(BadRequest, match=r"^Secret token contains unallowed characters$"):
+        await bot.set_webhook("https://example.org/hook", secret_token="has:colon")
+    with pytest.raises(BadRequest, match=r"^Secret token is too long$"):
+        await bot.set_webhook("https://example.org/hook", secret_token="a" * 257)
+    assert emu.webhook is None
+    assert await bot.set_webhook("https://example.org/hook", secret_token="A-z_09" * 40)
+
+
+async def test_webhook_delivery_keeps_an_update_until_it_is_accepted(emu: TelegramEmulator, bot: Bot) -> None:
+    answers = [503, 200, 200]
+    received: list[tuple[str, str | None, Any]] = []
+
+    async def hook(request: web.Request) -> web.Response:
+        secret = request.headers.get("X-Telegram-Bot-Api-Secret-Token")
+        received.append((request.path_qs, secret, await request.json()))
+        return web.Response(status=answers.pop(0))
+
+    app = web.Application()
+    app.router.add_post("/hook", hook)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    port = free_port()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    try:
+        chat = emu.private_chat(ADA)
+        emu.send_user_message(chat, emu.user(ADA), "queued before the webhook")
+        emu.deliver_webhooks(f"http://127.0.0.1:{port}", retry_after=0.05)
+        assert await bot.set_webhook("https://bot.example.org/hook?x=1", secret_token="s3cret")
+        await emu.wait_until(lambda: len(received) == 2)
+        assert (await bot.get_webhook_info()).last_error_message == (
+            "Wrong response from the webhook: 503 Service Unavailable"
+        )
+        emu.send_user_message(chat, emu.user(ADA), "then this one")
+        await emu.wait_until(lambda: len(received) == 3)
+    finally:
+        await runner.cleanup()
+    assert [(path, secret) for path, secret, _ in received] == [("/hook?x=1", "s3cret")] * 3
+    first, again, then = (body for _, _, body in received)
+    assert first == again and first["message"]["text"] == "queued before the webhook"
+    assert then["message"]["text"] == "then this one"
+    assert [d.status for d in emu.webhook_deliveries] == [503, 200, 200]
+    assert emu.pending_updates == [] and emu.confirmed == [first["update_id"], then["update_id"]]
 
 
 async def test_get_updates_with_a_webhook_is_a_conflict(emu: TelegramEmulator, bot: Bot) -> None:

@@ -1,17 +1,27 @@
-"""The Discord bot: a discord.py `AutoShardedClient` feeding the core's engine.
+"""The Discord bot: a discord.py `AutoShardedClient` feeding the core's engine through
+the durable intake (`core.intake`).
+
+Every event Herald answers (an addressed message, a slash command, a button click, a
+submitted form) is kept in the intake before anything else, with the address of its
+answer (`address.py`); interactions are deferred first, inside Discord's 3 seconds.
+Whichever replica works answers it: this one at once where it works, or a worker with
+no gateway connection, over REST (`receives` False). Events that answer nobody
+(recording a chat's messages, edits, deletions) and the Edit button's form, which must
+be the interaction's own answer, stay here.
 
 Default intents are enough to answer: Discord delivers the content of DMs and
 of messages that mention the bot without the privileged message-content intent,
 which is asked for only when configured (HERALD_DISCORD_MESSAGE_CONTENT: for
 recording a chat's messages, and mentions of the bot's role).
 Slash commands are the core's registry, written to Discord only when they
-changed. Stopping lets the answers in flight finish and never removes the
-commands. Edits and deletions reach the core through discord.py's raw events,
-which fire for messages it never cached too (a chat that records follows them).
-Messages that come without their text (no Message Content intent) are never recorded
-blank, and a recording chat is told why. Backfills (`/history on backfill=…`) read
-channel history here (`history.py`): unfinished ones are taken up when the bot starts
-and handed back, unfinished, when it stops.
+changed (by a replica holding shards). Stopping never removes the commands; the
+answers in flight are the intake's, which `herald run` stops first. Edits and
+deletions reach the core through discord.py's raw events, which fire for messages it
+never cached too (a chat that records follows them). Messages that come without their
+text (no Message Content intent) are never recorded blank, and a recording chat is told
+why. Backfills (`/history on backfill=…`) read channel history over REST wherever
+Discord's events are answered (`history.py`): unfinished ones are taken up when the bot
+starts and handed back, unfinished, when it stops.
 """
 
 from __future__ import annotations
@@ -24,13 +34,14 @@ from dataclasses import replace
 from typing import Any
 
 import discord
-from redis.asyncio import Redis
+from redis.exceptions import RedisError
 
+from adapters.discord.address import address_surface, interaction_address, message_address
 from adapters.discord.commands import command_payload, digest
 from adapters.discord.editor import edit_form, form_text
 from adapters.discord.history import WRITTEN, DiscordHistory, withheld
 from adapters.discord.publisher import DiscordPublisher
-from adapters.discord.surface import NO_PINGS, ChannelSurface, DecisionSurface, InteractionSurface
+from adapters.discord.surface import NO_PINGS
 from adapters.discord.translate import (
     PLATFORM,
     deleted,
@@ -42,12 +53,16 @@ from adapters.discord.translate import (
 from adapters.platform import PlatformStartError
 from core import messages
 from core.chat.engine import Engine
+from core.chat.say import say
 from core.chatlog.unreadable import UnreadableNotice
 from core.commands.registry import clicked_command
+from core.intake.events import inbound_data, inbound_from_data
+from core.intake.worker import Intake, Job
 from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 #: threads discord.py does not hold whose parent channel was asked of Discord
 _PARENTS_KEPT = 1024
@@ -77,18 +92,25 @@ class _Client(discord.AutoShardedClient):
 
 
 class DiscordBot:
+    """`receives`: hold gateway shards and keep what arrives in the intake (False: a worker
+    that only answers, logged in over REST). `answers`: answer Discord's events from the
+    intake where `intake.works` (False: publishing scheduled posts only,
+    HERALD_DISCORD_GATEWAY=false)."""
+
     def __init__(
         self,
         engine: Engine,
         token: str,
         *,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
+        intake: Intake,
+        receives: bool = True,
+        answers: bool = True,
         shard_ids: list[int] | None = None,
         shard_count: int | None = None,
         message_content: bool = False,
         ready_timeout: float = 60.0,
-        gateway: bool = True,
         actions: PostActions | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -97,8 +119,10 @@ class DiscordBot:
         self._token = token
         self._redis = redis
         self._keys = keys
+        self._intake = intake
         self._ready_timeout = ready_timeout
-        self._gateway = gateway
+        self._answers = answers
+        self._receives = receives and answers
         self._log = logger or logging.getLogger("herald.discord")
         intents = discord.Intents.default()
         # Privileged: needed to read other people's messages in guild channels (to record
@@ -113,7 +137,6 @@ class DiscordBot:
             allowed_mentions=NO_PINGS,
         )
         self._runner: asyncio.Task[None] | None = None
-        self._accepting = True
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._thread_parents: dict[int, int] = {}  # thread id → parent channel id
         chatlog = engine.chatlog
@@ -134,9 +157,20 @@ class DiscordBot:
 
     async def start(self) -> None:
         await self.login()
-        if not self._gateway:
+        if not self._answers:
             self._log.info("Discord: %s logged in without the gateway (publishing only)", self.client.user)
             return
+        self._intake.serve(PLATFORM, self._answer)
+        if self._receives:
+            await self._connect()
+        else:
+            self._log.info("Discord: %s logged in over REST (answering, holding no shards)", self.client.user)
+        if self._backfills is not None:
+            # backfills (/history on backfill=…) read channel history over REST wherever
+            # Discord's events are answered, and the unfinished ones are taken up again
+            self._backfills.provide(PLATFORM, self._history)
+
+    async def _connect(self) -> None:
         self._runner = asyncio.create_task(self.client.connect(reconnect=True), name="discord-gateway")
         ready = asyncio.create_task(self.client.wait_until_ready())
         done, _ = await asyncio.wait(
@@ -147,35 +181,30 @@ class DiscordBot:
             failure = self._runner.exception() if self._runner in done else None
             await self.client.close()
             raise PlatformStartError(f"Discord gateway did not become ready: {failure or 'timed out'}")
-        user = self.client.user
-        self._log.info("Discord: %s ready on shards %s", user, self.client.shard_ids)
+        self._log.info("Discord: %s ready on shards %s", self.client.user, self.client.shard_ids)
         await self.sync_commands_if_changed()
-        if self._backfills is not None:
-            # backfills (/history on backfill=…) read channel history here, and the
-            # unfinished ones are taken up again
-            self._backfills.provide(PLATFORM, self._history)
 
     def publisher(self) -> DiscordPublisher:
         return DiscordPublisher(self.client)
 
     async def pause(self) -> None:
-        """Stop taking events; what is running goes on."""
-        self._accepting = False
+        """Nothing to refuse: what arrives from now on is still kept in the intake, and
+        answered by a replica that works (this one's intake stops taking events)."""
 
     async def ready(self) -> bool:
-        """Logged in and, with the gateway, every shard of this process connected."""
+        """Logged in and, holding shards, every shard of this process connected."""
         client = self.client
         if client.user is None or client.is_closed():
             return False
-        if not self._gateway:
+        if not self._receives:
             return True
         shards = client.shards.values()
         return client.is_ready() and bool(shards) and not any(s.is_closed() for s in shards)
 
     async def stop(self) -> None:
-        """Stop taking events, let the answers in flight finish, then disconnect."""
-        self._accepting = False
-        if self._backfills is not None:
+        """Let the events being kept (and the chat log's work) finish, then disconnect.
+        The answers under way are the intake's: `herald run` stops it first."""
+        if self._backfills is not None and self._answers:
             await self._backfills.withdraw(PLATFORM, self._history)  # unfinished: goes on at a start
         if self._in_flight:
             await asyncio.gather(*self._in_flight, return_exceptions=True)
@@ -215,22 +244,48 @@ class DiscordBot:
 
     async def on_message(self, message: discord.Message) -> None:
         me = self.client.user
-        if not self._accepting or message.author.bot or me is None:
+        if message.author.bot or me is None:
             return  # bots, Herald itself included, never trigger it
         if message.type not in WRITTEN:
             return
         with self._tracked():
             event = from_message(message, me)
-            surface = ChannelSurface(message, self.client.intents)
+            address = message_address(message, event.chat_id, self.client.intents.message_content)
+            if event.addressed:
+                await self._keep(event, address)
+                return
+            # answers nobody: recorded here (where the chat records), at once
+            surface = address_surface(self.client, address)
             await self._engine.handle(event, surface)
-            if self._unreadable is not None and not event.addressed and withheld(message, me):
+            if self._unreadable is not None and withheld(message, me):
                 await self._unreadable.withheld(PLATFORM, event.chat_id, surface)
+
+    async def _keep(self, event: Inbound, address: dict[str, Any]) -> None:
+        """Into the intake, with where its answer goes; a repeat (Discord delivers some
+        events twice) is kept once. Redis down: the person is told, as the engine would."""
+        try:
+            await self._intake.put(PLATFORM, event.event_id, {"event": inbound_data(event), "reply": address})
+        except RedisError as exc:
+            self._log.error("Discord: could not keep event %s: %s", event.event_id, exc)
+            await say(address_surface(self.client, address), messages.STORE_DOWN)
+
+    async def _answer(self, job: Job) -> None:
+        """An event from the intake, received here or by another replica: answered on a
+        surface rebuilt from its address, every message recorded (`job.surface`), so that
+        a replica taking it over after a crash answers in the same messages."""
+        data = job.entry.data
+        try:
+            event = inbound_from_data(data["event"])
+            surface = address_surface(self.client, data["reply"])
+        except (KeyError, TypeError, ValueError) as exc:
+            self._log.error("Discord: event %s cannot be answered (%s); dropped", job.entry.event_id, exc)
+            return
+        await self._engine.handle(replace(event, arrival=job.arrival), job.surface(surface))
 
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         """Someone edited a message: a chat that records follows. The gateway sends the
         whole message, so the new text is at hand even when discord.py never cached it.
-        Edits and deletions go on while pausing: they answer nobody, and one missed
-        stays missed."""
+        Edits and deletions answer nobody: they are followed here, where they arrive."""
         me = self.client.user
         author = payload.data.get("author")
         if payload.guild_id is None or me is None or not isinstance(author, dict) or author.get("bot"):
@@ -295,7 +350,7 @@ class DiscordBot:
     async def on_interaction(self, interaction: discord.Interaction) -> None:
         data: Mapping[str, object] = interaction.data or {}
         if interaction.type is discord.InteractionType.application_command:
-            await self._run_command(interaction, from_interaction(interaction))
+            await self._defer_and_keep(interaction, from_interaction(interaction))
         elif interaction.type is discord.InteractionType.component:
             command = clicked_command(str(data.get("custom_id", "")))
             if command is not None:
@@ -306,14 +361,14 @@ class DiscordBot:
     async def _on_click(self, interaction: discord.Interaction, command: CommandCall) -> None:
         """A command button: its command runs as the person who clicked, like the slash
         command. A decision (approve, reject…) shows its outcome on the clicked message;
-        anything else answers with a new message. Edit opens a form first."""
+        anything else answers with a new message. Edit opens a form first, here."""
         event = replace(from_button(interaction), command=command)
         post_id = edit_request(command)
         if post_id is not None and self._actions is not None:
             with self._tracked():
                 await self._open_editor(self._actions, interaction, post_id, event)
             return
-        await self._run_command(interaction, event, decision=self._engine.commands.decides(command))
+        await self._defer_and_keep(interaction, event, decision=self._engine.commands.decides(command))
 
     async def _on_form(self, interaction: discord.Interaction, data: Mapping[str, object]) -> None:
         """A submitted edit form: its text completes the Edit button's command."""
@@ -321,27 +376,24 @@ class DiscordBot:
         post_id = edit_request(command) if command is not None else None
         if post_id is not None:
             event = replace(from_button(interaction), command=edit_command(post_id, form_text(data)))
-            await self._run_command(interaction, event, decision=True)
+            await self._defer_and_keep(interaction, event, decision=True)
 
-    async def _run_command(
+    async def _defer_and_keep(
         self, interaction: discord.Interaction, event: Inbound, decision: bool = False
     ) -> None:
-        if not self._accepting:
-            try:
-                await interaction.response.send_message(messages.RESTARTING, ephemeral=True)
-            except discord.HTTPException as exc:
-                self._log.warning("Discord: could not say that Herald is restarting: %s", exc)
-            return
         with self._tracked():
             try:
                 # inside Discord's 3-second window: a decision updates the clicked message
                 # later; otherwise "thinking" makes a new message for the answer
-                await interaction.response.defer(thinking=not decision)
-            except discord.HTTPException as exc:
+                response = await interaction.response.defer(thinking=not decision)
+            except discord.HTTPException as exc:  # 40060: another process took it
                 self._log.warning("Discord: could not acknowledge interaction %s: %s", interaction.id, exc)
                 return
-            surface = DecisionSurface(interaction) if decision else InteractionSurface(interaction)
-            await self._engine.handle(event, surface)
+            reads_text = self.client.intents.message_content
+            address = interaction_address(
+                interaction, event.chat_id, response, decision=decision, reads_text=reads_text
+            )
+            await self._keep(event, address)
 
     async def _open_editor(
         self, actions: PostActions, interaction: discord.Interaction, post_id: str, event: Inbound

@@ -55,10 +55,13 @@ def build(settings: DiscordSettings, deps: BotDeps) -> DiscordBot:
         settings.token.get_secret_value(),
         redis=deps.redis,
         keys=deps.keys,
+        intake=deps.intake,
+        # HERALD_DISCORD_GATEWAY=false: publishing only (no shards, no answers)
+        receives=deps.receives,
+        answers=settings.gateway,
         shard_ids=[int(i) for i in settings.shard_ids] or None,
         shard_count=settings.shard_count,
         message_content=settings.message_content,
-        gateway=settings.gateway,
         actions=deps.actions,
     )
 

@@ -1,5 +1,7 @@
 """Where an answer goes in Discord: a reply in a channel, or an interaction's response.
 
+The answering surfaces hold ids and an interaction's token only, never the gateway's
+objects, so a worker that holds no shard builds them over REST (`address.py`).
 Every message goes out with allowed mentions that ping nobody: model output
 that contains @everyone, @here, role or user mentions notifies no one.
 discord.py already waits out 429s and slows down from the rate-limit headers;
@@ -51,12 +53,12 @@ Postable = (
 T = TypeVar("T")
 
 
-def visibility(in_guild: bool, intents: discord.Intents) -> Visibility:
+def visibility(in_guild: bool, message_content: bool) -> Visibility:
     """What Herald reads in a channel: every message (default intents: guild messages and
-    DMs), with other people's text in a guild only with the Message Content intent, which
-    is what this client was actually given (Discord refuses to connect a client that asks
+    DMs), with other people's text in a guild only with the Message Content intent, as the
+    gateway's client was actually given it (Discord refuses to connect a client that asks
     for it unapproved); the channel's history over REST."""
-    reads_text = not in_guild or intents.message_content
+    reads_text = not in_guild or message_content
     return Visibility(
         reads_all=True, reads_text=reads_text, has_history=True, advice="" if reads_text else CONTENT_ADVICE
     )
@@ -103,24 +105,26 @@ async def _call(call: Callable[[], Awaitable[T]]) -> T:
 
 
 class ChannelSurface(Surface):
-    """Answers a message: the first part replies to it, later parts to the part before."""
+    """Answers a message: the first part replies to it, later parts to the part before.
+    Built from ids alone (`address`), so any replica answers over REST."""
 
-    def __init__(self, message: discord.Message, intents: discord.Intents | None = None) -> None:
-        self._message = message
-        self._channel = message.channel
-        self._intents = intents
+    def __init__(
+        self, channel: discord.PartialMessageable, chat: str, reply_to: int, reads_text: bool
+    ) -> None:
+        self._channel = channel
+        self._chat = chat
+        self._reply_to = reply_to
+        self._reads_text = reads_text
 
     async def visibility(self) -> Visibility | None:
-        if self._intents is None:
-            return None
-        return visibility(self._message.guild is not None, self._intents)
+        return visibility(self._channel.guild_id is not None, self._reads_text)
 
     @property
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
 
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
-        return jump_link(self._message.guild, self._channel, message_id, thread_id)
+        return jump_link(self._channel.guild_id, self._chat, message_id, thread_id)
 
     async def typing(self) -> None:
         await _call(lambda: self._channel.typing())
@@ -128,11 +132,12 @@ class ChannelSurface(Surface):
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
-        target = self._message.to_reference(fail_if_not_exists=False)
-        if reply_to is not None:
-            target = discord.MessageReference(
-                message_id=int(reply_to.id), channel_id=self._channel.id, fail_if_not_exists=False
-            )
+        target = discord.MessageReference(
+            message_id=int(reply_to.id) if reply_to is not None else self._reply_to,
+            channel_id=self._channel.id,
+            guild_id=self._channel.guild_id,
+            fail_if_not_exists=False,
+        )
         view = button_view(buttons) if buttons else None
         sent = await sending(
             view,
@@ -143,29 +148,45 @@ class ChannelSurface(Surface):
         return MessageRef(str(sent.id))
 
     async def edit(self, ref: MessageRef, text: str) -> None:
-        partial = self._channel.get_partial_message(int(ref.id))  # type: ignore[union-attr]
+        partial = self._channel.get_partial_message(int(ref.id))
         await _call(lambda: partial.edit(content=text, allowed_mentions=NO_PINGS))
+
+    async def delete(self, ref: MessageRef) -> None:
+        partial = self._channel.get_partial_message(int(ref.id))
+        await _call(lambda: partial.delete())
 
 
 class InteractionSurface(Surface):
-    """Answers a slash command: streams into the deferred original response,
-    continuation parts are follow-ups."""
+    """Answers a slash command (or a click that asks for a new message) after a deferral
+    with "thinking…", through the interaction's webhook: the first message fills in the
+    deferred response (Discord turns the first follow-up after a deferral into it), the
+    next ones are follow-ups replying to it. Only the token and ids are needed, so any
+    replica answers, over REST, for as long as the token lives (15 minutes)."""
 
-    ORIGINAL = "@original"
-
-    def __init__(self, interaction: discord.Interaction) -> None:
-        self._interaction = interaction
-        self._original_used = False
+    def __init__(
+        self,
+        webhook: discord.Webhook,
+        channel: discord.PartialMessageable,
+        chat: str,
+        original: int | None,
+        reads_text: bool,
+    ) -> None:
+        self._webhook = webhook
+        self._channel = channel
+        self._chat = chat
+        #: the interaction's response message: the deferred one, or the message clicked
+        self._original = original
+        self._reads_text = reads_text
 
     @property
     def capabilities(self) -> Capabilities:
         return CAPABILITIES
 
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
-        return jump_link(self._interaction.guild, self._interaction.channel, message_id, thread_id)
+        return jump_link(self._channel.guild_id, self._chat, message_id, thread_id)
 
     async def visibility(self) -> Visibility | None:
-        return visibility(self._interaction.guild_id is not None, self._interaction.client.intents)
+        return visibility(self._channel.guild_id is not None, self._reads_text)
 
     async def typing(self) -> None:
         return None  # the deferred response already shows "thinking…"
@@ -173,37 +194,27 @@ class InteractionSurface(Surface):
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
-        if self._original_used:
-            return await self._followup(text, buttons)
-        self._original_used = True
         view = button_view(buttons) if buttons else None
-        await sending(
-            view,
-            lambda: self._interaction.edit_original_response(
-                content=text, allowed_mentions=NO_PINGS, view=view or discord.utils.MISSING
-            ),
-        )
-        return MessageRef(self.ORIGINAL)
-
-    async def _followup(self, text: str, buttons: Sequence[Button]) -> MessageRef:
-        view = button_view(buttons) if buttons else None
-        followup = self._interaction.followup
+        webhook = self._webhook
         sent = await sending(
             view,
-            lambda: followup.send(
+            lambda: webhook.send(
                 text, allowed_mentions=NO_PINGS, wait=True, view=view or discord.utils.MISSING
             ),
         )
         return MessageRef(str(sent.id))
 
     async def edit(self, ref: MessageRef, text: str) -> None:
-        if ref.id == self.ORIGINAL:
-            await _call(
-                lambda: self._interaction.edit_original_response(content=text, allowed_mentions=NO_PINGS)
-            )
-        else:
-            followup = self._interaction.followup
-            await _call(lambda: followup.edit_message(int(ref.id), content=text, allowed_mentions=NO_PINGS))
+        webhook = self._webhook
+        await _call(lambda: webhook.edit_message(int(ref.id), content=text, allowed_mentions=NO_PINGS))
+
+    async def delete(self, ref: MessageRef) -> None:
+        if self._original is not None and ref.id == str(self._original):
+            # the response to the command (or the message clicked): deleting it would
+            # leave the follow-ups replying to nothing, so it is edited instead
+            raise PlatformError("an interaction's response is not deleted")
+        webhook = self._webhook
+        await _call(lambda: webhook.delete_message(int(ref.id)))
 
 
 class PostSurface(Surface):
@@ -219,10 +230,13 @@ class PostSurface(Surface):
         return CAPABILITIES
 
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
-        return jump_link(self._channel.guild, self._channel, message_id, thread_id)
+        guild = self._channel.guild
+        return jump_link(
+            guild.id if guild is not None else None, place(self._channel)[0], message_id, thread_id
+        )
 
     async def visibility(self) -> Visibility | None:
-        return visibility(self._channel.guild is not None, self._intents)
+        return visibility(self._channel.guild is not None, self._intents.message_content)
 
     async def typing(self) -> None:
         await _call(lambda: self._channel.typing())
@@ -243,35 +257,41 @@ class PostSurface(Surface):
 
 
 class DecisionSurface(InteractionSurface):
-    """Answers a click that decides the message it was on (approve, reject…), after
-    a deferred update: the outcome is appended to that message and its buttons go;
-    a refusal is an ephemeral message for the clicker; anything else a new message."""
+    """Answers a click that decides the message it was on (approve, reject…), after a
+    deferred update: the outcome is appended to that message and its buttons go; a
+    refusal is an ephemeral message for the clicker; anything else a new message."""
 
-    async def send(
-        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
-    ) -> MessageRef:
-        return await self._followup(text, buttons)  # the original response is the clicked message
+    def __init__(
+        self,
+        webhook: discord.Webhook,
+        channel: discord.PartialMessageable,
+        chat: str,
+        clicked: int | None,
+        shown: str,
+        reads_text: bool,
+    ) -> None:
+        super().__init__(webhook, channel, chat, clicked, reads_text)
+        self._shown = shown
 
     async def notice(self, text: str) -> None:
-        followup = self._interaction.followup
-        await _call(lambda: followup.send(text, ephemeral=True, allowed_mentions=NO_PINGS))
+        webhook = self._webhook
+        await _call(lambda: webhook.send(text, ephemeral=True, allowed_mentions=NO_PINGS, wait=True))
 
     async def conclude(self, text: str) -> None:
-        message = self._interaction.message
-        shown = f"{message.content}\n\n**{text}**" if message is not None else f"**{text}**"
-        await _call(
-            lambda: self._interaction.edit_original_response(
-                content=shown, view=None, allowed_mentions=NO_PINGS
-            )
-        )
+        if self._original is None:  # Discord did not say which message was clicked
+            await self.send(f"**{text}**")
+            return
+        # Herald's own message, edited as the bot: an interaction's webhook edits only the
+        # messages it sent itself (the clicked one is its `@original`, which discord.py
+        # reaches only through the interaction object of the replica that received it)
+        clicked = self._channel.get_partial_message(self._original)
+        shown = f"{self._shown}\n\n**{text}**" if self._shown else f"**{text}**"
+        await _call(lambda: clicked.edit(content=shown, view=None, allowed_mentions=NO_PINGS))
 
 
-def jump_link(
-    guild: discord.Guild | None, channel: object, message_id: str, thread_id: str | None
-) -> str | None:
+def jump_link(guild_id: int | None, chat: str, message_id: str, thread_id: str | None) -> str | None:
     """Discord's link to a message: a thread's messages live in the thread's channel."""
-    chat, _ = place(channel)
     target = thread_id or chat
     if not target or not message_id.isdigit():
         return None
-    return f"https://discord.com/channels/{guild.id if guild else '@me'}/{target}/{message_id}"
+    return f"https://discord.com/channels/{guild_id or '@me'}/{target}/{message_id}"

@@ -1,9 +1,16 @@
-"""The Telegram bot: python-telegram-bot's `Application` feeding the core's engine.
+"""The Telegram bot: Telegram's updates in, through the intake, to the core's engine.
 
-Updates arrive by long polling (one poller per token) or by webhook (for
-several replicas behind a load balancer). Each text message becomes one
-`Inbound`; updates are processed concurrently, and the engine keeps each
-conversation in order. Stopping waits for the answers in flight.
+Updates arrive by long polling (one poller per token) or by webhook (for several
+gateway replicas behind a load balancer), received by `receive` so that Telegram is
+told an update arrived only once it was taken in. Taking in is translating: what the
+engine answers (a message addressed to the bot, a command, a button click) is put in
+the intake (`core.intake`) with the `Address` its answer goes to; what it only records
+(other group messages, edits, a group's migration) is handled at once.
+
+Answering is the intake's: `_answer` gets each event as a `Job`, on this replica at
+once (the fast path) or on any other, even after the replica that began it died, and
+rebuilds its surface from the address. `receives=False` (`herald run --role worker`):
+no polling or webhook, only answering.
 """
 
 from __future__ import annotations
@@ -14,24 +21,20 @@ import time
 from dataclasses import dataclass, replace
 from urllib.parse import urlsplit
 
-from telegram import BotCommand, CallbackQuery, Message, Update
+from telegram import Bot, BotCommand, CallbackQuery, Message, Update
 from telegram.constants import ChatMemberStatus
 from telegram.error import Conflict, InvalidToken, TelegramError
-from telegram.ext import (
-    Application,
-    ApplicationBuilder,
-    CallbackQueryHandler,
-    ContextTypes,
-    MessageHandler,
-    filters,
-)
+from telegram.request import HTTPXRequest
 
 from adapters.platform import PlatformStartError
 from adapters.telegram.publisher import TelegramPublisher
-from adapters.telegram.surface import ClickSurface, TelegramSurface
+from adapters.telegram.receive import Poller, WebhookServer
+from adapters.telegram.surface import Address, ClickSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
 from core.chat.engine import Engine
 from core.commands.registry import clicked_command
+from core.intake.events import inbound_data, inbound_from_data
+from core.intake.worker import Intake, Job
 from core.platform import Author, Inbound, PlatformError
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -39,7 +42,8 @@ from core.posts.schedules.approval import edit_command, edit_request
 _COMMAND_NAME = re.compile(r"^[a-z0-9_]{1,32}$")
 ADMIN_CACHE_SECONDS = 60.0
 ADMIN_CACHE_SIZE = 10_000
-MAX_CONCURRENT_UPDATES = 256
+#: Bot API calls at once (answers stream concurrently); getUpdates has its own connection
+CONNECTIONS = 256
 #: what Herald asks Telegram for: messages, their edits (for chats that record their
 #: history) and button clicks
 UPDATES = [Update.MESSAGE, Update.EDITED_MESSAGE, Update.CALLBACK_QUERY]
@@ -59,6 +63,8 @@ class TelegramBot:
         engine: Engine,
         token: str,
         *,
+        intake: Intake,
+        receives: bool = True,
         api_url: str | None = None,
         webhook: WebhookConfig | None = None,
         poll_timeout: int = 30,
@@ -66,22 +72,23 @@ class TelegramBot:
         logger: logging.Logger | None = None,
     ) -> None:
         self._engine = engine
+        self._intake = intake
+        self._receives = receives
         self._actions = actions
         self._webhook = webhook
         self._poll_timeout = poll_timeout
         self._log = logger or logging.getLogger("herald.telegram")
-        builder = ApplicationBuilder().token(token).concurrent_updates(MAX_CONCURRENT_UPDATES)
-        if api_url:
-            root = api_url.rstrip("/")
-            builder = builder.base_url(f"{root}/bot").base_file_url(f"{root}/file/bot")
-        # long polls hold the request open for poll_timeout seconds
-        builder = builder.get_updates_read_timeout(poll_timeout + 10)
-        self.app: Application = builder.build()  # type: ignore[type-arg]
-        self.app.add_handler(MessageHandler(filters.StatusUpdate.MIGRATE, self._on_migrate))
-        self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.MESSAGE, self._on_message))
-        self.app.add_handler(MessageHandler(filters.TEXT & filters.UpdateType.EDITED_MESSAGE, self._on_edit))
-        self.app.add_handler(CallbackQueryHandler(self._on_button))
-        self.app.add_error_handler(self._on_error)
+        root = (api_url or "https://api.telegram.org").rstrip("/")
+        self._bot = Bot(
+            token,
+            base_url=f"{root}/bot",
+            base_file_url=f"{root}/file/bot",
+            request=HTTPXRequest(connection_pool_size=CONNECTIONS),
+            # a long poll is held for poll_timeout seconds, added to this read timeout
+            get_updates_request=HTTPXRequest(connection_pool_size=1, read_timeout=10.0),
+        )
+        self._poller: Poller | None = None
+        self._hook: WebhookServer | None = None
         self._identity: BotIdentity | None = None
         self._admins: dict[tuple[int, int], tuple[float, bool]] = {}
 
@@ -93,62 +100,96 @@ class TelegramBot:
 
     async def start(self) -> None:
         try:
-            await self.app.initialize()  # getMe: proves the token and the API URL
+            await self._bot.initialize()  # getMe: proves the token and the API URL
         except InvalidToken:
             raise PlatformStartError(
                 "Telegram refused the bot token: check HERALD_TELEGRAM_TOKEN (from @BotFather)."
             ) from None
         except TelegramError as exc:
             raise PlatformStartError(f"Cannot reach the Telegram Bot API: {exc}") from None
-        me = self.app.bot.bot
-        self._identity = BotIdentity(me.id, me.username)
+        me = self._bot.bot
+        self._identity = BotIdentity(me.id, me.username or "")  # bots always have one
+        self._intake.serve(PLATFORM, self._answer)
+        if not self._receives:
+            self._log.info("Telegram: @%s answering what the gateways receive", me.username)
+            return
         self._explain_privacy(bool(me.can_read_all_group_messages))
         await self._register_commands()
-        await self.app.start()
-        updater = self.app.updater
-        assert updater is not None  # built with the default updater
-        if self._webhook is None:
-            await updater.start_polling(
-                timeout=self._poll_timeout,
-                allowed_updates=UPDATES,
-                error_callback=self._on_poll_error,
-            )
-            self._log.info("Telegram: @%s polling for updates", me.username)
-        else:
-            hook = self._webhook
-            await updater.start_webhook(
-                listen=hook.host,
-                port=hook.port,
-                url_path=urlsplit(hook.url).path.lstrip("/"),  # the same path as the public URL
-                webhook_url=hook.url,
-                secret_token=hook.secret,
-                allowed_updates=UPDATES,
-            )
-            self._log.info("Telegram: @%s receiving updates by webhook", me.username)
+        try:
+            if self._webhook is None:
+                await self._start_polling()
+            else:
+                await self._start_webhook(self._webhook)
+        except TelegramError as exc:
+            await self.stop()
+            raise PlatformStartError(f"Telegram refused to deliver updates: {exc}") from None
+
+    async def _start_polling(self) -> None:
+        await self._bot.delete_webhook()  # getUpdates is refused while a webhook is set
+        self._poller = Poller(
+            self._bot,
+            self._take_in,
+            timeout=self._poll_timeout,
+            allowed_updates=UPDATES,
+            on_error=self._on_poll_error,
+            logger=self._log,
+        )
+        self._poller.start()
+        self._log.info("Telegram: @%s polling for updates", self.identity.username)
+
+    async def _start_webhook(self, hook: WebhookConfig) -> None:
+        server = WebhookServer(
+            self._bot,
+            self._take_in,
+            path=urlsplit(hook.url).path,  # the same path as the public URL
+            secret=hook.secret,
+            host=hook.host,
+            port=hook.port,
+            logger=self._log,
+        )
+        try:
+            await server.start()
+        except OSError as exc:
+            raise PlatformStartError(
+                f"Cannot listen for Telegram's webhook on {hook.host}:{hook.port}: {exc}"
+            ) from None
+        self._hook = server
+        await self._bot.set_webhook(hook.url, secret_token=hook.secret, allowed_updates=UPDATES)
+        self._log.info("Telegram: @%s receiving updates by webhook", self.identity.username)
 
     def publisher(self) -> TelegramPublisher:
-        return TelegramPublisher(self.app.bot)
+        return TelegramPublisher(self._bot)
 
     async def pause(self) -> None:
-        """Stop taking updates (polling or webhook); what is running goes on."""
-        updater = self.app.updater
-        if updater is not None and updater.running:
-            await updater.stop()
+        """Stop taking updates (polling or webhook); the answers under way go on (they
+        are the intake's)."""
+        poller, self._poller = self._poller, None
+        if poller is not None:
+            await poller.stop()
+        hook, self._hook = self._hook, None
+        if hook is not None:
+            await hook.stop()
 
     async def ready(self) -> bool:
-        """The Bot API answers, and updates are being received."""
-        updater = self.app.updater
-        if updater is None or not updater.running:
+        """The Bot API answers, and (where this replica receives) updates are being received."""
+        if self._identity is None:
             return False
-        await self.app.bot.get_me()
+        if self._receives:
+            receiving = (self._poller is not None and self._poller.running) or (
+                self._hook is not None and self._hook.running
+            )
+            if not receiving:
+                return False
+        await self._bot.get_me()
         return True
 
     async def stop(self) -> None:
-        """Stop taking updates, let the answers in flight finish, then close."""
+        """Stop taking updates and close. The answers in flight are the intake's: stop it
+        first (`Intake.stop`) to let them finish."""
         await self.pause()
-        if self.app.running:
-            await self.app.stop()  # waits for the handlers still running
-        await self.app.shutdown()
+        if self._identity is not None:
+            self._identity = None
+            await self._bot.shutdown()
 
     def _explain_privacy(self, reads_all: bool) -> None:
         if reads_all:
@@ -169,80 +210,65 @@ class TelegramBot:
             if _COMMAND_NAME.match(spec.name)
         ]
         try:
-            await self.app.bot.set_my_commands(commands)
+            await self._bot.set_my_commands(commands)
         except TelegramError as exc:
             self._log.warning("Telegram: could not register the command menu: %s", exc)
 
-    async def _on_message(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.message
-        if message is None or message.text is None:
-            return
+    # -- taking in (the gateway) ---------------------------------------------------------
+
+    async def _take_in(self, update: Update) -> None:
+        """One update, before Telegram is told it arrived (`RedisError`: it could not be
+        kept, and Telegram must deliver it again)."""
+        if update.callback_query is not None:
+            await self._take_click(update.update_id, update.callback_query)
+        elif update.message is not None:
+            message = update.message
+            if message.migrate_to_chat_id is not None:
+                await self._chat_moved(message.chat.id, message.migrate_to_chat_id)
+            elif message.migrate_from_chat_id is not None:
+                await self._chat_moved(message.migrate_from_chat_id, message.chat.id)
+            elif message.text is not None:
+                await self._take_message(update.update_id, message)
+        elif update.edited_message is not None and update.edited_message.text is not None:
+            # someone edited a message: the chat's log, where the chat records, follows
+            edited = to_inbound(update.edited_message, update.update_id, self.identity, chat_admin=False)
+            await self._engine.message_edited(edited)
+
+    async def _take_message(self, update_id: int, message: Message) -> None:
+        assert message.text is not None
         private = message.chat.type == message.chat.PRIVATE
         edit_of = self._edit_of(message)
         needs_rights = starts_with_command(message) or edit_of is not None
         chat_admin = not private and needs_rights and await self._is_chat_admin(message)
-        inbound = to_inbound(message, update.update_id, self.identity, chat_admin=chat_admin)
+        inbound = to_inbound(message, update_id, self.identity, chat_admin=chat_admin)
         if edit_of is not None:  # the text asked for by Edit: the reply runs the edit
             inbound = replace(inbound, command=edit_command(edit_of, message.text.strip()))
-        surface = TelegramSurface(
-            self.app.bot,
-            chat_id=message.chat.id,
-            thread_id=message.message_thread_id if message.is_topic_message else None,
-            reply_to=message.message_id,
-            private=private,
-            logger=self._log,
-        )
-        await self._engine.handle(inbound, surface)
-        if surface.chat_id != message.chat.id:  # the chat migrated while we answered
-            await self._chat_moved(message.chat.id, surface.chat_id)
+        address = Address.of_message(message)
+        if inbound.addressed or inbound.command is not None:
+            await self._put(update_id, inbound, address)
+        else:  # nothing to answer: only the chat's log (where it records) wants it
+            await self._engine.handle(inbound, address.surface(self._bot, self._log))
 
-    async def _on_edit(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        """Someone edited a message: the chat's log, where the chat records, follows."""
-        message = update.edited_message
-        if message is None or message.text is None:
-            return
-        edited = to_inbound(message, update.update_id, self.identity, chat_admin=False)
-        await self._engine.message_edited(edited)
-
-    async def _on_button(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
+    async def _take_click(self, update_id: int, query: CallbackQuery) -> None:
         """A click on one of the core's command buttons runs its command as the person
-        who clicked, like the typed command. Edit asks for the text first."""
-        query = update.callback_query
-        if query is None or query.message is None:
+        who clicked, like the typed command."""
+        if query.message is None:
             return
-        event = await self._clicker(query)
-        surface = ClickSurface(
-            self.app.bot,
-            query,
-            thread_id=int(event.thread_id) if event.thread_id is not None else None,
-            logger=self._log,
-        )
         command = clicked_command(query.data or "")
-        try:
-            if command is None:
-                return  # not Herald's button; answering stops its loading
-            post_id = edit_request(command)
-            if post_id is not None and self._actions is not None:
-                await self._ask_for_edit(self._actions, surface, post_id, event)
-                return
-            if not self._engine.commands.decides(command):
-                await surface.acknowledge()  # the answer is a new message: stop the loading now
-            await self._engine.handle(replace(event, command=command), surface)
-        finally:
-            await surface.acknowledge()
+        if command is None:  # not Herald's button; answering stops its loading
+            try:
+                await query.answer()
+            except TelegramError as exc:
+                self._log.warning("Telegram: could not answer a button click: %s", exc)
+            return
+        event = replace(await self._clicker(query), command=command)
+        thread = int(event.thread_id) if event.thread_id is not None else None
+        await self._put(update_id, event, Address.of_click(query, thread))
 
-    async def _ask_for_edit(
-        self, actions: PostActions, surface: ClickSurface, post_id: str, event: Inbound
-    ) -> None:
-        """Edit: a forced reply asks for the new text; the reply runs the edit (`_edit_of`)."""
-        post, why = await actions.editable(post_id, event)
-        try:
-            if post is None:
-                await surface.notice(why)
-            else:
-                await surface.ask_for_text(edit_prompt(post_id), placeholder="The text to publish")
-        except PlatformError as exc:
-            self._log.warning("Telegram: could not ask for the edited text: %s", exc)
+    async def _put(self, update_id: int, event: Inbound, address: Address) -> None:
+        data = {"event": inbound_data(event), "reply": address.data()}
+        if not await self._intake.put(PLATFORM, str(update_id), data):
+            self._log.info("Telegram: update %s came again; it is answered once", update_id)
 
     def _edit_of(self, message: Message) -> str | None:
         """The post whose edit prompt this message answers, if it does."""
@@ -271,14 +297,53 @@ class TelegramBot:
             is_private=private,
         )
 
-    async def _on_migrate(self, update: Update, context: ContextTypes.DEFAULT_TYPE) -> None:
-        message = update.message
-        if message is None:
+    # -- answering (a worker) ------------------------------------------------------------
+
+    async def _answer(self, job: Job) -> None:
+        """Answer one event from the intake, wherever it was received."""
+        try:
+            event = inbound_from_data(job.entry.data["event"])
+            address = Address.from_data(job.entry.data["reply"])
+            surface = address.surface(self._bot, self._log)
+        except (KeyError, ValueError) as exc:
+            self._log.error("Telegram: event %s can't be answered (%s); dropped", job.entry.event_id, exc)
             return
-        if message.migrate_to_chat_id is not None:
-            await self._chat_moved(message.chat.id, message.migrate_to_chat_id)
-        elif message.migrate_from_chat_id is not None:
-            await self._chat_moved(message.migrate_from_chat_id, message.chat.id)
+        event = replace(event, arrival=job.arrival)
+        if isinstance(surface, ClickSurface):
+            await self._answer_click(job, event, surface)
+        else:
+            await self._engine.handle(event, job.surface(surface))
+        if surface.chat_id != address.chat_id:  # the chat migrated while we answered
+            await self._chat_moved(address.chat_id, surface.chat_id)
+
+    async def _answer_click(self, job: Job, event: Inbound, surface: ClickSurface) -> None:
+        """Edit asks for the text first (a forced reply: `_edit_of`); a command that does
+        not decide the clicked message stops the button's loading before it runs."""
+        try:
+            command = event.command
+            assert command is not None  # only clicks on Herald's buttons are put in
+            post_id = edit_request(command)
+            if post_id is not None and self._actions is not None:
+                await self._ask_for_edit(self._actions, surface, post_id, event)
+                return
+            if not self._engine.commands.decides(command):
+                await surface.acknowledge()  # the answer is a new message: stop the loading now
+            await self._engine.handle(event, job.surface(surface))
+        finally:
+            await surface.acknowledge()
+
+    async def _ask_for_edit(
+        self, actions: PostActions, surface: ClickSurface, post_id: str, event: Inbound
+    ) -> None:
+        """Edit: a forced reply asks for the new text; the reply runs the edit (`_edit_of`)."""
+        post, why = await actions.editable(post_id, event)
+        try:
+            if post is None:
+                await surface.notice(why)
+            else:
+                await surface.ask_for_text(edit_prompt(post_id), placeholder="The text to publish")
+        except PlatformError as exc:
+            self._log.warning("Telegram: could not ask for the edited text: %s", exc)
 
     async def _chat_moved(self, old: int, new: int) -> None:
         await self._engine.chat_moved(PLATFORM, str(old), str(new))
@@ -295,7 +360,7 @@ class TelegramBot:
         if cached is not None and cached[0] > now:
             return cached[1]
         try:
-            member = await self.app.bot.get_chat_member(chat_id, user_id)
+            member = await self._bot.get_chat_member(chat_id, user_id)
             admin = member.status in (ChatMemberStatus.ADMINISTRATOR, ChatMemberStatus.OWNER)
         except TelegramError as exc:
             self._log.warning("Telegram: could not check admin rights in %s: %s", key[0], exc)
@@ -304,9 +369,6 @@ class TelegramBot:
             self._admins.clear()
         self._admins[key] = (now + ADMIN_CACHE_SECONDS, admin)
         return admin
-
-    async def _on_error(self, update: object, context: ContextTypes.DEFAULT_TYPE) -> None:
-        self._log.error("Telegram: error while handling an update", exc_info=context.error)
 
     def _on_poll_error(self, error: TelegramError) -> None:
         if isinstance(error, Conflict):

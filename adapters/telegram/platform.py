@@ -69,6 +69,8 @@ def build(settings: TelegramSettings, deps: BotDeps) -> TelegramBot:
     return TelegramBot(
         deps.engine,
         settings.token.get_secret_value(),
+        intake=deps.intake,
+        receives=deps.receives,
         api_url=settings.api_url,
         webhook=settings.webhook(),
         actions=deps.actions,

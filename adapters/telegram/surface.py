@@ -4,14 +4,19 @@ Markdown from the model is sent as escaped Telegram HTML; if Telegram still
 rejects the formatting, the same text goes out without a parse mode. Telegram
 errors become the core's platform errors, so the renderer decides what to do.
 What Herald can read in a group is asked of the Bot API whenever it is wanted.
+
+An answer may be written by another replica than the one that received its event
+(`core.intake`): the receiver keeps an `Address`, plain JSON, and whoever answers
+rebuilds the surface from it.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
 
 from telegram import (
     Bot,
@@ -151,6 +156,9 @@ class TelegramSurface(Surface):
             )
 
         await self._formatted(attempt)
+
+    async def delete(self, ref: MessageRef) -> None:
+        await self._call(lambda: self._bot.delete_message(self.chat_id, int(ref.id)))
 
     @staticmethod
     def _content(text: str, html: bool) -> tuple[str, str | None]:
@@ -294,3 +302,86 @@ def message_link(chat_id: int, message_id: str, thread_id: str | None = None) ->
         return None
     topic = f"{thread_id}/" if thread_id and thread_id.isdigit() else ""
     return f"https://t.me/c/{text[4:]}/{topic}{message_id}"
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    """Where the answer to one event goes, as the replica that received it saw it:
+    kept beside the event in the intake as JSON, so that any replica can rebuild the
+    surface. A button click keeps its callback query (Telegram's own JSON), which its
+    surface answers."""
+
+    chat_id: int
+    thread_id: int | None
+    reply_to: int | None
+    private: bool
+    query: Mapping[str, Any] | None = None
+
+    @classmethod
+    def of_message(cls, message: Message) -> Address:
+        return cls(
+            chat_id=message.chat.id,
+            thread_id=message.message_thread_id if message.is_topic_message else None,
+            reply_to=message.message_id,
+            private=message.chat.type == message.chat.PRIVATE,
+        )
+
+    @classmethod
+    def of_click(cls, query: CallbackQuery, thread_id: int | None) -> Address:
+        message = query.message
+        assert message is not None  # clicks on messages too old to have one are not served
+        return cls(
+            chat_id=message.chat.id,
+            thread_id=thread_id,
+            reply_to=message.message_id,
+            private=message.chat.type == message.chat.PRIVATE,
+            query=query.to_dict(),
+        )
+
+    def data(self) -> dict[str, Any]:
+        data: dict[str, Any] = {
+            "chat": self.chat_id,
+            "thread": self.thread_id,
+            "reply_to": self.reply_to,
+            "private": self.private,
+        }
+        if self.query is not None:
+            data["query"] = dict(self.query)
+        return data
+
+    @classmethod
+    def from_data(cls, data: Any) -> Address:
+        """The address; `ValueError` when `data` isn't one."""
+        if not isinstance(data, Mapping):
+            raise ValueError("an address is an object")
+        chat, thread, reply_to = data.get("chat"), data.get("thread"), data.get("reply_to")
+        query = data.get("query")
+        if not isinstance(chat, int) or not all(v is None or _is_int(v) for v in (chat, thread, reply_to)):
+            raise ValueError(f"not an address: {dict(data)!r}")
+        if query is not None and not isinstance(query, Mapping):
+            raise ValueError("an address's query is an object")
+        return cls(chat, thread, reply_to, bool(data.get("private")), query)
+
+    def surface(self, bot: Bot, logger: logging.Logger | None = None) -> TelegramSurface:
+        """The surface an answer goes to: a `ClickSurface` for a click (`ValueError` when
+        its query can't be read back)."""
+        if self.query is None:
+            return TelegramSurface(
+                bot,
+                chat_id=self.chat_id,
+                thread_id=self.thread_id,
+                reply_to=self.reply_to,
+                private=self.private,
+                logger=logger,
+            )
+        try:
+            query = CallbackQuery.de_json(dict(self.query), bot)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise ValueError(f"not a callback query: {exc!r}") from None
+        if query.message is None:
+            raise ValueError("a callback query without its message")
+        return ClickSurface(bot, query, thread_id=self.thread_id, logger=logger)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

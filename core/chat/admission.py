@@ -10,12 +10,11 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
-
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 _ADMIT = """
-if redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return {1, 0} end
+if ARGV[6] == '1' and redis.call('SET', KEYS[1], '1', 'NX', 'EX', ARGV[1]) == false then return {1, 0} end
 if ARGV[2] == '0' then return {0, 0} end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
@@ -71,17 +70,20 @@ class Limits:
 class Admitter:
     """Decides whether an event may proceed, and charges tokens once it did."""
 
-    def __init__(self, redis: Redis, keys: Keys, limits: Limits) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, limits: Limits) -> None:
         self._keys = keys
         self._limits = limits
         self._admit = redis.register_script(_ADMIT)
         self._charge = redis.register_script(_CHARGE)
 
-    async def admit(self, platform: str, event_id: str, user_id: str, *, limited: bool) -> Admission:
-        """`limited` is False for events that cost no generation, or for admins."""
+    async def admit(
+        self, platform: str, event_id: str, user_id: str, *, limited: bool, check_repeat: bool = True
+    ) -> Admission:
+        """`limited` is False for events that cost no generation, or for admins.
+        `check_repeat` is False where the intake already refused repeated event ids."""
         lim = self._limits
         keys = [
-            self._keys.event(platform, event_id),
+            self._keys.event(platform, event_id, user_id=user_id),
             self._keys.bucket(platform, user_id),
             self._keys.quota(platform, user_id),
         ]
@@ -91,6 +93,7 @@ class Admitter:
             lim.burst,
             lim.rate_per_minute / 60.0,
             lim.daily_tokens,
+            1 if check_repeat else 0,
         ]
         code, retry_ms = await self._admit(keys=keys, args=args)
         return Admission(Verdict(int(code)), int(retry_ms) / 1000.0)

@@ -15,12 +15,11 @@ import logging
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.platform import ConversationKey
 from core.storage.keys import Keys
-from core.storage.redis_client import honour_cancellation
+from core.storage.redis_client import RedisClient, honour_cancellation, subscriber
 
 #: conversations whose stop request found no generation, remembered at most
 MAX_REMEMBERED = 1024
@@ -43,7 +42,7 @@ class Generation:
 
 
 class CancelBus:
-    def __init__(self, redis: Redis, keys: Keys, *, logger: logging.Logger | None = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, logger: logging.Logger | None = None) -> None:
         self._redis = redis
         self._channel = keys.cancel_channel()
         self._log = logger or logging.getLogger(__name__)
@@ -109,8 +108,9 @@ class CancelBus:
     async def _listen(self) -> None:
         delay = 0.1
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = await subscriber(self._redis)
                 await pubsub.subscribe(self._channel)
                 self._subscribed.set()
                 delay = 0.1
@@ -124,5 +124,6 @@ class CancelBus:
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -79,6 +79,7 @@ class _Stream:
     started: float  # when the message was taken (monotonic)
     platform: str
     turn: float  # when the conversation's turn began (the loop's clock): stops since count
+    resumed: bool = False  # taken over from a replica that died answering it: said under it
     text: str = ""
     tokens: int = 0
     finished: Finished | None = None
@@ -151,7 +152,8 @@ class Engine:
         self.sleep = sleep
 
     async def handle(self, event: Inbound, surface: Surface) -> Outcome:
-        """Process one event to the end; never raises for bad input or failing services."""
+        """Process one event to the end; never raises for bad input or failing services.
+        `event.arrival` says whether it came through the intake, or was taken over."""
         self.metrics.events_received.labels(event.platform).inc()
         surface = MeteredSurface(surface, event.platform, self.metrics)
         try:
@@ -196,10 +198,16 @@ class Engine:
         elif not event.addressed:
             return Outcome.NOT_ADDRESSED
 
+        if event.arrival.resumed:  # admitted by the replica that began it
+            return await self._resume(parsed, problem, event, surface)
         generates = parsed.spec.generates if parsed is not None else event.command is None
         limited = generates and not self.access.is_admin(event.platform, event.author)
         admission = await self.admitter.admit(
-            event.platform, event.event_id, event.author.user_id, limited=limited
+            event.platform,
+            event.event_id,
+            event.author.user_id,
+            limited=limited,
+            check_repeat=not event.arrival.deduplicated,
         )
         if admission.verdict is Verdict.DUPLICATE:
             return Outcome.DUPLICATE
@@ -215,6 +223,23 @@ class Engine:
         if parsed is not None:
             return await self._run_command(parsed, event, surface)
         return await self.answer(event, surface, event.text)
+
+    async def _resume(
+        self, parsed: ParsedCommand | None, problem: str | None, event: Inbound, surface: Surface
+    ) -> Outcome:
+        """An event a replica that died had begun: answers start over (in the messages it
+        sent, its turn saved once); so do commands that write with the model or decide a
+        post (the post's own lifecycle makes that safe). Any other command may have done
+        its work already: doing it again could do it twice, so the person is told."""
+        if problem is not None:
+            await say(surface, problem)
+            return Outcome.INVALID
+        if parsed is None:
+            return await self.answer(event, surface, event.text)
+        if parsed.spec.generates or parsed.spec.decides:
+            return await self._run_command(parsed, event, surface)
+        await say(surface, messages.COMMAND_INTERRUPTED)
+        return Outcome.FAILED
 
     async def _run_command(self, parsed: ParsedCommand, event: Inbound, surface: Surface) -> Outcome:
         context = CommandContext(event, surface, self)
@@ -302,7 +327,7 @@ class Engine:
                 await renderer.fail(messages.TOO_MUCH_TO_READ)
                 return ""
             built = BuiltContext(prepared, user_tokens=0, history_used=0, history_start=0)
-            state = _Stream(started, event.platform, turn)
+            state = _Stream(started, event.platform, turn, resumed=event.arrival.resumed)
             result = await self._generate(event.conversation, built, renderer, state, may_retry=False)
         except LLMError as exc:
             self._log.warning("model error before answering %s: %r", event.conversation, exc)
@@ -399,6 +424,8 @@ class Engine:
             await say(surface, messages.RESTARTING)
             return Outcome.SHUTTING_DOWN
         turn = asyncio.get_running_loop().time()
+        if event.arrival.resumed and await self.memory.saved(conv, event.event_id):
+            return Outcome.ANSWERED  # the replica that died had finished it
         persona, history = await self.memory.load(conv)
         if continuing and not (history and history[-1].role == "assistant" and history[-1].cut):
             await say(surface, messages.NOTHING_TO_CONTINUE)
@@ -416,7 +443,7 @@ class Engine:
                     conv,
                     built,
                     renderer,
-                    _Stream(started, event.platform, turn),
+                    _Stream(started, event.platform, turn, resumed=event.arrival.resumed),
                     may_retry=skip < self.policy.overflow_retries,
                 )
                 break
@@ -440,6 +467,7 @@ class Engine:
                     Turn("user", text, built.user_tokens),
                     Turn("assistant", result.text, result.tokens, partial=result.partial, cut=result.cut),
                 ],
+                once=event.event_id,
             )
             await self.admitter.charge(
                 event.platform, event.author.user_id, built.prompt.input_tokens + result.tokens
@@ -495,7 +523,7 @@ class Engine:
                 return _Generated(state.text, state.tokens, Outcome.FAILED)
             finally:
                 watchdog.cancel()
-        await renderer.finish()
+        await renderer.finish(note=messages.RESUMED if state.resumed else None)
         cut = state.finished is not None and state.finished.finish_reason == "length"
         return _Generated(state.text, state.tokens, Outcome.ANSWERED, cut=cut)
 

@@ -16,11 +16,11 @@ import secrets
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.platform import ConversationKey
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -46,7 +46,7 @@ class _Local:
 class ConversationLocks:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         lease: float = 30.0,

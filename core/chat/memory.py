@@ -14,15 +14,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from redis.asyncio import Redis
-
 from core.llm.base import Role
 from core.platform import ConversationKey
-from core.storage.keys import Keys
+from core.storage.keys import Keys, chat_tag
+from core.storage.redis_client import RedisClient, move_key
 
 _APPEND = """
 local hist, seqkey = KEYS[1], KEYS[2]
 local maxlen, ttl = tonumber(ARGV[1]), tonumber(ARGV[2])
+if KEYS[3] and not redis.call('SET', KEYS[3], '1', 'NX', 'PX', ttl) then return 0 end
 local seq = 0
 for i = 3, #ARGV do
   local turn = cjson.decode(ARGV[i])
@@ -74,7 +74,7 @@ class Turn:
 class ConversationStore:
     """History and personas, namespaced by `Keys`."""
 
-    def __init__(self, redis: Redis, keys: Keys, *, max_messages: int, ttl_seconds: int) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, max_messages: int, ttl_seconds: int) -> None:
         self._redis = redis
         self._keys = keys
         self._max = max_messages
@@ -93,13 +93,21 @@ class ConversationStore:
     async def history(self, conv: ConversationKey) -> list[Turn]:
         return (await self.load(conv))[1]
 
-    async def append(self, conv: ConversationKey, turns: Sequence[Turn]) -> int:
-        """Append turns atomically; returns the last sequence number."""
+    async def append(self, conv: ConversationKey, turns: Sequence[Turn], *, once: str | None = None) -> int:
+        """Append turns atomically; returns the last sequence number. `once`: the event
+        the turns answer; they are saved only the first time (0 is returned after), so a
+        replica that finishes a dead one's answer never saves its turn twice."""
         if not turns:
             return 0
         keys = [self._keys.history(conv), self._keys.history_seq(conv)]
+        if once is not None:
+            keys.append(self._keys.turn_saved(conv, once))
         args: list[str | int] = [self._max, self._ttl_ms, *(t.encode() for t in turns)]
         return int(await self._append(keys=keys, args=args))
+
+    async def saved(self, conv: ConversationKey, event_id: str) -> bool:
+        """Whether the turn answering `event_id` was saved (`append(…, once=event_id)`)."""
+        return bool(await self._redis.exists(self._keys.turn_saved(conv, event_id)))
 
     async def reset(self, conv: ConversationKey) -> bool:
         """Forget the conversation; True when there was something to forget.
@@ -111,18 +119,21 @@ class ConversationStore:
     async def move_chat(self, platform: str, old_chat: str, new_chat: str) -> int:
         """Carry a chat's conversations and persona to its new id (Telegram group → supergroup).
 
-        Idempotent: keys already at the new id are kept; returns how many keys moved.
+        Idempotent: keys already at the new id are kept; returns how many keys moved. The
+        new id's keys carry another hash tag: on a cluster they may live in another slot,
+        so each key is moved by `move_key`, and found by a SCAN of every primary.
         """
-        old_prefix = f"{platform}:{old_chat}:"
-        new_prefix = f"{platform}:{new_chat}:"
-        moved = 0
+        old_tag, new_tag = chat_tag(platform, old_chat), chat_tag(platform, new_chat)
+        found: list[str] = []
         for pattern in self._keys.chat_conversations(platform, old_chat):
-            async for key in self._redis.scan_iter(match=pattern, count=200):
-                head, _, tail = str(key).partition(old_prefix)
-                moved += int(await self._redis.renamenx(key, head + new_prefix + tail))
+            found += [str(key) async for key in self._redis.scan_iter(match=pattern, count=200)]
+        moved = 0
+        for key in found:  # scanned first: a key moved during a SCAN may be seen again
+            head, _, tail = key.partition(old_tag)
+            moved += await move_key(self._redis, key, head + new_tag + tail)
         persona = self._keys.persona(platform, old_chat)
         if await self._redis.exists(persona):
-            moved += int(await self._redis.renamenx(persona, self._keys.persona(platform, new_chat)))
+            moved += await move_key(self._redis, persona, self._keys.persona(platform, new_chat))
         return moved
 
     async def persona(self, platform: str, chat_id: str) -> str | None:

@@ -29,7 +29,6 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.chat.progress import ProgressMessage
@@ -42,7 +41,7 @@ from core.platform import (
 )
 from core.storage.keys import Keys
 from core.storage.lease import Lease
-from core.storage.redis_client import honour_cancellation
+from core.storage.redis_client import RedisClient, honour_cancellation
 
 log = logging.getLogger("herald.backfill")
 
@@ -198,7 +197,7 @@ class Backfills:
     def __init__(
         self,
         chatlog: ChatLog,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         lease_seconds: float = LEASE_SECONDS,

@@ -37,11 +37,10 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, replace
 
-from redis.asyncio import Redis
-
 from core.chatlog.terms import Terms
 from core.platform import Inbound
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 DAY = 86400
 #: how long a replica trusts what it read of whether a chat records
@@ -140,7 +139,7 @@ class ChatLog:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         terms: Terms,
         *,

@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.chat.say import say
 from core.chatlog.store import ChatLog
 from core.platform import Surface
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 #: how long a chat that was told is not told again
 TELL_EVERY = 86400
@@ -39,7 +39,7 @@ def notice(advice: str) -> str:
 class UnreadableNotice:
     """Tells a recording chat, once per `TELL_EVERY`, that its messages can't be read."""
 
-    def __init__(self, chatlog: ChatLog, redis: Redis, keys: Keys, *, every: int = TELL_EVERY) -> None:
+    def __init__(self, chatlog: ChatLog, redis: RedisClient, keys: Keys, *, every: int = TELL_EVERY) -> None:
         self._log = chatlog
         self._redis = redis
         self._keys = keys

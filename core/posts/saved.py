@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 from dataclasses import asdict, dataclass
 
-from redis.asyncio import Redis
-
 from core.posts.campaigns import Campaign
 from core.posts.drafting import Draft, DraftRequest
 from core.posts.schedules.store import new_id
 from core.posts.targets import Target
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 KEEP_SECONDS = 30 * 86400
 
@@ -27,7 +26,7 @@ class SavedDraft:
 
 
 class SavedContent:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
 

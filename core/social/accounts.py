@@ -29,11 +29,11 @@ from dataclasses import dataclass, field, replace
 from cryptography.fernet import Fernet, InvalidToken, MultiFernet
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
-from redis.asyncio import Redis
 
 from core.posts.schedules.store import new_id
 from core.social.network import Identity
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 NETWORKS = ("x", "bluesky", "mastodon")
 NETWORK_NAMES = {"x": "X", "bluesky": "Bluesky", "mastodon": "Mastodon"}
@@ -96,7 +96,7 @@ class AccountStore:
 
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         box: MultiFernet | None,
         installed: Mapping[str, Mapping[str, str]] | None = None,

@@ -31,8 +31,6 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-from redis.asyncio import Redis
-
 from core.posts.targets import ThreadTooLong, split_to_fit
 from core.social.network import (
     NetworkClient,
@@ -45,6 +43,7 @@ from core.social.network import (
     Unauthorized,
 )
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 #: networks where sending a part again with its key can't publish it twice
 IDEMPOTENT = frozenset({"bluesky", "mastodon"})
@@ -119,7 +118,7 @@ return 1
 
 
 class DeliveryStore:
-    def __init__(self, redis: Redis, keys: Keys) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys) -> None:
         self._redis = redis
         self._keys = keys
         self._swap = redis.register_script(_SWAP)

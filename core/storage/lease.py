@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import secrets
 
-from redis.asyncio import Redis
+from core.storage.redis_client import RedisClient
 
 _RENEW = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('PEXPIRE', KEYS[1], ARGV[2]) end
@@ -20,7 +20,7 @@ return 0
 
 
 class Lease:
-    def __init__(self, redis: Redis, key: str, ttl: float, *, owner: str | None = None) -> None:
+    def __init__(self, redis: RedisClient, key: str, ttl: float, *, owner: str | None = None) -> None:
         self._redis = redis
         self.key = key
         self.ttl_ms = int(ttl * 1000)

@@ -37,9 +37,11 @@ It keeps the Discord rules that a bot's code can get wrong:
 * permissions only from roles (``member(permissions=...)`` adds a role of the member's own),
   so discord.py's ``Member.guild_permissions`` agrees with the interaction's ``permissions``;
 * interactions: 3 s to acknowledge, one acknowledgement only, a deferred "thinking" message
-  that the first follow-up fills in, 15-minute webhook tokens;
+  that the first follow-up fills in, 15-minute webhook tokens, webhook message routes that
+  reach by id only what their token sent (the clicked message only as ``@original``);
 * sharding by ``(guild_id >> 22) % shard_count`` (DMs on shard 0), RESUME with replay of
-  what was missed, and the bot's own messages echoed back as MESSAGE_CREATE.
+  what was missed, the bot's own messages echoed back as MESSAGE_CREATE, and delivery at
+  least once (``deliver_again``).
 
 Deliberate simplifications: no voice, reactions, components interactions, stickers or polls;
 permission overwrites gate only reading (history, single messages, message events), not
@@ -1208,6 +1210,12 @@ class DiscordEmulator:
             embeds=copy.deepcopy(new_embeds),
         )
         self._dispatch_message("MESSAGE_UPDATE", message_id)
+
+    def deliver_again(self, message_id: int) -> None:
+        """Discord delivers a MESSAGE_CREATE again (at-least-once: a resumed session's replay,
+        two sessions of one shard while a replica hands over)."""
+        self._live_message(message_id)
+        self._dispatch_message("MESSAGE_CREATE", message_id)
 
     def delete_message(self, message_id: int) -> None:
         """Its author or a moderator deletes a message: MESSAGE_DELETE ``{id, channel_id[, guild_id]}``;
@@ -2774,12 +2782,16 @@ class DiscordEmulator:
         return 204, None
 
     def _webhook_message(self, req: _Request) -> tuple[int, Any]:
+        """GET/PATCH/DELETE a message of an interaction's webhook. ``@original`` is the
+        response, the clicked message too after an update (types 6, 7); by id, only a
+        message sent from this token (the response it created, or a follow-up): Discord
+        answers Unknown Message for any other, the clicked one included."""
         interaction = self._webhook_interaction(req)
         raw = req.params["message_id"]
         if raw == "@original":
             message_id = interaction.original_id
-        elif raw.isdigit() and int(raw) in (interaction.original_id, *interaction.followup_ids):
-            message_id = int(raw)
+        elif raw.isdigit() and (sent := self._bot_messages.get(int(raw))) is not None:
+            message_id = sent.id if sent.interaction_token == interaction.token else None
         else:
             message_id = None
         stored = self._messages.get(message_id or 0)

@@ -7,6 +7,9 @@ emulator keeps Telegram's observable rules that a bot's code can get wrong: long
 with offset confirmation, HTML/MarkdownV2 parsing with Telegram's error texts, the
 4096-UTF-16-unit limit counted after parsing, "message is not modified", replies to
 missing messages, group migration, blocked users, flood control and 409 conflicts.
+Updates are confirmed only by a later getUpdates' offset (every update below it), which
+tests can watch (``confirmed``, ``on_confirm``); with a webhook set, updates are POSTed
+to it (``deliver_webhooks``) and stay pending until it answers 2xx, as Telegram does.
 
 Deliberate deviations from Telegram (see ``TelegramEmulator`` for details):
 
@@ -14,8 +17,10 @@ Deliberate deviations from Telegram (see ``TelegramEmulator`` for details):
   ``strict_html`` off for Telegram's leniency. Telegram's docs require the escape, so a
   renderer that forgets it is caught here rather than corrupting text such as ``&lt``.
 * Bot messages get no automatic entities (urls, mentions...): only what was parsed or sent.
-* Message ids count per chat; text is not trimmed; no media, inline mode or payments, and
-  no webhook delivery (updates queue for getUpdates; ``make_update`` builds a webhook body).
+* Message ids count per chat; text is not trimmed; no media, inline mode or payments.
+* Webhook deliveries go one at a time, in order, to local stand-ins for the webhook's
+  host (``deliver_webhooks``); Telegram uses up to ``max_connections`` at once. Without
+  stand-ins updates just wait (``make_update`` builds a webhook body for a test to POST).
 """
 
 from __future__ import annotations
@@ -26,18 +31,22 @@ import copy
 import json
 import re
 import time
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
+import aiohttp
 from aiohttp import web
 
 __all__ = [
+    "DELETE_WINDOW",
     "ApiError",
     "BotMessage",
     "Call",
     "MarkupError",
     "TelegramEmulator",
+    "WebhookDelivery",
     "auto_entities",
     "normalize_url",
     "parse_html",
@@ -113,6 +122,16 @@ _COMMAND_NAME = re.compile(r"[a-z0-9_]{1,32}")
 _BOT_COMMAND = re.compile(r"(?<![\w/<>])/[A-Za-z0-9_]{1,64}(?:@[A-Za-z0-9_]{3,32})?(?![\w/<>@])")
 _MENTION = re.compile(r"(?<!\w)@[A-Za-z0-9_]{2,32}(?!\w)")
 _TG_USER = re.compile(r"tg://user\?id=(\d+)")
+_SECRET_TOKEN = re.compile(r"[A-Za-z0-9_-]*")
+#: Telegram's rule: "a message can only be deleted if it was sent less than 48 hours ago"
+DELETE_WINDOW = 48 * 3600
+#: service messages that nobody can delete
+_UNDELETABLE = (
+    "group_chat_created",
+    "supergroup_chat_created",
+    "migrate_from_chat_id",
+    "forum_topic_created",
+)
 
 
 def utf16_len(text: str) -> int:
@@ -716,6 +735,15 @@ class BotMessage:
 
 
 @dataclass
+class WebhookDelivery:
+    """One POST of an update to the webhook: the HTTP status it got (0: no answer)."""
+
+    update_id: int
+    status: int
+    at: float = field(default_factory=time.monotonic)
+
+
+@dataclass
 class _Fault:
     error_code: int
     description: str
@@ -808,6 +836,17 @@ class TelegramEmulator:
         self.webhook: _Json | None = None
         self.commands_by_scope: dict[tuple[str, str], list[_Json]] = {}
         self.deliveries: list[int] = []  # update_ids in the order getUpdates returned them
+        #: update_ids confirmed by a getUpdates offset, in the order they were
+        self.confirmed: list[int] = []
+        #: awaited with the update_ids a getUpdates offset is about to confirm (to check
+        #: what the bot did with them by then)
+        self.on_confirm: Callable[[list[int]], Awaitable[None]] | None = None
+        self.webhook_deliveries: list[WebhookDelivery] = []
+        self._webhook_targets: list[str] = []
+        self._webhook_retry = 0.2
+        self._webhook_error: tuple[int, str] | None = None  # (date, message) of the last failure
+        self._webhook_wake = asyncio.Event()
+        self._webhook_task: asyncio.Task[None] | None = None
         self.callback_answers: dict[str, _Json] = {}
         self._users: dict[int, _Json] = {bot_id: self.bot_user}
         self._chats: dict[int, _Json] = {}
@@ -872,12 +911,17 @@ class TelegramEmulator:
         await web.TCPSite(self._runner, "127.0.0.1", port).start()
         self._stopping = False
         self.url = f"http://127.0.0.1:{self._runner.addresses[0][1]}"
+        self._webhook_task = asyncio.create_task(self._deliver_forever(), name="telegram-webhook")
         return self.url
 
     async def stop(self) -> None:
         """Answer a held getUpdates at once (empty), then close the listener."""
         self._stopping = True
         self._wake("stopped")
+        if self._webhook_task is not None:
+            self._webhook_task.cancel()
+            await asyncio.gather(self._webhook_task, return_exceptions=True)
+            self._webhook_task = None
         if self._runner is not None:
             await self._runner.cleanup()
             self._runner = None
@@ -940,6 +984,11 @@ class TelegramEmulator:
         else:
             admins.discard(user_id)
 
+    def age_message(self, chat_id: int, message_id: int, seconds: float) -> None:
+        """Make a stored message (anyone's) ``seconds`` older, for Telegram's time limits."""
+        message = self._messages[chat_id][message_id]
+        message["date"] = int(message["date"] - seconds)
+
     def block_by(self, chat_id: int) -> None:
         """The user blocks the bot: later calls for that chat answer 403."""
         self._blocked.add(chat_id)
@@ -959,6 +1008,7 @@ class TelegramEmulator:
         self._queue.append(update)
         self._queue.sort(key=lambda u: int(u["update_id"]))
         self._wake("update")
+        self._webhook_wake.set()
         return int(update["update_id"])
 
     def send_user_message(
@@ -1180,6 +1230,16 @@ class TelegramEmulator:
                 _Fault(error_code, description, parameters, times)
             )
 
+    def deliver_webhooks(self, *targets: str, retry_after: float = 0.2) -> None:
+        """Deliver updates to the webhook while one is set, as Telegram does: POST each
+        (in order, one at a time) to the webhook URL's path on these local stand-ins for
+        its host (``http://127.0.0.1:PORT``; taken in turn, as behind a load balancer),
+        with the secret token header; an update stays pending until a 2xx answer, tried
+        again every ``retry_after`` seconds. No targets: deliveries stop."""
+        self._webhook_targets = [t.rstrip("/") for t in targets]
+        self._webhook_retry = retry_after
+        self._webhook_wake.set()
+
     def conflict(self, active: bool = True) -> None:
         """Act as if another instance polls: getUpdates answers 409 (a held one at once)."""
         self._conflict = active
@@ -1254,11 +1314,56 @@ class TelegramEmulator:
         if self._poll is not None and not self._poll.done():
             self._poll.set_result(reason)
 
-    def _confirm(self, offset: int) -> None:
+    async def _confirm(self, offset: int) -> None:
+        """An offset confirms every update below it; a negative one all but the last -offset."""
         if offset > 0:
-            self._queue = [u for u in self._queue if int(u["update_id"]) >= offset]
+            kept = [u for u in self._queue if int(u["update_id"]) >= offset]
         elif offset < 0:
-            self._queue = self._queue[offset:]
+            kept = self._queue[offset:]
+        else:
+            return
+        staying = {int(u["update_id"]) for u in kept}
+        confirmed = [int(u["update_id"]) for u in self._queue if int(u["update_id"]) not in staying]
+        if confirmed and self.on_confirm is not None:
+            await self.on_confirm(confirmed)
+        self._queue = [u for u in self._queue if int(u["update_id"]) in staying]
+        self.confirmed.extend(confirmed)
+
+    async def _deliver_forever(self) -> None:
+        async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=30)) as http:
+            while True:
+                await self._webhook_wake.wait()
+                self._webhook_wake.clear()
+                while self.webhook is not None and self._webhook_targets:
+                    pending = self._deliverable(1)
+                    if not pending:
+                        break
+                    if not await self._deliver(http, pending[0]):
+                        self._webhook_targets.append(self._webhook_targets.pop(0))  # the next one
+                        await asyncio.sleep(self._webhook_retry)
+
+    async def _deliver(self, http: aiohttp.ClientSession, update: _Json) -> bool:
+        """POST one update to the webhook; True (and confirmed) on a 2xx answer."""
+        assert self.webhook is not None
+        hook = urlsplit(str(self.webhook["url"]))
+        url = self._webhook_targets[0] + (hook.path or "/") + (f"?{hook.query}" if hook.query else "")
+        headers = {"Content-Type": "application/json"}
+        if self.webhook.get("secret_token"):
+            headers["X-Telegram-Bot-Api-Secret-Token"] = str(self.webhook["secret_token"])
+        update_id = int(update["update_id"])
+        try:
+            async with http.post(url, data=json.dumps(update), headers=headers) as response:
+                status, reason = response.status, response.reason or ""
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            status, reason = 0, f"Connection failed: {exc.__class__.__name__}"
+        self.webhook_deliveries.append(WebhookDelivery(update_id, status))
+        if 200 <= status < 300:
+            self._queue = [u for u in self._queue if int(u["update_id"]) != update_id]
+            self.confirmed.append(update_id)
+            return True
+        message = f"Wrong response from the webhook: {status} {reason}" if status else reason
+        self._webhook_error = (int(time.time()), message)
+        return False
 
     def _deliverable(self, limit: int) -> list[_Json]:
         allowed = self._allowed_updates
@@ -1278,7 +1383,7 @@ class TelegramEmulator:
         if isinstance(allowed, list):
             self._allowed_updates = frozenset(str(a) for a in allowed) or None
         self._wake("terminated")  # a newer getUpdates ends the one being held
-        self._confirm(offset)
+        await self._confirm(offset)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout, 0.0)
         while True:
@@ -1568,6 +1673,8 @@ class TelegramEmulator:
         own = wire.get("from", {}).get("id") == self.bot_id
         if not own and chat["type"] != "private" and self.bot_id not in self._admins.get(chat_id, set()):
             raise _bad("message can't be deleted")
+        if time.time() - int(wire.get("date", 0)) >= DELETE_WINDOW or any(k in wire for k in _UNDELETABLE):
+            raise _bad("message can't be deleted")
         self._deleted.add((chat_id, message_id or 0))
         stored = self._bot_messages.get((chat_id, message_id or 0))
         if stored is not None:
@@ -1698,8 +1805,21 @@ class TelegramEmulator:
             return True
         if not url.startswith("https://"):
             raise _bad("bad webhook: An HTTPS URL must be provided for webhook")
+        secret = str(p.get("secret_token") or "")
+        if len(secret) > 256:
+            raise _bad("secret token is too long")
+        if not _SECRET_TOKEN.fullmatch(secret):
+            raise _bad("secret token contains unallowed characters")
+        connections = p.get("max_connections")
+        if connections is not None and not 1 <= (_as_int(connections) or 0) <= 100:
+            raise _bad("max_connections must be between 1 and 100")
+        allowed = p.get("allowed_updates")
+        if isinstance(allowed, list):
+            self._allowed_updates = frozenset(str(a) for a in allowed) or None
         self.webhook = {k: v for k, v in p.items() if k != "drop_pending_updates"}
+        self._webhook_error = None
         self._wake("webhook")
+        self._webhook_wake.set()
         return True
 
     async def _delete_webhook(self, p: dict[str, Any]) -> bool:
@@ -1715,6 +1835,8 @@ class TelegramEmulator:
             for key in ("max_connections", "ip_address", "allowed_updates"):
                 if key in self.webhook:
                     info[key] = self.webhook[key]
+            if self._webhook_error is not None:
+                info["last_error_date"], info["last_error_message"] = self._webhook_error
         return info
 
 

@@ -15,12 +15,11 @@ import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.storage.keys import Keys
 from core.storage.lease import Lease
-from core.storage.redis_client import honour_cancellation
+from core.storage.redis_client import RedisClient, honour_cancellation
 
 Callback = Callable[[], Awaitable[None]]
 
@@ -28,7 +27,7 @@ Callback = Callable[[], Awaitable[None]]
 class LeaderLease:
     def __init__(
         self,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         ttl: float = 15.0,

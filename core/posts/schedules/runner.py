@@ -28,7 +28,6 @@ from typing import Any, Protocol
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.base import BaseTrigger
-from redis.asyncio import Redis
 from redis.exceptions import RedisError
 
 from core.platform import Button
@@ -49,7 +48,7 @@ from core.posts.schedules.store import (
 from core.posts.targets import Target
 from core.social.delivery import DeliveryState
 from core.storage.keys import Keys
-from core.storage.redis_client import honour_cancellation
+from core.storage.redis_client import RedisClient, honour_cancellation, subscriber
 
 Clock = Callable[[], dt.datetime]
 #: how often the leader looks for posts left publishing to networks by a replica that stopped
@@ -364,7 +363,7 @@ class SchedulerService:
     def __init__(
         self,
         runner: Runner,
-        redis: Redis,
+        redis: RedisClient,
         keys: Keys,
         *,
         lease: LeaderLease,
@@ -537,8 +536,9 @@ class SchedulerService:
 
     async def _watch_changes(self) -> None:
         while True:
-            pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
+            pubsub = None
             try:
+                pubsub = await subscriber(self._redis)
                 await pubsub.subscribe(self._keys.schedules_changed())
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
@@ -549,5 +549,6 @@ class SchedulerService:
                 self._log.warning("schedule watcher lost Redis (%s); retrying", exc)
                 await asyncio.sleep(1.0)
             finally:
-                with contextlib.suppress(RedisError, OSError):
-                    await pubsub.aclose()  # type: ignore[no-untyped-call]
+                if pubsub is not None:
+                    with contextlib.suppress(RedisError, OSError):
+                        await pubsub.aclose()  # type: ignore[no-untyped-call]

@@ -22,9 +22,8 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, TypeVar
 
-from redis.asyncio import Redis
-
 from core.storage.keys import Keys
+from core.storage.redis_client import RedisClient
 
 R = TypeVar("R")
 
@@ -161,18 +160,28 @@ return 1
 """
 
 
+#: a schedule changed and the change announced at once (the leader reloads on the
+#: announcement); a script, not MULTI: redis-py refuses PUBLISH in a cluster's pipelines
+_CHANGE = """
+local changed
+if ARGV[3] then changed = redis.call('HSET', KEYS[1], ARGV[2], ARGV[3])
+else changed = redis.call('HDEL', KEYS[1], ARGV[2]) end
+redis.call('PUBLISH', ARGV[1], ARGV[2])
+return changed
+"""
+
+
 class ScheduleStore:
-    def __init__(self, redis: Redis, keys: Keys, *, logger: logging.Logger | None = None) -> None:
+    def __init__(self, redis: RedisClient, keys: Keys, *, logger: logging.Logger | None = None) -> None:
         self._redis = redis
         self._keys = keys
         self._move = redis.register_script(_MOVE)
+        self._change = redis.register_script(_CHANGE)
         self._log = logger or logging.getLogger("herald.scheduler")
 
     async def save(self, schedule: Schedule) -> None:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hset(self._keys.schedules(), schedule.id, schedule.encode())
-        pipe.publish(self._keys.schedules_changed(), schedule.id)
-        await pipe.execute()
+        args = [self._keys.schedules_changed(), schedule.id, schedule.encode()]
+        await self._change(keys=[self._keys.schedules()], args=args)
 
     async def get(self, schedule_id: str) -> Schedule | None:
         raw = await self._redis.hget(self._keys.schedules(), schedule_id)
@@ -199,11 +208,8 @@ class ScheduleStore:
         return [s for s in await self.all() if (s.platform, s.chat_id) == (platform, chat_id)]
 
     async def delete(self, schedule_id: str) -> bool:
-        pipe = self._redis.pipeline(transaction=True)
-        pipe.hdel(self._keys.schedules(), schedule_id)
-        pipe.publish(self._keys.schedules_changed(), schedule_id)
-        deleted, _ = await pipe.execute()
-        return bool(deleted)
+        args = [self._keys.schedules_changed(), schedule_id]
+        return bool(await self._change(keys=[self._keys.schedules()], args=args))
 
     async def set_paused(self, schedule_id: str, paused: bool) -> Schedule | None:
         schedule = await self.get(schedule_id)

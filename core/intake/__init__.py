@@ -1,0 +1,1 @@
+"""Durable intake: events kept in Redis Streams until answered (see `worker`)."""
