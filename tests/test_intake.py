@@ -384,3 +384,19 @@ async def test_a_finished_answer_whose_acknowledgement_was_lost_is_left_as_it_is
 
 async def _holds(value: bool) -> bool:
     return value
+
+
+async def test_a_burst_is_kept_in_batches_each_event_once(
+    make_stream: StreamFactory, intakes: list[Intake]
+) -> None:
+    """Puts made while one is under way go together; repeats in one batch are still
+    refused, and every event is there once."""
+    gateway = Intake(make_stream("gateway"), works=False)
+    intakes.append(gateway)
+    ids = [f"ev{n}" for n in range(300)]
+    kept = await asyncio.gather(*(gateway.put(PLATFORM, event_id, {"n": event_id}) for event_id in ids + ids))
+    assert sum(kept) == len(ids)
+    worker = make_stream("worker")
+    await worker.prepare([PLATFORM])
+    read = [entry.event_id for entry in await worker.read(PLATFORM, 1000, 0.01)]
+    assert sorted(read) == sorted(ids)

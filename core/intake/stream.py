@@ -15,13 +15,15 @@ Redis Cluster: a stream, its seen marks and its jobs share the platform's hash s
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import orjson
-from redis.exceptions import ResponseError
+from redis.asyncio import RedisCluster
+from redis.exceptions import NoScriptError, ResponseError
 
 from core.platform import MessageRef
 from core.storage.keys import Keys
@@ -90,6 +92,16 @@ class Entry:
 
 
 @dataclass(frozen=True, slots=True)
+class Arriving:
+    """An event to keep: `take` when this replica answers it at once."""
+
+    platform: str
+    event_id: str
+    data: dict[str, Any]
+    take: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Put:
     """What became of an event put in: `kept` unless its id was seen before; `taken`:
     the entry the putting replica now holds (its own, or an older one still waiting)."""
@@ -138,17 +150,48 @@ class IntakeStream:
         """Keep an event (one round trip). `take`: this replica answers it now, so the
         stream hands it (or an older event still waiting, first come first served) to
         this consumer in the same step."""
-        raw = await self._put(
-            keys=[self._keys.intake_stream(platform), self._keys.intake_seen(platform, event_id)],
-            args=[
-                GROUP,
-                self.consumer if take else "",
-                self._max_length,
-                self._seen_ttl,
-                event_id,
-                orjson.dumps(data),
-            ],
-        )
+        [put] = await self.put_many([Arriving(platform, event_id, data, take)])
+        if isinstance(put, BaseException):
+            raise put
+        return put
+
+    async def put_many(self, events: Sequence[Arriving]) -> list[Put | BaseException]:
+        """Keep several events in one round trip (the put script, pipelined); a result
+        for each, or its error. On a cluster, a call each, all at once: its pipelines run
+        no scripts, and the events' streams may be on different primaries anyway."""
+        calls = [(self._put_keys(e), self._put_args(e)) for e in events]
+        raws: list[Any]
+        if isinstance(self._redis, RedisCluster) or len(calls) == 1:
+            raws = await asyncio.gather(
+                *(self._put(keys=keys, args=args) for keys, args in calls), return_exceptions=True
+            )
+        else:
+            # EVALSHA itself: a pipeline given the script would ask first whether the
+            # server knows it, a second round trip every time
+            async with self._redis.pipeline(transaction=False) as pipe:
+                for keys, args in calls:
+                    pipe.evalsha(self._put.sha, len(keys), *keys, *args)
+                raws = await pipe.execute(raise_on_error=False)
+            for index, raw in enumerate(raws):
+                if isinstance(raw, NoScriptError):  # a restarted server: the script loads again
+                    keys, args = calls[index]
+                    raws[index] = await self._put(keys=keys, args=args)
+        return [
+            raw if isinstance(raw, BaseException) else self._read_put(e.platform, raw)
+            for e, raw in zip(events, raws, strict=True)
+        ]
+
+    def _put_keys(self, event: Arriving) -> list[str]:
+        return [
+            self._keys.intake_stream(event.platform),
+            self._keys.intake_seen(event.platform, event.event_id),
+        ]
+
+    def _put_args(self, event: Arriving) -> list[str | int | bytes]:
+        take = self.consumer if event.take else ""
+        return [GROUP, take, self._max_length, self._seen_ttl, event.event_id, orjson.dumps(event.data)]
+
+    def _read_put(self, platform: str, raw: Any) -> Put:
         if int(raw[0]) == 0:
             return Put(kept=False)
         entry_id = str(raw[1])

@@ -21,8 +21,9 @@ from typing import Any
 
 from redis.exceptions import RedisError
 
+from core.intake.batches import Batches
 from core.intake.journal import JournaledSurface
-from core.intake.stream import Entry, IntakeStream
+from core.intake.stream import Arriving, Entry, IntakeStream, Put
 from core.metrics import Metrics
 from core.platform import Arrival, MessageRef, Surface
 from core.storage.redis_client import honour_cancellation
@@ -84,10 +85,10 @@ class Intake:
         self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: jobs whose handler returned, being acknowledged: neither renewed nor cancelled
         self._finishing: set[tuple[str, str]] = set()
-        #: acknowledgements waiting for the next round trip, and what wakes the flusher
-        self._acks: list[tuple[Entry, asyncio.Future[None]]] = []
-        self._ack_wake = asyncio.Event()
-        self._flusher: asyncio.Task[None] | None = None
+        #: events put in, and events acknowledged, while a round trip is under way go
+        #: together in the next one
+        self._puts: Batches[Arriving, Put] = Batches(stream.put_many)
+        self._acks: Batches[Entry, None] = Batches(self._finish_many)
         self._room = asyncio.Event()  # set when a job ends: a full worker reads again
         self._loops: list[asyncio.Task[None]] = []
         self._taking = False
@@ -113,7 +114,6 @@ class Intake:
             return
         await self.stream.prepare(self._handlers)
         self._taking = True
-        self._flusher = asyncio.create_task(self._flush_acks(), name="intake-acks")
         self._loops = [
             *(asyncio.create_task(self._read_loop(p), name=f"intake-read-{p}") for p in self._handlers),
             asyncio.create_task(self._claim_loop(), name="intake-claim"),
@@ -125,7 +125,7 @@ class Intake:
         then not be told it arrived). Where this replica works and has room, it answers it
         at once. False when the event was seen before (delivered twice)."""
         take = self._taking and platform in self._handlers and self.active < self._capacity
-        put = await self.stream.put(platform, event_id, data, take=take)
+        put = await self._puts.submit(Arriving(platform, event_id, data, take))
         self._metrics.intake_events.labels(platform, "kept" if put.kept else "duplicate").inc()
         if put.taken is not None:
             self._begin(put.taken)
@@ -146,10 +146,8 @@ class Intake:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        if self._flusher is not None:
-            self._flusher.cancel()
-            await asyncio.gather(self._flusher, return_exceptions=True)
-            self._flusher = None
+        await self._acks.close()
+        await self._puts.close()
 
     # -- the worker's loops -------------------------------------------------------------
 
@@ -196,29 +194,21 @@ class Intake:
             return []
 
     async def _finish(self, entry: Entry) -> None:
-        """Acknowledge the event with whatever others finished meanwhile: one round trip
-        for all of them (`_flush_acks`)."""
-        done = asyncio.get_running_loop().create_future()
-        self._acks.append((entry, done))
-        self._ack_wake.set()
-        await asyncio.shield(done)  # a stop now must not leave it half acknowledged
+        """Acknowledge the event, with whatever others finished meanwhile."""
+        await self._acks.submit(entry)
 
-    async def _flush_acks(self) -> None:
-        while True:
-            await self._ack_wake.wait()
-            self._ack_wake.clear()
-            batch, self._acks = self._acks, []
-            by_platform: dict[str, list[tuple[Entry, asyncio.Future[None]]]] = {}
-            for entry, done in batch:
-                by_platform.setdefault(entry.platform, []).append((entry, done))
-            for platform, items in by_platform.items():
-                try:
-                    await self.stream.finish(platform, [entry.entry_id for entry, _ in items])
-                except Exception as exc:  # they will be taken over: answered once more
-                    self._log.error("intake: could not finish %d %s events: %s", len(items), platform, exc)
-                for _, done in items:
-                    if not done.done():
-                        done.set_result(None)
+    async def _finish_many(self, entries: list[Entry]) -> list[None]:
+        """One round trip a platform. A failure is logged, never raised: those events will
+        be taken over, and their answers found done (their turns saved)."""
+        by_platform: dict[str, list[str]] = {}
+        for entry in entries:
+            by_platform.setdefault(entry.platform, []).append(entry.entry_id)
+        for platform, ids in by_platform.items():
+            try:
+                await self.stream.finish(platform, ids)
+            except RedisError as exc:
+                self._log.error("intake: could not finish %d %s events: %s", len(ids), platform, exc)
+        return [None] * len(entries)
 
     async def _read_loop(self, platform: str) -> None:
         async def read_once() -> None:
