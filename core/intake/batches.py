@@ -10,6 +10,7 @@ waits for a timer, and a quiet replica sends one call per round trip as before.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Generic, TypeVar
 
@@ -32,7 +33,10 @@ class Batches(Generic[T, R]):
         future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
         self._waiting.append((item, future))
         if self._task is None or self._task.done():
-            self._task = asyncio.create_task(self._run(), name="intake-batches")
+            # a context of its own: it serves every caller, not the first one's request
+            self._task = asyncio.create_task(
+                self._run(), name="intake-batches", context=contextvars.Context()
+            )
         self._wake.set()
         return await future
 

@@ -86,33 +86,23 @@ def connect_redis(
 ) -> RedisClient:
     """A client for `url`: a cluster when the URL says so or `cluster` is set (any
     node of the cluster will do as the URL; the others are discovered)."""
-    retry = Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3)
+    # the same on a single server and on each node of a cluster
+    options: dict[str, Any] = {
+        "max_connections": max_connections,
+        "decode_responses": True,
+        "socket_timeout": socket_timeout,
+        "socket_connect_timeout": connect_timeout,
+        "retry": Retry(ExponentialBackoff(cap=1.0, base=0.05), retries=3),
+        "retry_on_error": [ConnectionError, TimeoutError],
+        "health_check_interval": 15,
+    }
     if cluster or is_cluster_url(url):
         parts = urlsplit(url)
         if parts.scheme == "unix":
             raise ValueError("a Redis Cluster is reached over TCP: use redis+cluster://host:port")
         plain = urlunsplit(parts._replace(scheme=CLUSTER_SCHEMES.get(parts.scheme, parts.scheme)))
-        return _Cluster.from_url(
-            plain,
-            max_connections=max_connections,
-            decode_responses=True,
-            socket_timeout=socket_timeout,
-            socket_connect_timeout=connect_timeout,
-            retry=retry,
-            retry_on_error=[ConnectionError, TimeoutError],
-            health_check_interval=15,
-        )
-    pool = BlockingConnectionPool.from_url(
-        url,
-        max_connections=max_connections,
-        timeout=pool_timeout,
-        decode_responses=True,
-        socket_timeout=socket_timeout,
-        socket_connect_timeout=connect_timeout,
-        retry=retry,
-        retry_on_error=[ConnectionError, TimeoutError],
-        health_check_interval=15,
-    )
+        return _Cluster.from_url(plain, **options)
+    pool = BlockingConnectionPool.from_url(url, timeout=pool_timeout, **options)
     return Redis.from_pool(pool)  # the client owns the pool and closes it
 
 
