@@ -13,10 +13,10 @@ engine and servers, each run with conversations of its own:
   the event, marks its id seen and hands it back in one round trip) → the handler
   decodes the event from the stream's data (`{"event": inbound_data(…), "reply": {six
   ids}}`, what a gateway keeps) → `engine.handle(replace(event, arrival=job.arrival),
-  job.surface(bench surface))`, every message sent recorded → finished (XACK, with
-  whatever other events finished meanwhile, in one round trip made by the intake's own
-  task: counted once per batch, with its first event, so the mean is the true share). A
-  message counts as done once it is finished.
+  job.surface(bench surface))`, every message sent recorded → finished (XACK: it goes
+  with the next events put in, or after 50 ms with whatever others finished meanwhile,
+  from the intake's own task; each such round trip is counted once, with its first
+  event, so the mean is the true share). A message counts as done once it is finished.
 
 Per message, as in `core_overhead`: ``in`` = generation request sent − event in (for
 the intake, event in is just before `Intake.put`), ``out`` = first send − first
@@ -24,7 +24,7 @@ token; Redis round trips are counted in the message's own tasks (the job's task
 inherits them); puts and acknowledgements go out in batches from the intake's own
 tasks, and each batch's round trip is counted once, with its first event; the intake's
 background loops (a blocking XREADGROUP every 2 s, a
-renewal script every 5 s over every held event, an XAUTOCLAIM every 7.5 s: per
+renewal script every 5 s over every held event, an XAUTOCLAIM every 3 s: per
 replica, not per event) are left out. Scenarios: one conversation, sequential; 200
 conversations saturated (each path's capacity); 200 conversations with Poisson
 arrivals at `--load` of the lower of the two capacities (the same offered load for
@@ -49,7 +49,7 @@ import sys
 import time
 import uuid
 import zlib
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, cast
@@ -120,23 +120,23 @@ class TrackedStream(IntakeStream):
         redis: Redis,
         keys: Keys,
         on_put: Callable[[Sequence[str]], None],
-        on_finish: Callable[[Sequence[str]], None],
+        on_finish: Callable[..., None],
     ) -> None:
         super().__init__(redis, keys, consumer=f"bench-{os.getpid()}")  # the settings' defaults
         self._on_put = on_put
         self._on_finish = on_finish
 
-    async def put_many(self, events: Sequence[Arriving]) -> list[Put | BaseException]:
+    async def put_and_finish(
+        self, events: Sequence[Arriving], finishing: Mapping[str, Sequence[str]]
+    ) -> tuple[list[Put | BaseException], BaseException | None]:
+        """One round trip: counted with the first event put, else the first finished."""
+        finished = [entry_id for ids in finishing.values() for entry_id in ids]
         try:
-            return await super().put_many(events)
+            return await super().put_and_finish(events, finishing)
         finally:
-            self._on_put([event.event_id for event in events])
-
-    async def finish(self, platform: str, entry_ids: Sequence[str]) -> None:
-        try:
-            await super().finish(platform, entry_ids)
-        finally:
-            self._on_finish(entry_ids)
+            if events:
+                self._on_put([event.event_id for event in events])
+            self._on_finish(finished, counted=bool(events))
 
 
 class IntakeRoute:
@@ -180,15 +180,16 @@ class IntakeRoute:
         if pending is not None and pending.message is not None:
             pending.message.packets.append(b"put (batched)")
 
-    def _finished(self, entry_ids: Sequence[str]) -> None:
+    def _finished(self, entry_ids: Sequence[str], *, counted: bool) -> None:
         """Events acknowledged together, in one round trip made by the intake's own task
         (so counted by no message): it is counted once, with the first of them, so that
-        the mean per message is the true share."""
+        the mean per message is the true share; `counted` when it went with events put
+        in, whose round trip it is."""
         for number, entry_id in enumerate(entry_ids):
             pending = self._taken.pop(entry_id, None)
             if pending is None:
                 continue
-            if number == 0 and pending.message is not None:
+            if number == 0 and not counted and pending.message is not None:
                 pending.message.packets.append(b"finish (batched)")
             if not pending.done.done():
                 pending.done.set_result(None)

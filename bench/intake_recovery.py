@@ -9,7 +9,7 @@ screen it is SIGKILLed, and a worker replica takes the event over after the visi
 timeout and finishes the answer in the same message. Recovery is the time from the
 kill to the finished answer (marked resumed); a new `all` replica is started for the
 next question. Printed: p50 and max over the kills, with the visibility timeout, which
-is most of it (a worker claims what went unrenewed that long, looking every third of
+is most of it (a worker claims what went unrenewed that long, looking every fifth of
 it). A report, not a test: the exit status is 0 whatever the numbers say.
 """
 

@@ -21,18 +21,17 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
-import os
 import re
 import secrets
 import signal
 import sys
 import time
 from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -63,6 +62,7 @@ from tests.emulators.mastodon import EmulatedAccount, MastodonEmulator
 from tests.emulators.telegram import BotMessage, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 from tests.emulators.x import EmulatedTweet, XAccount, XEmulator
+from tests.herald_process import herald_run
 from tests.support import eventually, start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(90)
@@ -733,49 +733,50 @@ async def test_a_leader_killed_mid_publish_is_finished_by_the_next_once_per_netw
     async with TelegramEmulator() as telegram:
         group = telegram.group(GROUP, "Social team", supergroup=True)
         telegram.set_admin(GROUP, ADMIN["id"])
-        child = await spawn_herald(tmp_path, telegram, tgi, redis_url, prefix, networks)
-        try:
-            assert await redis.exists(Keys(prefix).scheduler_lease())  # it leads
+        async with spawn_herald(tmp_path, telegram, tgi, redis_url, prefix, networks) as child:
+            try:
+                assert await redis.exists(Keys(prefix).scheduler_lease())  # it leads
 
-            def texts() -> list[str]:
-                return [m.text.replace("\uff20", "@") for m in telegram.messages_in(GROUP)]
+                def texts() -> list[str]:
+                    return [m.text.replace("\uff20", "@") for m in telegram.messages_in(GROUP)]
 
-            async def say(text: str, answer: str) -> str:
-                telegram.send_user_message(group, ADMIN, text)
-                await telegram.wait_until(lambda: any(t.startswith(answer) for t in texts()), 20)
-                return next(t for t in texts() if t.startswith(answer))
+                async def say(text: str, answer: str) -> str:
+                    telegram.send_user_message(group, ADMIN, text)
+                    await telegram.wait_until(lambda: any(t.startswith(answer) for t in texts()), 20)
+                    return next(t for t in texts() if t.startswith(answer))
 
-            draft = await say("/draft x announce v2", "Draft ")
-            draft_id = re.match(r"Draft (\w+)", draft)[1]  # type: ignore[index]
-            scheduled = await say(f"/schedule draft {draft_id} {AT} to={EVERYWHERE}", "Scheduled ")
-            schedule_id = re.match(r"Scheduled (\w+)", scheduled)[1]  # type: ignore[index]
-            drafted = await say(f"/schedule run-now {schedule_id}", "Drafted post ")
-            post_id = re.match(r"Drafted post (\w+)", drafted)[1]  # type: ignore[index]
-            await telegram.wait_until(lambda: any(t.startswith(f"Draft {post_id}") for t in texts()), 10)
-            request = next(m for m in telegram.messages_in(GROUP) if m.text.startswith(f"Draft {post_id}"))
+                draft = await say("/draft x announce v2", "Draft ")
+                draft_id = re.match(r"Draft (\w+)", draft)[1]  # type: ignore[index]
+                scheduled = await say(f"/schedule draft {draft_id} {AT} to={EVERYWHERE}", "Scheduled ")
+                schedule_id = re.match(r"Scheduled (\w+)", scheduled)[1]  # type: ignore[index]
+                drafted = await say(f"/schedule run-now {schedule_id}", "Drafted post ")
+                post_id = re.match(r"Drafted post (\w+)", drafted)[1]  # type: ignore[index]
+                await telegram.wait_until(lambda: any(t.startswith(f"Draft {post_id}") for t in texts()), 10)
+                request = next(
+                    m for m in telegram.messages_in(GROUP) if m.text.startswith(f"Draft {post_id}")
+                )
 
-            telegram.send_callback_query(group, ADMIN, request.message_id, f"cmd:schedule approve {post_id}")
-            await wait_for(x_hold.created.is_set)
-            await networks.bluesky.wait_until(lambda: len(bluesky_hold.waiting) == 1, 20)
-            await networks.mastodon.wait_until(lambda: networks.mastodon.held == 1, 20)
-            assert networks.counts() == (1, 1, 1)  # each network made the post; none has answered
-            store = DeliveryStore(redis, Keys(prefix))
-            held = await store.all(post_id)
-            assert {d.state for d in held.values()} == {DeliveryState.PUBLISHING}
-            assert {d.sending for d in held.values()} == {1}
+                telegram.send_callback_query(
+                    group, ADMIN, request.message_id, f"cmd:schedule approve {post_id}"
+                )
+                await wait_for(x_hold.created.is_set)
+                await networks.bluesky.wait_until(lambda: len(bluesky_hold.waiting) == 1, 20)
+                await networks.mastodon.wait_until(lambda: networks.mastodon.held == 1, 20)
+                assert networks.counts() == (1, 1, 1)  # each network made the post; none has answered
+                store = DeliveryStore(redis, Keys(prefix))
+                held = await store.all(post_id)
+                assert {d.state for d in held.values()} == {DeliveryState.PUBLISHING}
+                assert {d.sending for d in held.values()} == {1}
 
-            child.send_signal(signal.SIGKILL)
-            assert await child.wait() == -signal.SIGKILL
-            logged = (tmp_path / "herald.log").read_text()
-            assert "publishing as @herald_hq" in logged  # the install's accounts were checked at start
-            assert [secret for secret in networks.secrets() if secret in logged] == []
-        finally:
-            if child.returncode is None:
-                child.kill()
-                await child.wait()
-            x_hold.release()
-            bluesky_hold.release()
-            networks.mastodon.release()
+                child.send_signal(signal.SIGKILL)
+                assert await child.wait() == -signal.SIGKILL
+                logged = (tmp_path / "herald.log").read_text()
+                assert "publishing as @herald_hq" in logged  # the install's accounts were checked at start
+                assert [secret for secret in networks.secrets() if secret in logged] == []
+            finally:
+                x_hold.release()
+                bluesky_hold.release()
+                networks.mastodon.release()
 
         # the next replica: its networks' clock is past the dead one's hold on the deliveries
         settings = make_settings(**networks.settings())
@@ -925,55 +926,23 @@ async def wait_for(check: Callable[[], bool], timeout: float = 20.0) -> None:  #
     await eventually(holds, getattr(check, "__qualname__", "condition"), timeout)
 
 
-async def spawn_herald(
+def spawn_herald(
     tmp_path: Path,
     telegram: TelegramEmulator,
     tgi: TGIEmulator,
     redis_url: str,
     prefix: str,
     networks: Networks,
-) -> asyncio.subprocess.Process:
+) -> AbstractAsyncContextManager[asyncio.subprocess.Process]:
     """`herald run` in a child process, with the install's accounts from HERALD_* settings;
-    returned once it answers /readyz and leads the scheduler."""
-    port = free_port()
+    entered once it answers /readyz and leads the scheduler."""
     values = {
         "HERALD_TELEGRAM_TOKEN": telegram.token,
         "HERALD_TELEGRAM_API_URL": telegram.url,
         "HERALD_TGI_URL": tgi.url,
         "HERALD_REDIS_URL": redis_url,
         "HERALD_REDIS_PREFIX": prefix,
-        "HERALD_HTTP_ADDR": f"127.0.0.1:{port}",
         "HERALD_RATE_LIMIT_BURST": "1000",
     } | {f"HERALD_{name.upper()}": str(value) for name, value in networks.settings().items()}
-    clean = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")}
-    log = tmp_path / "herald.log"
-    with log.open("wb") as stderr:
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "bots",
-            "run",
-            cwd=tmp_path,  # no .env here
-            env=clean | values,
-            stdout=asyncio.subprocess.DEVNULL,
-            stderr=stderr,
-        )
-
-    async def ready() -> bool:
-        assert proc.returncode is None, log.read_text()
-        try:
-            async with (
-                aiohttp.ClientSession() as http,
-                http.get(f"http://127.0.0.1:{port}/readyz") as response,
-            ):
-                return response.status == 200
-        except aiohttp.ClientError:
-            return False
-
-    try:
-        await eventually(ready, "herald run is ready", 40)
-    except BaseException:
-        proc.kill()
-        await proc.wait()
-        raise
-    return proc
+    command = [sys.executable, "-m", "bots", "run"]
+    return herald_run(command, values, free_port(), tmp_path / "herald.log")

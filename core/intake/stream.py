@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -157,29 +157,41 @@ class IntakeStream:
 
     async def put_many(self, events: Sequence[Arriving]) -> list[Put | BaseException]:
         """Keep several events in one round trip (the put script, pipelined); a result
-        for each, or its error. On a cluster, a call each, all at once: its pipelines run
-        no scripts, and the events' streams may be on different primaries anyway."""
-        calls = [(self._put_keys(e), self._put_args(e)) for e in events]
+        for each, or its error."""
+        puts, _ = await self.put_and_finish(events, {})
+        return puts
+
+    async def put_and_finish(
+        self, events: Sequence[Arriving], finishing: Mapping[str, Sequence[str]]
+    ) -> tuple[list[Put | BaseException], BaseException | None]:
+        """Keep `events` and finish the `finishing` events (by platform), in one round trip:
+        a result for each event, and the finishing's error, if any. On a cluster, a call
+        each, all at once: its pipelines run no scripts, and the streams may be on
+        different primaries anyway."""
+        calls = [(self._put, self._put_keys(e), self._put_args(e)) for e in events]
+        calls += [(self._finish, *self._finish_call(p, ids)) for p, ids in finishing.items() if ids]
         raws: list[Any]
         if isinstance(self._redis, RedisCluster) or len(calls) == 1:
             raws = await asyncio.gather(
-                *(self._put(keys=keys, args=args) for keys, args in calls), return_exceptions=True
+                *(script(keys=keys, args=args) for script, keys, args in calls), return_exceptions=True
             )
         else:
             # EVALSHA itself: a pipeline given the script would ask first whether the
             # server knows it, a second round trip every time
             async with self._redis.pipeline(transaction=False) as pipe:
-                for keys, args in calls:
-                    pipe.evalsha(self._put.sha, len(keys), *keys, *args)
+                for script, keys, args in calls:
+                    pipe.evalsha(script.sha, len(keys), *keys, *args)
                 raws = await pipe.execute(raise_on_error=False)
             for index, raw in enumerate(raws):
                 if isinstance(raw, NoScriptError):  # a restarted server: the script loads again
-                    keys, args = calls[index]
-                    raws[index] = await self._put(keys=keys, args=args)
-        return [
+                    script, keys, args = calls[index]
+                    raws[index] = await script(keys=keys, args=args)
+        puts = [
             raw if isinstance(raw, BaseException) else self._read_put(e.platform, raw)
-            for e, raw in zip(events, raws, strict=True)
+            for e, raw in zip(events, raws, strict=False)
         ]
+        failed = next((raw for raw in raws[len(events) :] if isinstance(raw, BaseException)), None)
+        return puts, failed
 
     def _put_keys(self, event: Arriving) -> list[str]:
         return [
@@ -237,15 +249,15 @@ class IntakeStream:
     async def finish(self, platform: str, entry_ids: Sequence[str]) -> None:
         """These events are done with (one round trip for all): they leave the pending
         list and the stream, and their records go."""
-        if not entry_ids:
-            return
-        await self._finish(
-            keys=[
-                self._keys.intake_stream(platform),
-                *(self._keys.intake_job(platform, entry_id) for entry_id in entry_ids),
-            ],
-            args=[GROUP, *entry_ids],
-        )
+        if entry_ids:
+            keys, args = self._finish_call(platform, entry_ids)
+            await self._finish(keys=keys, args=args)
+
+    def _finish_call(
+        self, platform: str, entry_ids: Sequence[str]
+    ) -> tuple[list[str], list[str | int | bytes]]:
+        jobs = [self._keys.intake_job(platform, entry_id) for entry_id in entry_ids]
+        return [self._keys.intake_stream(platform), *jobs], [GROUP, *entry_ids]
 
     async def record(self, platform: str, entry_id: str, index: int, ref: MessageRef) -> None:
         """The answer to this event sent its `index`-th message (one round trip)."""

@@ -14,6 +14,7 @@ killed) is answered again by whoever takes it over: in the messages already sent
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
@@ -30,6 +31,10 @@ from core.storage.redis_client import honour_cancellation
 
 #: seconds between forgetting consumers (processes) that left and hold nothing
 TIDY_EVERY = 3600.0
+#: how many times a worker looks for unrenewed events within one visibility timeout
+CLAIMS_PER_VISIBILITY = 5
+#: seconds an acknowledgement waits to go with the next events put in
+ACK_RIDE = 0.05
 
 
 @dataclass(slots=True)
@@ -85,10 +90,11 @@ class Intake:
         self._jobs: dict[tuple[str, str], asyncio.Task[None]] = {}
         #: jobs whose handler returned, being acknowledged: neither renewed nor cancelled
         self._finishing: set[tuple[str, str]] = set()
-        #: events put in, and events acknowledged, while a round trip is under way go
-        #: together in the next one
-        self._puts: Batches[Arriving, Put] = Batches(stream.put_many)
-        self._acks: Batches[Entry, None] = Batches(self._finish_many)
+        #: events put in while a round trip is under way go together in the next one,
+        #: with the acknowledgements owed meanwhile (`_finish`)
+        self._puts: Batches[Arriving, Put] = Batches(self._put_many)
+        self._owed: list[tuple[Entry, asyncio.Future[None]]] = []
+        self._owed_task: asyncio.Task[None] | None = None
         self._room = asyncio.Event()  # set when a job ends: a full worker reads again
         self._loops: list[asyncio.Task[None]] = []
         self._taking = False
@@ -146,8 +152,10 @@ class Intake:
             for task in late:
                 task.cancel()
             await asyncio.gather(*late, return_exceptions=True)
-        await self._acks.close()
         await self._puts.close()
+        if self._owed_task is not None:
+            self._owed_task.cancel()
+            await asyncio.gather(self._owed_task, return_exceptions=True)
 
     # -- the worker's loops -------------------------------------------------------------
 
@@ -194,21 +202,52 @@ class Intake:
             return []
 
     async def _finish(self, entry: Entry) -> None:
-        """Acknowledge the event, with whatever others finished meanwhile."""
-        await self._acks.submit(entry)
+        """Acknowledge the event: with the next events put in, or, where none comes within
+        `ACK_RIDE`, with whatever others finished meanwhile. On a busy replica an answer
+        then costs no round trip of its own to finish; the wait costs only a crash in
+        it, whose taker finds the answer done (its turn saved) and leaves it."""
+        done = asyncio.get_running_loop().create_future()
+        self._owed.append((entry, done))
+        if self._owed_task is None or self._owed_task.done():
+            fresh = contextvars.Context()  # it serves every job, not the first one's
+            self._owed_task = asyncio.create_task(self._settle_owed(), name="intake-acks", context=fresh)
+        await done
 
-    async def _finish_many(self, entries: list[Entry]) -> list[None]:
-        """One round trip a platform. A failure is logged, never raised: those events will
-        be taken over, and their answers found done (their turns saved)."""
-        by_platform: dict[str, list[str]] = {}
-        for entry in entries:
-            by_platform.setdefault(entry.platform, []).append(entry.entry_id)
-        for platform, ids in by_platform.items():
-            try:
-                await self.stream.finish(platform, ids)
-            except RedisError as exc:
-                self._log.error("intake: could not finish %d %s events: %s", len(ids), platform, exc)
-        return [None] * len(entries)
+    async def _settle_owed(self) -> None:
+        await asyncio.sleep(ACK_RIDE)
+        owed = self._take_owed()
+        failed: BaseException | None = None
+        try:
+            _, failed = await self.stream.put_and_finish([], _by_platform(owed))
+        except Exception as exc:  # the connection: said in the log, as any failure to finish
+            failed = exc
+        finally:
+            self._owed_settled(owed, failed)
+
+    def _take_owed(self) -> list[tuple[Entry, asyncio.Future[None]]]:
+        owed, self._owed = self._owed, []
+        return owed
+
+    def _owed_settled(
+        self, owed: list[tuple[Entry, asyncio.Future[None]]], failed: BaseException | None
+    ) -> None:
+        """A failure is logged, never raised: those events will be taken over, and their
+        answers found done."""
+        if failed is not None:
+            self._log.error("intake: could not finish %d events: %s", len(owed), failed)
+        for _, done in owed:
+            if not done.done():
+                done.set_result(None)
+
+    async def _put_many(self, events: list[Arriving]) -> list[Put | BaseException]:
+        owed = self._take_owed()
+        try:
+            puts, failed = await self.stream.put_and_finish(events, _by_platform(owed))
+        except BaseException as exc:
+            self._owed_settled(owed, exc)
+            raise
+        self._owed_settled(owed, failed)
+        return puts
 
     async def _read_loop(self, platform: str) -> None:
         async def read_once() -> None:
@@ -223,7 +262,9 @@ class Intake:
         await self._forever(f"read {platform}'s events", read_once)
 
     async def _claim_loop(self) -> None:
-        await self._forever("claim", self._claim_once, every=self.stream.visibility / 2)
+        # looking often costs one XAUTOCLAIM a platform; it decides how soon after the
+        # visibility timeout a dead replica's events are taken over
+        await self._forever("claim", self._claim_once, every=self.stream.visibility / CLAIMS_PER_VISIBILITY)
 
     async def _claim_once(self) -> None:
         now = asyncio.get_running_loop().time()
@@ -272,3 +313,10 @@ class Intake:
                 continue
             if every:
                 await asyncio.sleep(every)
+
+
+def _by_platform(owed: list[tuple[Entry, asyncio.Future[None]]]) -> dict[str, list[str]]:
+    ids: dict[str, list[str]] = {}
+    for entry, _ in owed:
+        ids.setdefault(entry.platform, []).append(entry.entry_id)
+    return ids
