@@ -177,9 +177,18 @@ async def test_a_lock_excludes_a_second_holder(redis: RedisClient, redis_url: st
     other = connect_redis(redis_url)
     try:
         conv = ConversationKey("test", (await spread(redis, prefix, 2))[1], None)
-        replicas = [ConversationLocks(redis, Keys(prefix), lease=0.3), ConversationLocks(other, Keys(prefix))]
+        replicas = [ConversationLocks(redis, Keys(prefix), lease=3.0), ConversationLocks(other, Keys(prefix))]
         async with replicas[0].hold(conv, wait=1):
-            await asyncio.sleep(0.5)  # longer than the lease: only its renewal keeps it
+            key = Keys(prefix).lock(conv)
+            last = [await redis.pttl(key)]
+
+            async def renewed() -> bool:
+                """Its time to live went up between two looks: set again, on its shard."""
+                now = await redis.pttl(key)
+                went_up, last[0] = now > last[0], now
+                return went_up
+
+            await eventually(renewed, "the lease renewed")
             with pytest.raises(LockTimeout):
                 async with replicas[1].hold(conv, wait=0.2):
                     pass

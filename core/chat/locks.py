@@ -20,7 +20,7 @@ from redis.exceptions import RedisError
 
 from core.platform import ConversationKey
 from core.storage.keys import Keys
-from core.storage.redis_client import RedisClient
+from core.storage.redis_client import RedisClient, honour_cancellation
 
 _RELEASE = """
 if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
@@ -112,6 +112,9 @@ class ConversationLocks:
         token = secrets.token_hex(8)
         delay = self._poll_min
         while not await self._redis.set(key, token, nx=True, px=self._lease_ms):
+            # the wait's time-out may have come while redis-py had the call, which then
+            # swallows it (Python 3.11): without this the loop would poll on past it
+            honour_cancellation()
             await asyncio.sleep(delay)
             delay = min(delay * 2, self._poll_max)
         return token
