@@ -49,7 +49,7 @@ from tests.emulators.bluesky import Account as BlueskyAccount
 from tests.emulators.bluesky import BlueskyEmulator
 from tests.emulators.telegram import BotMessage, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
-from tests.support import start_serving, stop_serving
+from tests.support import eventually, start_serving, stop_serving
 
 pytestmark = pytest.mark.timeout(90)
 
@@ -101,7 +101,17 @@ class Herald:
 
     async def redis_values(self) -> list[str]:
         """Every key and value under this test's prefix, read by type (not DUMPed: an RDB
-        dump may LZF-compress a value and hide its text)."""
+        dump may LZF-compress a value and hide its text), once the events answered have
+        left the intake's streams (an acknowledgement may wait 50 ms for company)."""
+
+        async def streams_empty() -> bool:
+            streams = [k async for k in self.redis.scan_iter(match=f"{self.settings.redis_prefix}:intake:*")]
+            for key in streams:
+                if str(await self.redis.type(key)) == "stream" and await self.redis.xlen(key):
+                    return False
+            return True
+
+        await eventually(streams_empty, "the answered events acknowledged", 10)
         found: list[str] = []
         async for key in self.redis.scan_iter(match=f"{self.settings.redis_prefix}:*"):
             found.append(str(key))
