@@ -85,11 +85,6 @@ class Entry:
     #: it could not be read (written by something else, or damaged): finished unanswered
     unreadable: bool = False
 
-    @property
-    def enqueued_at(self) -> float:
-        """Seconds since the epoch when the stream took it (the id's time, the server's clock)."""
-        return int(self.entry_id.partition("-")[0]) / 1000
-
 
 @dataclass(frozen=True, slots=True)
 class Arriving:
@@ -219,7 +214,7 @@ class IntakeStream:
         raw = await self._redis.xreadgroup(
             GROUP, self.consumer, streams, count=count, block=max(1, int(block * 1000))
         )
-        return self._entries(raw)
+        return self._entries(platform, raw)
 
     async def claim(self, platform: str, count: int) -> list[Entry]:
         """Take over up to `count` events whose replica has not renewed them for the
@@ -315,20 +310,14 @@ class IntakeStream:
                 waiting += int(lag)
         return waiting, in_progress
 
-    def _entries(self, raw: Any) -> list[Entry]:
-        entries: list[Entry] = []
+    def _entries(self, platform: str, raw: Any) -> list[Entry]:
+        """The entries of one stream's XREADGROUP reply (RESP2: [[stream, messages]];
+        RESP3: {stream: [messages]})."""
         if not raw:
-            return entries
-        items = raw.items() if isinstance(raw, dict) else ((stream, batches) for stream, batches in raw)
-        for stream, batch in items:
-            platform = self._platform(_text(stream))
-            for messages in batch if isinstance(raw, dict) else [batch]:
-                entries.extend(self._entry(platform, str(i), fields, False) for i, fields in messages)
-        return entries
-
-    def _platform(self, stream: str) -> str:
-        """The platform a stream key belongs to (the hash tag's content)."""
-        return stream.rpartition("{")[2].rstrip("}")
+            return []
+        [batch] = raw.values() if isinstance(raw, dict) else [messages for _, messages in raw]
+        messages = batch[0] if isinstance(raw, dict) else batch
+        return [self._entry(platform, str(i), fields, False) for i, fields in messages]
 
     def _entry(self, platform: str, entry_id: str, fields: Any, resumed: bool) -> Entry:
         """The entry; marked unreadable (and logged) when it isn't an event."""
