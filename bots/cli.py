@@ -20,6 +20,7 @@ from adapters.platform import Platform, PlatformStartError, WithBot
 from adapters.registry import PLATFORMS
 from bots.config import Config, load_config
 from bots.doctor import run_doctor
+from bots.event_loop import loop_factory
 from bots.logs import setup_logging
 from bots.run import run as run_bots
 from bots.runtime import StartupError, open_runtime
@@ -99,7 +100,8 @@ def run(env_file: Path | None, role: str | None) -> None:
     config = _config(env_file, **({"role": role} if role else {}))
     setup_logging(config)
     try:
-        asyncio.run(run_bots(config))
+        with asyncio.Runner(loop_factory=loop_factory(config.core.event_loop)) as runner:
+            runner.run(run_bots(config))
     except StartupError as exc:
         click.echo(f"Herald cannot start: {exc}", err=True)
         sys.exit(EXIT_STARTUP)

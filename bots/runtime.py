@@ -21,6 +21,7 @@ import platformdirs
 from redis.exceptions import RedisError
 
 from adapters.platform import BotDeps
+from bots.event_loop import watch_loop_lag
 from bots.local_model.backend import BuiltInModel, LocalModelError
 from bots.local_model.process import ModelProcessConfig, default_threads
 from bots.redis_server import RedisServerError, RedisServerProcess
@@ -250,7 +251,11 @@ def build_engine(
     access = AccessPolicy.from_settings(settings)
     scheduling = scheduling or build_scheduling(settings, redis, llm, access, keys)
     memory = ConversationStore(
-        redis, keys, max_messages=settings.history_max_messages, ttl_seconds=settings.history_ttl_seconds
+        redis,
+        keys,
+        max_messages=settings.history_max_messages,
+        ttl_seconds=settings.history_ttl_seconds,
+        block_messages=settings.context_block_messages,
     )
     # a dead replica's hold on a conversation ends as soon as its hold on the event it
     # answered: whoever takes the event over then finds the conversation free
@@ -371,6 +376,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
     llm: LLMClient = MeteredLLM(build_llm(settings), metrics)
     web = build_web(settings)
     engine: Engine | None = None
+    lag = asyncio.create_task(watch_loop_lag(metrics.loop_lag.observe), name="loop-lag")
     try:
         await migrate(redis, Keys(settings.redis_prefix))
         try:
@@ -402,6 +408,7 @@ async def open_runtime(settings: Settings) -> AsyncIterator[Runtime]:
         settle_heap()
         yield Runtime(settings, redis, llm, engine, scheduling, server, metrics, intake)
     finally:
+        lag.cancel()
         if engine is not None:
             await engine.cancels.stop()
         await llm.close()

@@ -127,7 +127,7 @@ class Settings(HeraldSettings):
     top_p: float = Field(default=0.95, gt=0, lt=1)
     repetition_penalty: float | None = Field(default=None, gt=0)
     context_margin: int = Field(default=32, ge=0)
-    context_block_messages: int = Field(default=8, ge=2, le=200)
+    context_block_messages: int = Field(default=32, ge=2, le=200)
 
     # Redis
     redis_url: str | None = None
@@ -140,6 +140,8 @@ class Settings(HeraldSettings):
     #: gateway: hold the platforms' connections and only enqueue; worker: only answer;
     #: all: both (`herald run --role` overrides it)
     role: Literal["gateway", "worker", "all"] = "all"
+    #: `herald run`'s event loop: uvloop (libuv's, where installed) or asyncio's own
+    event_loop: Literal["uvloop", "asyncio"] = "uvloop"
     #: an event taken by a replica that stops renewing it is taken over after this long
     intake_visibility_seconds: float = Field(default=15.0, ge=2, le=600)
     #: events kept in the stream at most (trimmed approximately, oldest first)

@@ -31,6 +31,8 @@ T = TypeVar("T")
 
 #: seconds; chat answers run from well under a second to a couple of minutes
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0, 120.0)
+#: seconds; a healthy loop runs ready work within a millisecond or two
+LAG_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
 class Metrics:
@@ -95,6 +97,12 @@ class Metrics:
         )
         self.generations_in_flight = Gauge(
             "herald_generations_in_flight", "Answers being generated right now", registry=registry
+        )
+        self.loop_lag = Histogram(
+            "herald_event_loop_lag_seconds",
+            "How late the event loop ran a timer (sampled every 0.25 s): what every ready task waits",
+            buckets=LAG_BUCKETS,
+            registry=registry,
         )
         self._scheduler_gauges(registry)
         self._intake_metrics(registry)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Literal, Protocol
+
+from core.pacing import Bucket
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +97,10 @@ class Inbound:
         return ConversationKey(self.platform, self.chat_id, self.thread_id)
 
 
+#: what a surface's calls are counted as by the platform's rate limits
+CallKind = Literal["send", "edit"]
+
+
 class LengthUnit(enum.Enum):
     """How a platform counts its message length limit."""
 
@@ -114,7 +120,7 @@ class Capabilities:
     max_length: int
     length_unit: LengthUnit = LengthUnit.CODEPOINTS
     can_edit: bool = True
-    min_edit_interval: float = 1.0
+    min_edit_interval: float = 1.0  # between a streaming message's edits; not its last
     has_slash_commands: bool = False
     has_buttons: bool = False
     markdown: bool = True
@@ -218,6 +224,12 @@ class Surface(Protocol):
 
     async def edit(self, ref: MessageRef, text: str) -> None:
         """Replace the text of a message this surface sent."""
+
+    def bucket(self, kind: CallKind) -> Bucket | None:
+        """The platform's rate-limit bucket that a `send` or an `edit` here counts
+        against, shared by every answer in the same chat. None: the platform tells
+        nothing, and the renderer keeps to `capabilities.min_edit_interval`."""
+        return None
 
     async def delete(self, ref: MessageRef) -> None:
         """Delete a message this surface sent (an answer taken over after a restart that

@@ -279,6 +279,27 @@ async def test_rate_limit_is_obeyed_without_losing_text(
     assert retried and retried[0].at - limited.at >= 1.0
 
 
+async def test_answers_streaming_into_one_channel_keep_to_the_bucket_discord_tells(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    """Discord's real message bucket (5 per 5 s per channel): two answers streaming at once
+    into one channel are paced by it together, and no request meets a 429."""
+    discord_emu.bucket_limit, discord_emu.bucket_window = 5, 5.0
+    await start_bot()
+    grace = discord_emu.user(602, "grace")
+    discord_emu.member(GUILD, 602)
+    answers = {name: " ".join(f"{name}{i}" for i in range(50)) for name in ("ada", "grace")}
+    tgi.responder = lambda messages: answers["grace" if "grace" in messages[-1]["content"] else "ada"]
+    tgi.token_delay = 0.05
+    for user, name in ((ada, "ada"), (grace, "grace")):
+        discord_emu.user_message(
+            CHANNEL, user, f"<@{discord_emu.bot_id}> {name}", guild_id=GUILD, mentions=[bot_user(discord_emu)]
+        )
+    for answer in answers.values():
+        await settled(discord_emu, CHANNEL, answer)
+    assert discord_emu.throttled() == []
+
+
 async def test_model_server_down_is_a_short_message(
     start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
 ) -> None:

@@ -15,8 +15,10 @@ import pytest
 
 from core.chat.render import RenderResult, StreamRenderer
 from core.chat.splitting import split_message
+from core.pacing import Bucket
 from core.platform import (
     Button,
+    CallKind,
     Capabilities,
     LengthUnit,
     MessageNotModified,
@@ -574,3 +576,144 @@ async def test_real_clock_and_zero_interval() -> None:
     result = await asyncio.wait_for(r.finish(), timeout=5)
     assert surface.texts == split_message("".join(words(100)), 100)
     assert result.delivered
+
+
+# ---------------------------------------------------------------- pacing by the platform's bucket
+
+
+@dataclass
+class BucketSurface(FakeSurface):
+    """A chat whose platform counts calls in fixed windows (Discord's kind: `limit` per
+    `window` seconds from a window's first call) and refuses a call over it with a 429.
+    It tells the renderer its `bucket`, as an adapter does from the platform's headers."""
+
+    limit: int = 5
+    window: float = 5.0
+    shared: Bucket | None = None
+    refused: int = 0
+    _window_end: float = -1.0
+    _count: int = 0
+
+    def bucket(self, kind: CallKind) -> Bucket | None:
+        return self.shared
+
+    def _maybe_fail(self, call: Call) -> None:
+        if self.vt.now >= self._window_end:
+            self._window_end, self._count = self.vt.now + self.window, 0
+        if self._count >= self.limit:
+            self.refused += 1
+            call.error = "PlatformRateLimited"
+            raise PlatformRateLimited(self._window_end - self.vt.now)
+        self._count += 1
+        super()._maybe_fail(call)
+
+
+def bucket_chat(vt: VirtualTime, latency: float = 0.0) -> BucketSurface:
+    caps = Capabilities(max_length=2000, min_edit_interval=1.0)
+    return BucketSurface(vt, caps, latency=latency, shared=Bucket(5, 5.0, clock=vt.clock))
+
+
+async def test_final_text_goes_as_the_model_ends_when_the_bucket_allows() -> None:
+    vt = VirtualTime()
+    surface = bucket_chat(vt, latency=0.05)
+    ended: list[float] = []
+
+    async def script() -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep)
+        await r.start()
+        await stream(vt, r, words(300), 0.02)  # 6 s of tokens
+        ended.append(vt.now)
+        return await r.finish()
+
+    result = await vt.run(script())
+    calls = surface.platform_calls()
+    final = calls[-1]
+    assert final.text == "".join(words(300))
+    # one call's round trip after the last token, not an edit interval
+    assert final.at == pytest.approx(ended[0] + 0.05)
+    assert surface.refused == 0  # no call into an exhausted bucket
+    edits = [c for c in calls if c.kind == "edit"]
+    assert_spacing(edits[:-1], 1.0)  # while streaming, at most one edit a second
+    assert len(edits) <= vt.now / 1.0 + 1
+    assert result.delivered and surface.texts == list(result.parts)
+
+
+async def test_a_finish_during_a_streaming_pause_does_not_wait_it_out() -> None:
+    vt = VirtualTime()
+    surface = bucket_chat(vt)
+
+    async def script() -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep)
+        await r.start()
+        await r.feed("Hello")
+        await vt.sleep(0.1)  # sent; the next edit may only come at 1.0
+        await r.feed(" world")
+        await vt.sleep(0.1)
+        return await r.finish()
+
+    await vt.run(script())
+    calls = surface.platform_calls()
+    assert [(c.kind, c.at, c.text) for c in calls] == [
+        ("send", 0.0, "Hello"),
+        ("edit", pytest.approx(0.2), "Hello world"),
+    ]
+
+
+async def test_answers_sharing_a_chat_keep_to_its_bucket() -> None:
+    """Four answers stream at once into one chat: together they stay in its bucket, and
+    each one's final text still goes out without a 429."""
+    vt = VirtualTime()
+    surface = bucket_chat(vt, latency=0.03)
+
+    async def one(n: int) -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep)
+        await r.start()
+        await stream(vt, r, [f"{n}:", *words(100 + 40 * n)], 0.02)
+        return await r.finish()
+
+    async def script() -> list[RenderResult]:
+        return await asyncio.gather(*(one(n) for n in range(4)))
+
+    results = await vt.run(script())
+    assert surface.refused == 0
+    assert sorted(surface.texts) == sorted(r.parts[0] for r in results)
+    assert all(r.delivered for r in results)
+
+
+async def test_a_chat_without_a_bucket_keeps_one_call_per_interval() -> None:
+    vt, surface, renderer = make()
+
+    async def script() -> RenderResult:
+        r = renderer()
+        await r.start()
+        await stream(vt, r, words(40), 0.02)
+        return await r.finish()
+
+    await vt.run(script())
+    assert_spacing(surface.platform_calls(), 1.0)
+
+
+async def test_typing_never_delays_the_first_message() -> None:
+    vt = VirtualTime()
+    surface = FakeSurface(vt, Capabilities(max_length=2000, min_edit_interval=1.0))
+    typed = asyncio.Event()
+
+    async def slow_typing() -> None:
+        surface.calls.append(Call("typing", vt.now))
+        await vt.sleep(2.0)  # a slow platform call
+        typed.set()
+
+    surface.typing = slow_typing  # type: ignore[method-assign]
+
+    async def script() -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep)
+        await r.start()
+        await r.feed("Hi")
+        await vt.sleep(0.5)
+        return await r.finish()
+
+    await vt.run(script())
+    assert surface.calls[0].kind == "typing"  # shown first, still in flight
+    sent = surface.platform_calls()[0]
+    assert sent.at == 0.0 and sent.text == "Hi"
+    assert not typed.is_set()

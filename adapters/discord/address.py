@@ -26,6 +26,7 @@ from typing import Any
 import discord
 
 from adapters.discord.surface import ChannelSurface, DecisionSurface, InteractionSurface
+from core.pacing import Buckets
 from core.platform import Surface
 
 
@@ -67,8 +68,9 @@ def interaction_address(
     }
 
 
-def address_surface(client: discord.Client, address: Mapping[str, Any]) -> Surface:
-    """The surface an address names, on `client` (logged in; no gateway needed).
+def address_surface(client: discord.Client, address: Mapping[str, Any], buckets: Buckets) -> Surface:
+    """The surface an address names, on `client` (logged in; no gateway needed), paced
+    by `buckets` (what `client`'s responses tell of Discord's rate limits).
     `ValueError` when it names none (damaged, or written by something else)."""
     try:
         guild = _snowflake(address.get("guild"))
@@ -76,7 +78,7 @@ def address_surface(client: discord.Client, address: Mapping[str, Any]) -> Surfa
         chat, reads_text = str(address["chat"]), bool(address.get("reads_text", False))
         kind = address["kind"]
         if kind == "message":
-            return ChannelSurface(channel, chat, int(address["message"]), reads_text)
+            return ChannelSurface(channel, chat, int(address["message"]), reads_text, buckets)
         if kind != "interaction":
             raise ValueError(f"unknown kind {kind!r}")
         webhook = discord.Webhook.partial(int(address["application"]), str(address["token"]), client=client)
@@ -85,8 +87,8 @@ def address_surface(client: discord.Client, address: Mapping[str, Any]) -> Surfa
         original = _snowflake(address.get("original"))
         if address.get("decision"):
             shown = address.get("shown")
-            return DecisionSurface(webhook, channel, chat, original, str(shown or ""), reads_text)
-        return InteractionSurface(webhook, channel, chat, original, reads_text)
+            return DecisionSurface(webhook, channel, chat, original, str(shown or ""), reads_text, buckets)
+        return InteractionSurface(webhook, channel, chat, original, reads_text, buckets)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise ValueError(f"not a Discord address: {exc!r}") from None
 

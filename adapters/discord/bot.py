@@ -40,6 +40,7 @@ from adapters.discord.address import address_surface, interaction_address, messa
 from adapters.discord.commands import command_payload, digest
 from adapters.discord.editor import edit_form, form_text
 from adapters.discord.history import WRITTEN, DiscordHistory, withheld
+from adapters.discord.limits import rate_limit_trace
 from adapters.discord.publisher import DiscordPublisher
 from adapters.discord.surface import NO_PINGS
 from adapters.discord.translate import (
@@ -58,6 +59,7 @@ from core.chatlog.unreadable import UnreadableNotice
 from core.commands.registry import clicked_command
 from core.intake.events import inbound_data, inbound_from_data
 from core.intake.worker import Intake, Job
+from core.pacing import Buckets
 from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -129,12 +131,15 @@ class DiscordBot:
         # a chat, or when they mention the bot's role rather than the bot); without it
         # such messages come empty and a recording chat is told how to turn it on.
         intents.message_content = message_content
+        #: Discord's rate-limit buckets for answers, as its responses tell them
+        self._buckets = Buckets()
         self.client = _Client(
             self,
             intents=intents,
             shard_ids=shard_ids,
             shard_count=shard_count,
             allowed_mentions=NO_PINGS,
+            http_trace=rate_limit_trace(self._buckets),
         )
         self._runner: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
@@ -255,7 +260,7 @@ class DiscordBot:
                 await self._keep(event, address)
                 return
             # answers nobody: recorded here (where the chat records), at once
-            surface = address_surface(self.client, address)
+            surface = address_surface(self.client, address, self._buckets)
             await self._engine.handle(event, surface)
             if self._unreadable is not None and withheld(message, me):
                 await self._unreadable.withheld(PLATFORM, event.chat_id, surface)
@@ -267,7 +272,7 @@ class DiscordBot:
             await self._intake.put(PLATFORM, event.event_id, {"event": inbound_data(event), "reply": address})
         except RedisError as exc:
             self._log.error("Discord: could not keep event %s: %s", event.event_id, exc)
-            await say(address_surface(self.client, address), messages.STORE_DOWN)
+            await say(address_surface(self.client, address, self._buckets), messages.STORE_DOWN)
 
     async def _answer(self, job: Job) -> None:
         """An event from the intake, received here or by another replica: answered on a
@@ -276,7 +281,7 @@ class DiscordBot:
         data = job.entry.data
         try:
             event = inbound_from_data(data["event"])
-            surface = address_surface(self.client, data["reply"])
+            surface = address_surface(self.client, data["reply"], self._buckets)
         except (KeyError, TypeError, ValueError) as exc:
             self._log.error("Discord: event %s cannot be answered (%s); dropped", job.entry.event_id, exc)
             return

@@ -5,7 +5,8 @@ objects, so a worker that holds no shard builds them over REST (`address.py`).
 Every message goes out with allowed mentions that ping nobody: model output
 that contains @everyone, @here, role or user mentions notifies no one.
 discord.py already waits out 429s and slows down from the rate-limit headers;
-what still fails becomes the core's platform errors.
+the answering surfaces tell the renderer their bucket (`limits.py`) so that it paces
+itself by them too. What still fails becomes the core's platform errors.
 """
 
 from __future__ import annotations
@@ -15,10 +16,13 @@ from typing import TypeVar
 
 import discord
 
+from adapters.discord.limits import channel_bucket, webhook_bucket
 from adapters.discord.translate import place
+from core.pacing import Bucket, Buckets
 from core.platform import (
     Button,
     ButtonStyle,
+    CallKind,
     Capabilities,
     MessageRef,
     PlatformError,
@@ -28,7 +32,8 @@ from core.platform import (
 )
 
 MAX_LENGTH = 2000
-EDIT_INTERVAL = 1.2
+#: between a streaming message's edits (its chat's bucket, 5 per 5 s, paces them too)
+EDIT_INTERVAL = 1.0
 NO_PINGS = discord.AllowedMentions(everyone=False, users=False, roles=False, replied_user=False)
 CAPABILITIES = Capabilities(
     max_length=MAX_LENGTH, min_edit_interval=EDIT_INTERVAL, has_slash_commands=True, has_buttons=True
@@ -109,12 +114,21 @@ class ChannelSurface(Surface):
     Built from ids alone (`address`), so any replica answers over REST."""
 
     def __init__(
-        self, channel: discord.PartialMessageable, chat: str, reply_to: int, reads_text: bool
+        self,
+        channel: discord.PartialMessageable,
+        chat: str,
+        reply_to: int,
+        reads_text: bool,
+        buckets: Buckets,
     ) -> None:
         self._channel = channel
         self._chat = chat
         self._reply_to = reply_to
         self._reads_text = reads_text
+        self._buckets = buckets
+
+    def bucket(self, kind: CallKind) -> Bucket | None:
+        return channel_bucket(self._buckets, kind, self._channel.id)
 
     async def visibility(self) -> Visibility | None:
         return visibility(self._channel.guild_id is not None, self._reads_text)
@@ -170,6 +184,7 @@ class InteractionSurface(Surface):
         chat: str,
         original: int | None,
         reads_text: bool,
+        buckets: Buckets,
     ) -> None:
         self._webhook = webhook
         self._channel = channel
@@ -177,6 +192,10 @@ class InteractionSurface(Surface):
         #: the interaction's response message: the deferred one, or the message clicked
         self._original = original
         self._reads_text = reads_text
+        self._buckets = buckets
+
+    def bucket(self, kind: CallKind) -> Bucket | None:
+        return webhook_bucket(self._buckets, kind, self._webhook.token or "")
 
     @property
     def capabilities(self) -> Capabilities:
@@ -269,8 +288,9 @@ class DecisionSurface(InteractionSurface):
         clicked: int | None,
         shown: str,
         reads_text: bool,
+        buckets: Buckets,
     ) -> None:
-        super().__init__(webhook, channel, chat, clicked, reads_text)
+        super().__init__(webhook, channel, chat, clicked, reads_text, buckets)
         self._shown = shown
 
     async def notice(self, text: str) -> None:

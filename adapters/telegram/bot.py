@@ -35,6 +35,7 @@ from core.chat.engine import Engine
 from core.commands.registry import clicked_command
 from core.intake.events import inbound_data, inbound_from_data
 from core.intake.worker import Intake, Job
+from core.pacing import Buckets
 from core.platform import Author, Inbound, PlatformError
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -91,6 +92,8 @@ class TelegramBot:
         self._hook: WebhookServer | None = None
         self._identity: BotIdentity | None = None
         self._admins: dict[tuple[int, int], tuple[float, bool]] = {}
+        #: each chat's rate limit, shared by the answers in it
+        self._buckets = Buckets()
 
     @property
     def identity(self) -> BotIdentity:
@@ -247,7 +250,7 @@ class TelegramBot:
         if inbound.addressed or inbound.command is not None:
             await self._put(update_id, inbound, address)
         else:  # nothing to answer: only the chat's log (where it records) wants it
-            await self._engine.handle(inbound, address.surface(self._bot, self._log))
+            await self._engine.handle(inbound, address.surface(self._bot, self._log, self._buckets))
 
     async def _take_click(self, update_id: int, query: CallbackQuery) -> None:
         """A click on one of the core's command buttons runs its command as the person
@@ -304,7 +307,7 @@ class TelegramBot:
         try:
             event = inbound_from_data(job.entry.data["event"])
             address = Address.from_data(job.entry.data["reply"])
-            surface = address.surface(self._bot, self._log)
+            surface = address.surface(self._bot, self._log, self._buckets)
         except (KeyError, ValueError) as exc:
             self._log.error("Telegram: event %s can't be answered (%s); dropped", job.entry.event_id, exc)
             return

@@ -32,8 +32,10 @@ from telegram.constants import ChatAction, ChatMemberStatus, ParseMode
 from telegram.error import BadRequest, ChatMigrated, Forbidden, RetryAfter, TelegramError
 
 from adapters.telegram.formatting import markdown_to_telegram, quiet_mentions
+from core.pacing import Bucket, Buckets
 from core.platform import (
     Button,
+    CallKind,
     Capabilities,
     LengthUnit,
     MessageNotModified,
@@ -45,8 +47,15 @@ from core.platform import (
 )
 
 MAX_LENGTH = 4096  # UTF-16 code units of the text after entity parsing
-PRIVATE_EDIT_INTERVAL = 1.0
-GROUP_EDIT_INTERVAL = 3.0
+#: Telegram's per-chat limits (Bots FAQ: "avoid sending more than one message per second
+#: in a particular chat", "not more than 20 messages per minute" in a group), taken to
+#: count edits alike: (calls, seconds)
+PRIVATE_LIMIT = (1, 1.0)
+GROUP_LIMIT = (1, 3.0)
+#: between a streaming message's edits: longer than the limit, so that when the model
+#: ends the chat's call is most often free for the final text at once
+PRIVATE_EDIT_INTERVAL = 1.5
+GROUP_EDIT_INTERVAL = 4.0
 NO_PREVIEW = LinkPreviewOptions(is_disabled=True)
 #: Telegram's rule (bots/features#privacy-mode): a bot joins a group with the privacy
 #: mode it has then, so a change reaches the groups it is already in only once re-added
@@ -77,9 +86,11 @@ class TelegramSurface(Surface):
         reply_to: int | None,
         private: bool,
         logger: logging.Logger | None = None,
+        buckets: Buckets | None = None,
     ) -> None:
         self._bot = bot
         self.chat_id = chat_id
+        self._buckets = buckets
         self._thread_id = thread_id
         self._reply_to = reply_to
         self._private = private
@@ -96,6 +107,12 @@ class TelegramSurface(Surface):
     @property
     def capabilities(self) -> Capabilities:
         return self._caps
+
+    def bucket(self, kind: CallKind) -> Bucket | None:
+        """The chat's: sends and edits count alike."""
+        if self._buckets is None:
+            return None
+        return self._buckets.get(self.chat_id, *(PRIVATE_LIMIT if self._private else GROUP_LIMIT))
 
     def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
         return message_link(self.chat_id, message_id, thread_id)
@@ -234,7 +251,13 @@ class ClickSurface(TelegramSurface):
     TOAST_LENGTH = 200  # Telegram's limit for the answer's text
 
     def __init__(
-        self, bot: Bot, query: CallbackQuery, *, thread_id: int | None, logger: logging.Logger | None = None
+        self,
+        bot: Bot,
+        query: CallbackQuery,
+        *,
+        thread_id: int | None,
+        logger: logging.Logger | None = None,
+        buckets: Buckets | None = None,
     ) -> None:
         message = query.message
         assert message is not None  # clicks on messages too old to have one are not served
@@ -245,6 +268,7 @@ class ClickSurface(TelegramSurface):
             reply_to=message.message_id,
             private=message.chat.type == message.chat.PRIVATE,
             logger=logger,
+            buckets=buckets,
         )
         self._query = query
         self._clicked = message.message_id
@@ -362,9 +386,11 @@ class Address:
             raise ValueError("an address's query is an object")
         return cls(chat, thread, reply_to, bool(data.get("private")), query)
 
-    def surface(self, bot: Bot, logger: logging.Logger | None = None) -> TelegramSurface:
-        """The surface an answer goes to: a `ClickSurface` for a click (`ValueError` when
-        its query can't be read back)."""
+    def surface(
+        self, bot: Bot, logger: logging.Logger | None = None, buckets: Buckets | None = None
+    ) -> TelegramSurface:
+        """The surface an answer goes to, paced by the chats' `buckets`: a `ClickSurface`
+        for a click (`ValueError` when its query can't be read back)."""
         if self.query is None:
             return TelegramSurface(
                 bot,
@@ -373,6 +399,7 @@ class Address:
                 reply_to=self.reply_to,
                 private=self.private,
                 logger=logger,
+                buckets=buckets,
             )
         try:
             query = CallbackQuery.de_json(dict(self.query), bot)
@@ -380,7 +407,7 @@ class Address:
             raise ValueError(f"not a callback query: {exc!r}") from None
         if query.message is None:
             raise ValueError("a callback query without its message")
-        return ClickSurface(bot, query, thread_id=self.thread_id, logger=logger)
+        return ClickSurface(bot, query, thread_id=self.thread_id, logger=logger, buckets=buckets)
 
 
 def _is_int(value: Any) -> bool:

@@ -1,13 +1,18 @@
 """Render a streamed answer onto a `Surface`: typing, first send, coalesced edits.
 
 The engine feeds text deltas as fast as the model produces them; platforms
-allow roughly one edit per second per message. A single background flusher
-task therefore owns all platform I/O: `feed` only appends and wakes it, and
-the flusher makes at most one call (edit or continuation send) per
-`min_edit_interval`, always with the newest text. Because
-`core.chat.splitting.split_message` is prefix-stable, a message that has been
-followed by another never changes again, so earlier parts are edited to their
-final text once and only the last part keeps growing.
+allow a few calls per second per chat. A single background flusher task
+therefore owns all platform I/O: `feed` only appends and wakes it, and the
+flusher makes one call (edit or continuation send) at a time, always with the
+newest text. Because `core.chat.splitting.split_message` is prefix-stable, a
+message that has been followed by another never changes again, so earlier
+parts are edited to their final text once and only the last part keeps growing.
+
+Pacing follows the platform's real limits (`core.pacing`): while the answer
+streams, a message is edited at most once per `min_edit_interval` and only
+while its chat's bucket keeps a call in reserve; the final text uses that
+reserve, so it goes out as soon as the model ends. A surface that tells no
+bucket gets one call per `min_edit_interval`.
 
 Platform errors never reach the engine: rate limits slow the render down,
 other failures are logged and retried (the final state a few times), and
@@ -23,10 +28,10 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import Literal
 
 from core.chat.splitting import closing_fence, split_message
-from core.platform import MessageNotModified, MessageRef, PlatformRateLimited, Surface
+from core.pacing import Bucket
+from core.platform import CallKind, MessageNotModified, MessageRef, PlatformRateLimited, Surface
 
 #: widened intervals after a rate limit never exceed this (unless the platform's base does)
 MAX_INTERVAL = 10.0
@@ -37,7 +42,8 @@ FINAL_RATE_LIMITS = 5
 #: first pause before retrying a failed final call; doubles each time
 RETRY_BACKOFF = 0.5
 
-_Kind = Literal["send", "edit"]
+#: calls a streaming answer leaves in its chat's bucket: the final edit's
+RESERVE = 1
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +64,7 @@ class RenderResult:
 
 @dataclass(frozen=True, slots=True)
 class _Action:
-    kind: _Kind
+    kind: CallKind
     index: int
     text: str
 
@@ -102,7 +108,15 @@ class StreamRenderer:
         base = self._caps.min_edit_interval
         self._interval = base
         self._max_interval = max(MAX_INTERVAL, base)
-        self._next_call_at = -math.inf
+        # a surface that tells no limits: one call per interval (widened with it)
+        self._own = Bucket(1, base, clock=clock)
+        self._buckets: dict[CallKind, Bucket] = {
+            "send": surface.bucket("send") or self._own,
+            "edit": surface.bucket("edit") or self._own,
+        }
+        self._last_call_at: dict[int, float] = {}  # per part: when it was last sent or edited
+        self._next_call_at = -math.inf  # no call before this (after a failure or a 429)
+        self._pausing: asyncio.Task[None] | None = None
         self._stalled_at = -1  # text length at a failed streaming call; retry once it grows
         self._final_failures: dict[int, int] = {}
         self._rate_hits = 0
@@ -121,11 +135,11 @@ class StreamRenderer:
         return self._text
 
     async def start(self) -> None:
-        """Show typing now and keep it alive until the first message is visible."""
+        """Show typing (in the background: the answer never waits for it) and keep it
+        alive until the first message is visible."""
         if self._started or self._finishing:
             return
         self._started = True
-        await self._typing_once()
         self._typing = asyncio.create_task(self._typing_loop())
         self._ensure_flusher()
 
@@ -171,6 +185,8 @@ class StreamRenderer:
         self._stop_typing()
         self._ensure_flusher()
         self._wake.set()
+        if self._pausing is not None:
+            self._pausing.cancel()  # a streaming pause: the final text may go sooner
         assert self._flusher is not None
         await asyncio.wait([self._flusher])  # the flusher logs its own failures
         if self._result is None:
@@ -204,11 +220,9 @@ class StreamRenderer:
             self._log.debug("typing indicator failed: %r", exc)
 
     async def _typing_loop(self) -> None:
-        while True:
-            await self._sleep(self._typing_interval)
-            if self._visible or self._finishing:
-                return
+        while not (self._visible or self._finishing):
             await self._typing_once()
+            await self._sleep(self._typing_interval)
 
     # ------------------------------------------------------------ flushing
 
@@ -254,13 +268,9 @@ class StreamRenderer:
         return None
 
     async def _run(self) -> None:
-        """The flusher: one platform call at a time, spaced by the interval."""
+        """The flusher: one platform call at a time, paced by the platform's limits."""
         try:
             while True:
-                delay = self._next_call_at - self._clock()
-                if delay > 0:
-                    await self._sleep(delay)
-                    continue
                 self._wake.clear()
                 action = self._next_action()
                 if action is None:
@@ -271,12 +281,42 @@ class StreamRenderer:
                 if not self._finishing and self._stalled_at == len(self._text):
                     await self._wake.wait()  # failed on this text; wait for more
                     continue
+                delay = self._delay(action)
+                if delay > 0:
+                    await self._pause(delay)
+                    continue
                 await self._perform(action)
         except Exception:
             self._log.exception("renderer flusher crashed")
 
+    def _delay(self, action: _Action) -> float:
+        """Seconds before `action` may go. The final text (and the first message) wait
+        only for the bucket; streaming calls also keep `RESERVE` calls in it, and a
+        message is edited no more than once per interval."""
+        now = self._clock()
+        first = action.kind == "send" and action.index == 0
+        final = self._finishing or first
+        delay = max(self._next_call_at - now, self._buckets[action.kind].wait(0 if final else RESERVE))
+        if not final:
+            last = self._last_call_at.get(action.index, -math.inf)
+            delay = max(delay, last + self._interval - now)
+        return delay
+
+    async def _pause(self, delay: float) -> None:
+        """Sleep `delay`, less if the answer finishes meanwhile (`_close` cancels it)."""
+        if self._finishing:
+            await self._sleep(delay)
+            return
+        self._pausing = asyncio.ensure_future(self._sleep(delay))
+        try:
+            await asyncio.wait([self._pausing])
+        finally:
+            self._pausing = None
+
     async def _perform(self, action: _Action) -> None:
         i = action.index
+        self._buckets[action.kind].spend()
+        self._last_call_at[i] = self._clock()
         try:
             if action.kind == "send":
                 ref = await self._surface.send(action.text, reply_to=self._reply_to(i))
@@ -301,7 +341,6 @@ class StreamRenderer:
             self._on_failure(action, exc)
             return
         self._rate_hits = 0
-        self._next_call_at = self._clock() + self._interval
 
     def _reply_to(self, index: int) -> MessageRef | None:
         for ref in reversed(self._refs[:index]):
@@ -311,7 +350,9 @@ class StreamRenderer:
 
     def _on_rate_limited(self, action: _Action, retry_after: float) -> None:
         wait = min(max(retry_after, 0.0), self._max_retry_after)
+        self._buckets[action.kind].refused(wait)
         self._interval = min(max(self._interval * 2, 1.0), self._max_interval)
+        self._own.window = self._interval
         self._next_call_at = self._clock() + max(wait, self._interval)
         self._log.warning(
             "rate limited on %s of part %d: waiting %.1fs, edit interval now %.1fs",
