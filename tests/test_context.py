@@ -22,10 +22,10 @@ def shared_prefix(a: str, b: str) -> int:
 async def test_long_conversation_stays_within_budget_with_stable_prefix(
     make_engine: EngineFactory, tgi: TGIEmulator
 ) -> None:
-    tgi.max_input_tokens, tgi.max_total_tokens = 400, 600
+    tgi.max_input_tokens, tgi.max_total_tokens = 600, 800
     engine = await make_engine(max_new_tokens=100, context_margin=16, context_block_messages=8)
     budget = engine.context.budget
-    assert budget == 400 - 16
+    assert budget == 600 - 16  # a block of 8 of these messages takes less than half
     for i in range(60):
         surface = RecordingSurface()
         outcome = await engine.handle(event(f"message {i}: {SENTENCE}"), surface)
@@ -65,8 +65,10 @@ async def test_blocks_start_at_aligned_sequence_numbers(make_engine: EngineFacto
     ]
     budget = engine.context.budget
     built = await engine.context.build("system", history, "new question")
-    assert built.history_used == len(history)  # everything fits the default budget
-    tgi.max_input_tokens = 200  # the model shrinks: only some history fits now
+    # everything would fit the default budget; the prompt begins at seq 5, the first
+    # block trimming has not cut into (seq 3 and 4 are what is left of the block 1-4)
+    assert built.history_used == len(history) - 2 and history[built.history_start].seq == 5
+    tgi.max_input_tokens = 300  # the model shrinks: only some history fits now
     await engine.llm.close()
     await engine.llm.start()
     built = await engine.context.build("system", history, "new question")
@@ -102,3 +104,40 @@ async def test_every_part_of_the_prompt_is_data_without_markers(
     turns = tgi.parse_template(built.prompt.rendered)
     assert [t["role"] for t in turns] == ["system", "user", "assistant", "user"]
     assert built.user_tokens == tgi.count(built.prompt.messages[-1].content)
+
+
+async def test_a_block_is_halved_until_it_takes_at_most_half_the_budget(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    """A small model: blocks of 32 messages would take the whole budget; they become 8."""
+    tgi.max_input_tokens, tgi.max_total_tokens = 400, 600
+    engine = await make_engine(max_new_tokens=100, context_margin=16, context_block_messages=32)
+    texts = [f"turn {n} of the quick fox" for n in range(1, 41)]
+    history = [
+        Turn("user" if n % 2 else "assistant", text, tgi.count(text), seq=n)
+        for n, text in enumerate(texts, start=1)
+    ]
+    built = await engine.context.build("system", history, "new question")
+    first = history[built.history_start]
+    # blocks of 8 (~100 tokens, under half of 384): aligned to them, and more history
+    # than blocks of 32 would keep (they could only begin at seq 33: 8 messages)
+    assert first.role == "user" and (first.seq - 1) % 8 == 0
+    assert built.history_used > 8
+    assert engine.context.budget / 2 < built.prompt.input_tokens <= engine.context.budget
+
+
+async def test_a_prompt_never_begins_in_the_oldest_block_once_trimming_cut_into_it(
+    make_engine: EngineFactory, tgi: TGIEmulator
+) -> None:
+    """History trimmed one exchange at a time: the prompt starts at the next block's first
+    user turn, so consecutive prompts keep their start while trimming moves on."""
+    engine = await make_engine(context_block_messages=8)
+    starts = []
+    for oldest in (3, 5, 7, 9):  # trimming moves the oldest turn on, one exchange at a time
+        history = [
+            Turn("user" if n % 2 else "assistant", f"turn {n} " + SENTENCE, 20, seq=n)
+            for n in range(oldest, 41)
+        ]
+        built = await engine.context.build("system", history, "new question")
+        starts.append(history[built.history_start].seq)
+    assert starts == [9, 9, 9, 9]

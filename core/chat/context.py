@@ -8,7 +8,13 @@ error.
 
 Old turns are dropped in blocks aligned to turn sequence numbers, not one at a
 time: consecutive prompts then share a long, stable prefix (system prompt and
-the same oldest turns), which TGI's prefix cache reuses.
+the same oldest turns), which TGI's prefix cache reuses. A prompt begins at the
+first user turn of a block, never inside the oldest stored block (which the
+history's own trimming shortens turn by turn), so the start moves a whole block
+at a time whether the model's budget or the history's length is what binds; the
+history keeps one block beyond its length for that (`ConversationStore`).
+Where the budget binds, blocks are halved until one takes at most half of it,
+so a small model is not left with a sliver of its context after a drop.
 """
 
 from __future__ import annotations
@@ -95,7 +101,7 @@ class ContextBuilder:
             limit = max(0, budget - system_tokens - 2 * self._overhead)
             raise MessageTooLong(user_tokens, limit, system_tokens=system_tokens, budget=budget)
 
-        starts = self._block_starts(history)
+        starts = self._block_starts(history, self._block_size(history, budget))
         index = self._first_fitting(starts, history, fixed, budget)
         index = min(index + skip_blocks, len(starts) - 1)
         while True:
@@ -111,13 +117,32 @@ class ContextBuilder:
                 raise MessageTooLong(user_tokens, limit, system_tokens=system_tokens, budget=budget)
             index += 1
 
-    def _block_starts(self, history: Sequence[Turn]) -> list[int]:
-        """Indexes where a prompt may begin: a user turn opening a block, then 'none'."""
-        starts = [
-            i
-            for i, turn in enumerate(history)
-            if turn.role == "user" and (i == 0 or (turn.seq - 1) % self._block == 0)
-        ]
+    def _block_size(self, history: Sequence[Turn], budget: int) -> int:
+        """The configured block, halved while a block of this history's average message
+        would take more than half the budget."""
+        block = self._block
+        if not history:
+            return block
+        per_message = sum(t.tokens for t in history) / len(history) + self._overhead
+        while block > 2 and block * per_message > budget / 2:
+            block //= 2
+        return block
+
+    @staticmethod
+    def _block_starts(history: Sequence[Turn], block: int) -> list[int]:
+        """Indexes where a prompt may begin, then 'none': each block's first user turn,
+        except in the oldest block when trimming has cut into it (its first user turn
+        changes with every trim); that one only when there is no other."""
+        starts: list[int] = []
+        numbers: list[int] = []
+        for i, turn in enumerate(history):
+            number = (turn.seq - 1) // block
+            if turn.role == "user" and (not numbers or numbers[-1] != number):
+                starts.append(i)
+                numbers.append(number)
+        cut = bool(history) and (history[0].seq - 1) % block != 0
+        if len(starts) > 1 and cut and numbers[0] == (history[0].seq - 1) // block:
+            starts.pop(0)
         starts.append(len(history))
         return starts
 

@@ -74,10 +74,14 @@ class Turn:
 class ConversationStore:
     """History and personas, namespaced by `Keys`."""
 
-    def __init__(self, redis: RedisClient, keys: Keys, *, max_messages: int, ttl_seconds: int) -> None:
+    def __init__(
+        self, redis: RedisClient, keys: Keys, *, max_messages: int, ttl_seconds: int, block_messages: int = 0
+    ) -> None:
         self._redis = redis
         self._keys = keys
-        self._max = max_messages
+        # one block beyond the length: a prompt begins at a block's start, so the oldest
+        # block may be cut into and the prompt still holds `max_messages` (`context.py`)
+        self._max = max_messages + block_messages
         self._ttl_ms = ttl_seconds * 1000
         self._append = redis.register_script(_APPEND)
 
