@@ -16,13 +16,12 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from core.platform import (
     Button,
-    Capabilities,
+    ForwardingSurface,
     MessageNotModified,
     MessageRef,
     PlatformError,
     PlatformRateLimited,
     Surface,
-    Visibility,
 )
 
 __all__ = ["CONTENT_TYPE_LATEST", "MeteredSurface", "Metrics"]
@@ -187,43 +186,30 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-class MeteredSurface(Surface):
+class MeteredSurface(ForwardingSurface):
     """A surface that counts its platform's failures."""
 
     def __init__(self, surface: Surface, platform: str, metrics: Metrics) -> None:
-        self._surface = surface
+        super().__init__(surface)
         self._platform = platform
         self._metrics = metrics
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._surface.capabilities
-
-    async def typing(self) -> None:
-        await self._surface.typing()
 
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
     ) -> MessageRef:
-        return await self._counted(self._surface.send(text, reply_to=reply_to, buttons=buttons))
+        return await self._counted(super().send(text, reply_to=reply_to, buttons=buttons))
 
     async def edit(self, ref: MessageRef, text: str) -> None:
-        await self._counted(self._surface.edit(ref, text))
+        await self._counted(super().edit(ref, text))
 
     async def delete(self, ref: MessageRef) -> None:
-        await self._counted(self._surface.delete(ref))
+        await self._counted(super().delete(ref))
 
     async def notice(self, text: str) -> None:
-        await self._counted(self._surface.notice(text))
+        await self._counted(super().notice(text))
 
     async def conclude(self, text: str) -> None:
-        await self._counted(self._surface.conclude(text))
-
-    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
-        return self._surface.message_link(message_id, thread_id)
-
-    async def visibility(self) -> Visibility | None:
-        return await self._surface.visibility()
+        await self._counted(super().conclude(text))
 
     async def _counted(self, call: Awaitable[T]) -> T:
         try:

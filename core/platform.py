@@ -255,3 +255,45 @@ class Surface(Protocol):
         `text` as its outcome and take its buttons away. Not after a click, or where
         the platform can't, an ordinary message."""
         await self.send(text)
+
+
+class ForwardingSurface(Surface):
+    """A surface that adds something to another and passes every call on unchanged
+    (metering, recording): a subclass overrides only what it adds to, so a call new
+    to `Surface` reaches the platform through every wrapper."""
+
+    def __init__(self, surface: Surface) -> None:
+        self._surface = surface
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return self._surface.capabilities
+
+    def bucket(self, kind: CallKind) -> Bucket | None:
+        return self._surface.bucket(kind)
+
+    async def typing(self) -> None:
+        await self._surface.typing()
+
+    async def send(
+        self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
+    ) -> MessageRef:
+        return await self._surface.send(text, reply_to=reply_to, buttons=buttons)
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        await self._surface.edit(ref, text)
+
+    async def delete(self, ref: MessageRef) -> None:
+        await self._surface.delete(ref)
+
+    async def notice(self, text: str) -> None:
+        await self._surface.notice(text)
+
+    async def conclude(self, text: str) -> None:
+        await self._surface.conclude(text)
+
+    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
+        return self._surface.message_link(message_id, thread_id)
+
+    async def visibility(self) -> Visibility | None:
+        return await self._surface.visibility()

@@ -2,12 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any, cast
+
 import discord
 import pytest
 
 from adapters.discord.limits import bucket_key, channel_bucket, observe, rate_limit_trace, webhook_bucket
+from core.intake.journal import JournaledSurface
+from core.metrics import MeteredSurface, Metrics
 from core.pacing import Bucket, Buckets
+from core.platform import CallKind
 from tests.emulators.discord import DiscordEmulator, point_discord_py_at
+from tests.support import RecordingSurface
 
 
 class Clock:
@@ -125,3 +131,16 @@ async def test_discord_py_responses_feed_the_buckets_over_a_real_socket() -> Non
             finally:
                 await client.close()
     assert sends.limit == 3 and sends.remaining == 2
+
+
+def test_wrapped_surfaces_tell_the_renderer_their_platforms_bucket() -> None:
+    """Metering and the intake's journal wrap every answer's surface: the bucket passes
+    through both (it didn't at first, and answers fell back to a fixed interval)."""
+    chat = Bucket(5, 5.0)
+
+    class Chat(RecordingSurface):
+        def bucket(self, kind: CallKind) -> Bucket | None:
+            return chat
+
+    wrapped = MeteredSurface(JournaledSurface(Chat(), cast(Any, None), cast(Any, None)), "x", Metrics())
+    assert wrapped.bucket("edit") is chat and wrapped.bucket("send") is chat

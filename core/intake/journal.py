@@ -16,36 +16,21 @@ from collections.abc import Sequence
 
 from core import messages
 from core.intake.stream import Entry, IntakeStream
-from core.platform import (
-    Button,
-    Capabilities,
-    MessageNotModified,
-    MessageRef,
-    PlatformError,
-    Surface,
-    Visibility,
-)
+from core.platform import Button, ForwardingSurface, MessageNotModified, MessageRef, PlatformError, Surface
 
 log = logging.getLogger("herald.intake")
 
 
-class JournaledSurface(Surface):
+class JournaledSurface(ForwardingSurface):
     def __init__(
         self, surface: Surface, stream: IntakeStream, entry: Entry, recorded: Sequence[MessageRef] = ()
     ) -> None:
-        self._surface = surface
+        super().__init__(surface)
         self._stream = stream
         self._entry = entry
         self._recorded = list(recorded)
         self._reused: set[int] = set()
         self._sent = 0
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return self._surface.capabilities
-
-    async def typing(self) -> None:
-        await self._surface.typing()
 
     async def send(
         self, text: str, reply_to: MessageRef | None = None, buttons: Sequence[Button] = ()
@@ -66,24 +51,6 @@ class JournaledSurface(Surface):
         ref = await self._surface.send(text, reply_to=reply_to, buttons=buttons)
         await self._stream.record(self._entry.platform, self._entry.entry_id, index, ref)
         return ref
-
-    async def edit(self, ref: MessageRef, text: str) -> None:
-        await self._surface.edit(ref, text)
-
-    async def delete(self, ref: MessageRef) -> None:
-        await self._surface.delete(ref)
-
-    async def notice(self, text: str) -> None:
-        await self._surface.notice(text)
-
-    async def conclude(self, text: str) -> None:
-        await self._surface.conclude(text)
-
-    def message_link(self, message_id: str, thread_id: str | None = None) -> str | None:
-        return self._surface.message_link(message_id, thread_id)
-
-    async def visibility(self) -> Visibility | None:
-        return await self._surface.visibility()
 
     async def settle(self) -> None:
         """After the answer: the recorded messages it did not reuse go (never raises).
