@@ -5,7 +5,7 @@ stops renewing them, and answered again in the messages already sent."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import replace
 from typing import Any
 
@@ -400,3 +400,48 @@ async def test_a_burst_is_kept_in_batches_each_event_once(
     await worker.prepare([PLATFORM])
     read = [entry.event_id for entry in await worker.read(PLATFORM, 1000, 0.01)]
     assert sorted(read) == sorted(ids)
+
+
+class RenewalOvertaken(IntakeStream):
+    """A stream whose renewal reaches Redis only after the job it names has finished and
+    been acknowledged (on a busy loop, a renewal's round trip is slow)."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.renewing = asyncio.Event()
+        self.finished = asyncio.Event()
+        self.overtaken: list[str] = []
+
+    async def renew(self, platform: str, entry_ids: Sequence[str]) -> list[str]:
+        self.renewing.set()
+        await self.finished.wait()
+        lost = await super().renew(platform, entry_ids)
+        self.overtaken += lost
+        return lost
+
+
+async def test_a_renewal_overtaken_by_the_answers_end_is_no_takeover(
+    redis: Redis, keys: Keys, intakes: list[Intake], caplog: pytest.LogCaptureFixture
+) -> None:
+    stream = RenewalOvertaken(redis, keys, consumer="w", visibility=2.0)
+    intake = Intake(stream, works=True, read_block=0.05)
+
+    async def handler(job: Job) -> None:
+        await stream.renewing.wait()  # the renewal is on its way: the answer ends now
+
+    intake.serve(PLATFORM, handler)
+    intakes.append(intake)
+    await intake.start()
+    await stream.put(PLATFORM, "ev1", {}, take=False)
+
+    async def finished() -> bool:
+        return await stream.depth([PLATFORM]) == (0, 0)
+
+    await eventually(finished, "the event answered and acknowledged")
+    stream.finished.set()
+
+    async def renewed() -> bool:
+        return bool(stream.overtaken)
+
+    await eventually(renewed, "the late renewal answered")
+    assert not [r for r in caplog.records if "taken over" in r.getMessage()]

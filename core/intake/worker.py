@@ -291,12 +291,11 @@ class Intake:
             for lost in await self.stream.renew(platform, ids):
                 # it went unrenewed past the visibility timeout (a stalled process):
                 # another replica answers it now, so this one stops
-                if (platform, lost) in self._finishing:
-                    continue  # acknowledged meanwhile
-                self._log.error("intake: %s event %s was taken over by another replica", platform, lost)
                 task = self._jobs.get((platform, lost))
-                if task is not None:
-                    task.cancel()
+                if task is None or (platform, lost) in self._finishing:
+                    continue  # finished, or being acknowledged, while the renewal was on its way
+                self._log.error("intake: %s event %s was taken over by another replica", platform, lost)
+                task.cancel()
 
     async def _forever(
         self, what: str, once: Callable[[], Coroutine[Any, Any, None]], every: float = 0.0
