@@ -134,7 +134,7 @@ class Settings(HeraldSettings):
     redis_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]+$")
     #: Redis Cluster (or Valkey cluster): also implied by a redis+cluster:// URL
     redis_cluster: bool = False
-    #: connections to Redis (on each node of a cluster); 0: two for each answer the
+    #: connections to Redis (on each node of a cluster); 0: one for each answer the
     #: replica runs at once (HERALD_INTAKE_CAPACITY), at least 64
     redis_max_connections: int = Field(default=0, ge=0)
     data_dir: Path | None = None
@@ -304,7 +304,7 @@ class Settings(HeraldSettings):
     def redis_connections(self) -> int:
         """Enough that answers never wait for a connection: each holds about one at a
         time, and on a busy loop a command holds it until the loop reads the reply."""
-        return self.redis_max_connections or max(64, 2 * self.intake_capacity)
+        return self.redis_max_connections or max(64, self.intake_capacity)
 
     @property
     def history_ttl_seconds(self) -> int:
