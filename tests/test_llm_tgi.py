@@ -34,7 +34,7 @@ from core.llm.gate import ConcurrencyGate, gate_limit
 from core.llm.markers import contains_marker, neutralise
 from core.llm.openai import estimated_prompt
 from core.llm.sse import SSEParser
-from core.llm.tgi import generate_request, parse_info
+from core.llm.tgi import TGIStreamDecoder, generate_request, parse_info
 from core.llm.transport import client_timeout
 from tests.emulators.tgi import Fault, TGIEmulator
 from tests.llm_support import client_options, collect, drain_until_error
@@ -710,3 +710,38 @@ async def test_bos_of_the_template_is_not_sent_twice() -> None:
         assert not sent.startswith("<s><s>")
         assert prompt.input_tokens == emu.count(sent)  # the count was exact
         assert "".join(deltas) == "You said: hello"
+
+
+GOOD_TOKEN = {"id": 42, "text": " hello", "logprob": -0.25, "special": False}
+
+
+@pytest.mark.parametrize(
+    "token",
+    [
+        {k: v for k, v in GOOD_TOKEN.items() if k != "id"},
+        {**GOOD_TOKEN, "id": "42"},
+        {**GOOD_TOKEN, "text": 7},
+        {**GOOD_TOKEN, "logprob": "low"},
+        {**GOOD_TOKEN, "special": "no"},
+        "hello",
+        None,
+    ],
+)
+def test_a_malformed_token_event_fails_the_generation(token: Any) -> None:
+    """Tokens are checked by hand (not by text_generation's model, too slow per token):
+    a shape TGI never sends is a failed generation, as the model's check made it."""
+    decoder = TGIStreamDecoder()
+    assert decoder.feed(json.dumps({"token": GOOD_TOKEN, "generated_text": None, "details": None})) == [
+        TextDelta(" hello")
+    ]
+    with pytest.raises(GenerationFailed, match="malformed stream event"):
+        decoder.feed(json.dumps({"token": token, "generated_text": None, "details": None}))
+
+
+def test_special_tokens_show_nothing_and_the_last_event_is_checked_whole() -> None:
+    decoder = TGIStreamDecoder()
+    assert decoder.feed(json.dumps({"token": {**GOOD_TOKEN, "special": True}})) == []
+    with pytest.raises(GenerationFailed):  # details of the wrong shape
+        decoder.feed(
+            json.dumps({"token": GOOD_TOKEN, "generated_text": "x", "details": {"finish_reason": 3}})
+        )

@@ -28,7 +28,7 @@ from core.llm.base import (
     TextDelta,
 )
 from core.llm.client_base import ClientBase
-from core.llm.error_mapping import error_from_event
+from core.llm.error_mapping import error_from_event, quote
 from core.llm.errors import GenerationFailed, InvalidRequest, LLMError
 from core.llm.gate import ConcurrencyGate, gate_limit
 from core.llm.markers import neutralise
@@ -86,6 +86,22 @@ def generate_request(inputs: str, params: GenerationParams, *, max_stop: int | N
     return body
 
 
+def _token_text(payload: Mapping[str, Any]) -> str:
+    """A token event's visible text ("" for a special token), its shape checked as
+    `text_generation.types.Token` would: id an integer, text a string, logprob a number
+    or null, special a boolean. `GenerationFailed` otherwise."""
+    token = payload.get("token")
+    if (
+        not isinstance(token, Mapping)
+        or type(token.get("id")) is not int
+        or not isinstance(text := token.get("text"), str)
+        or not isinstance(token.get("logprob", 0.0), float | int | None)
+        or type(special := token.get("special")) is not bool
+    ):
+        raise GenerationFailed(f"malformed stream event: {quote(str(payload))}")
+    return "" if special else text
+
+
 class TGIStreamDecoder:
     """Decodes `/generate_stream` events; the one carrying `details` is the last."""
 
@@ -101,11 +117,16 @@ class TGIStreamDecoder:
         payload = json_event(data)
         if "error" in payload:
             raise error_from_event(payload)
+        self._tokens += 1
+        if payload.get("details") is None and payload.get("generated_text") is None:
+            # every token but the last: checked by hand, the model's schema is too slow for
+            # thousands of tokens a second, and only the token is read
+            text = _token_text(payload)
+            return [TextDelta(text)] if text else []
         try:
             event = StreamResponse.model_validate(payload)
         except _INVALID as exc:
             raise GenerationFailed(f"malformed stream event: {exc}") from exc
-        self._tokens += 1
         events: list[StreamEvent] = []
         token = event.token
         if not token.special and token.text:
@@ -114,10 +135,9 @@ class TGIStreamDecoder:
         if details is not None:
             reason = details.finish_reason
             self._finished = Finished(str(getattr(reason, "value", reason)), int(details.generated_tokens))
-        elif event.generated_text is not None:  # a server that omits details
+        else:  # a server that omits details
             self._finished = Finished("unknown", self._tokens)
-        if self._finished is not None:
-            events.append(self._finished)
+        events.append(self._finished)
         return events
 
     def incomplete(self) -> LLMError:
