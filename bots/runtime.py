@@ -353,7 +353,9 @@ async def start_redis(settings: Settings) -> tuple[RedisClient, RedisServerProce
             raise StartupError(f"Could not start the embedded Redis server: {exc}") from None
         url = server.url
     try:
-        redis = connect_redis(url, cluster=settings.redis_cluster, max_connections=settings.redis_connections)
+        redis = connect_redis(
+            url, cluster=settings.redis_cluster, max_connections=settings.redis_max_connections
+        )
     except ValueError as exc:
         raise StartupError(f"HERALD_REDIS_URL: {exc}") from None
     try:

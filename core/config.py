@@ -134,9 +134,10 @@ class Settings(HeraldSettings):
     redis_prefix: str = Field(default="herald", pattern=r"^[A-Za-z0-9_.-]+$")
     #: Redis Cluster (or Valkey cluster): also implied by a redis+cluster:// URL
     redis_cluster: bool = False
-    #: connections to Redis (on each node of a cluster); 0: one for each answer the
-    #: replica runs at once (HERALD_INTAKE_CAPACITY), at least 64
-    redis_max_connections: int = Field(default=0, ge=0)
+    #: connections to Redis (on each node of a cluster): enough that an answer's commands
+    #: never wait long, few enough that a burst of answers does not flood the event loop
+    #: (measured at 1,000 streams: README, "Streaming")
+    redis_max_connections: int = Field(default=128, ge=8)
     data_dir: Path | None = None
 
     # Intake (core/intake): events are kept in a Redis Stream until answered
@@ -299,12 +300,6 @@ class Settings(HeraldSettings):
         if self.llm_api is not None:
             return self.llm_api
         return "tgi" if self.tgi_url else "local"
-
-    @property
-    def redis_connections(self) -> int:
-        """Enough that answers never wait for a connection: each holds about one at a
-        time, and on a busy loop a command holds it until the loop reads the reply."""
-        return self.redis_max_connections or max(64, self.intake_capacity)
 
     @property
     def history_ttl_seconds(self) -> int:
