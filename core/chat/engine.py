@@ -59,6 +59,30 @@ class Outcome(enum.Enum):
 PromptSource = Sequence[ChatMessage] | Callable[[], Awaitable[Sequence[ChatMessage]]]
 
 
+#: answers preparing at once (their conversation loaded, tokens counted, the prompt sent,
+#: until the model's first token): a burst of arrivals is taken in waves, so the answers
+#: already streaming keep an event loop that runs them on time
+PREPARING = 32
+
+
+class _Preparing:
+    """A place among the answers preparing, given back at the first token or the end."""
+
+    def __init__(self, places: asyncio.Semaphore) -> None:
+        self._places = places
+        self._held = False
+
+    async def take(self) -> _Preparing:
+        await self._places.acquire()
+        self._held = True
+        return self
+
+    def done(self) -> None:
+        if self._held:
+            self._held = False
+            self._places.release()
+
+
 @dataclass(frozen=True, slots=True)
 class EnginePolicy:
     system_prompt: str
@@ -80,6 +104,7 @@ class _Stream:
     platform: str
     turn: float  # when the conversation's turn began (the loop's clock): stops since count
     resumed: bool = False  # taken over from a replica that died answering it: said under it
+    prepared: Callable[[], None] | None = None  # called at the first token
     text: str = ""
     tokens: int = 0
     finished: Finished | None = None
@@ -142,6 +167,7 @@ class Engine:
         self.commands = commands
         self.policy = policy
         self._renderer = renderer
+        self._preparing = asyncio.Semaphore(PREPARING)
         self.metrics = metrics or Metrics()
         self.generating = 0  # answers being generated in this process
         self.closing = False  # set by `drain`: no new answers start
@@ -419,10 +445,28 @@ class Engine:
         started: float,
         continuing: bool,
     ) -> Outcome:
-        conv = event.conversation
         if self.closing:  # it waited for its turn while the process began to stop
             await say(surface, messages.RESTARTING)
             return Outcome.SHUTTING_DOWN
+        preparing = await _Preparing(self._preparing).take()
+        try:
+            return await self._prepare_and_answer(
+                event, surface, text, counting, started, continuing, preparing
+            )
+        finally:
+            preparing.done()
+
+    async def _prepare_and_answer(
+        self,
+        event: Inbound,
+        surface: Surface,
+        text: str,
+        counting: asyncio.Future[int],
+        started: float,
+        continuing: bool,
+        preparing: _Preparing,
+    ) -> Outcome:
+        conv = event.conversation
         turn = asyncio.get_running_loop().time()
         if event.arrival.resumed and await self.memory.saved(conv, event.event_id):
             return Outcome.ANSWERED  # the replica that died had finished it
@@ -443,7 +487,9 @@ class Engine:
                     conv,
                     built,
                     renderer,
-                    _Stream(started, event.platform, turn, resumed=event.arrival.resumed),
+                    _Stream(
+                        started, event.platform, turn, resumed=event.arrival.resumed, prepared=preparing.done
+                    ),
                     may_retry=skip < self.policy.overflow_retries,
                 )
                 break
@@ -569,6 +615,9 @@ class Engine:
 
     async def _pump(self, built: BuiltContext, renderer: StreamRenderer, state: _Stream) -> None:
         async for item in self.llm.stream(built.prompt, self.policy.generation):
+            if state.prepared is not None:
+                state.prepared()
+                state.prepared = None
             if isinstance(item, TextDelta):
                 if not state.tokens:
                     self.metrics.time_to_first_token.labels(state.platform).observe(
