@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import re
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import Sequence
 
 from redis.asyncio import Redis
 
 from bots.runtime import build_engine, build_llm
 from core import messages
 from core.chat.engine import PREPARING, Outcome
-from core.llm.base import ChatMessage, GenerationParams, LLMClient, PreparedPrompt, StreamEvent
+from core.llm.base import ChatMessage, LLMClient, PreparedPrompt
 from core.llm.forwarding import ForwardingLLM
 from core.platform import Button, Capabilities, ConversationKey
 from tests.conftest import EngineFactory, SettingsFactory
@@ -204,16 +204,22 @@ async def test_cancel_from_another_process(make_engine: EngineFactory, tgi: TGIE
 
 class HeldPrompt(ForwardingLLM):
     """The model client, holding every prompt until `go` is set: a turn that has begun
-    but whose generation has not, for as long as the test needs."""
+    but whose generation has not, for as long as the test needs. `waiting`: prompts held
+    now, `most`: at once at most."""
 
     def __init__(self, inner: LLMClient) -> None:
         super().__init__(inner)
         self.go = asyncio.Event()
         self.held = asyncio.Event()
+        self.waiting = 0
+        self.most = 0
 
     async def prepare(self, messages: Sequence[ChatMessage]) -> PreparedPrompt:
         self.held.set()
+        self.waiting += 1
+        self.most = max(self.most, self.waiting)
         await self.go.wait()
+        self.waiting -= 1
         return await super().prepare(messages)
 
 
@@ -323,47 +329,26 @@ async def test_with_buttons_the_note_carries_continue(make_engine: EngineFactory
     assert surface.buttons[note_id] == (Button("▶️ Continue", "continue"),)
 
 
-class HeldFirstToken(ForwardingLLM):
-    """The model client, holding every stream before its first token until `go` is set,
-    and counting the streams held at once."""
-
-    def __init__(self, inner: LLMClient) -> None:
-        super().__init__(inner)
-        self.go = asyncio.Event()
-        self.held = 0
-        self.most = 0
-
-    async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
-        self.held += 1
-        self.most = max(self.most, self.held)
-        await self.go.wait()
-        self.held -= 1
-        async for item in super().stream(prompt, params):
-            yield item
-
-
 async def test_a_burst_of_answers_prepares_in_waves(
     make_settings: SettingsFactory, redis: Redis, tgi: TGIEmulator
 ) -> None:
-    """40 answers arrive at once: at most `PREPARING` wait for their first token together
-    (the others wait their turn to start), and every one is answered."""
+    """40 answers arrive at once: at most `PREPARING` build their prompts together (the
+    others wait their turn to start), and every one is answered."""
     settings = make_settings(rate_limit_burst=1000)
-    llm = HeldFirstToken(build_llm(settings))
+    llm = HeldPrompt(build_llm(settings))
     await llm.start()
     engine = build_engine(settings, redis, llm)
     await engine.cancels.start()
     try:
         answers = [
-            asyncio.create_task(
-                engine.handle(event(f"q{i}", chat=f"chat{i}", user=f"u{i}"), RecordingSurface())
-            )
+            asyncio.create_task(engine.handle(event(f"q{i}", chat=f"c{i}", user=f"u{i}"), RecordingSurface()))
             for i in range(40)
         ]
 
         async def full() -> bool:
-            return llm.held == PREPARING
+            return llm.waiting == PREPARING
 
-        await eventually(full, "a wave of answers waiting for their first token")
+        await eventually(full, "a wave of answers building their prompts")
         llm.go.set()
         assert await asyncio.gather(*answers) == [Outcome.ANSWERED] * 40
         assert llm.most == PREPARING

@@ -59,14 +59,14 @@ class Outcome(enum.Enum):
 PromptSource = Sequence[ChatMessage] | Callable[[], Awaitable[Sequence[ChatMessage]]]
 
 
-#: answers preparing at once (their conversation loaded, tokens counted, the prompt sent,
-#: until the model's first token): a burst of arrivals is taken in waves, so the answers
-#: already streaming keep an event loop that runs them on time
+#: answers preparing at once (their conversation loaded, tokens counted, the prompt
+#: built): a burst of arrivals is taken in waves, so the answers already streaming keep
+#: an event loop that runs them on time. The model's own queue is not waited in here.
 PREPARING = 32
 
 
 class _Preparing:
-    """A place among the answers preparing, given back at the first token or the end."""
+    """A place among the answers preparing, given back when generation starts or at the end."""
 
     def __init__(self, places: asyncio.Semaphore) -> None:
         self._places = places
@@ -104,7 +104,6 @@ class _Stream:
     platform: str
     turn: float  # when the conversation's turn began (the loop's clock): stops since count
     resumed: bool = False  # taken over from a replica that died answering it: said under it
-    prepared: Callable[[], None] | None = None  # called at the first token
     text: str = ""
     tokens: int = 0
     finished: Finished | None = None
@@ -483,13 +482,12 @@ class Engine:
                 built = await self.context.build(
                     system, history, text, user_tokens=user_tokens, skip_blocks=skip
                 )
+                preparing.done()
                 result = await self._generate(
                     conv,
                     built,
                     renderer,
-                    _Stream(
-                        started, event.platform, turn, resumed=event.arrival.resumed, prepared=preparing.done
-                    ),
+                    _Stream(started, event.platform, turn, resumed=event.arrival.resumed),
                     may_retry=skip < self.policy.overflow_retries,
                 )
                 break
@@ -615,9 +613,6 @@ class Engine:
 
     async def _pump(self, built: BuiltContext, renderer: StreamRenderer, state: _Stream) -> None:
         async for item in self.llm.stream(built.prompt, self.policy.generation):
-            if state.prepared is not None:
-                state.prepared()
-                state.prepared = None
             if isinstance(item, TextDelta):
                 if not state.tokens:
                     self.metrics.time_to_first_token.labels(state.platform).observe(
