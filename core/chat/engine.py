@@ -294,7 +294,13 @@ class Engine:
         counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
             async with self._turn(event.conversation, surface):
-                return await self._answer_in_turn(event, surface, text, counting, started, continuing)
+                preparing = await _Preparing(self._preparing).take()
+                try:
+                    return await self._answer_in_turn(
+                        event, surface, text, counting, started, continuing, preparing
+                    )
+                finally:
+                    preparing.done()
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
@@ -443,29 +449,12 @@ class Engine:
         counting: asyncio.Future[int],
         started: float,
         continuing: bool,
-    ) -> Outcome:
-        if self.closing:  # it waited for its turn while the process began to stop
-            await say(surface, messages.RESTARTING)
-            return Outcome.SHUTTING_DOWN
-        preparing = await _Preparing(self._preparing).take()
-        try:
-            return await self._prepare_and_answer(
-                event, surface, text, counting, started, continuing, preparing
-            )
-        finally:
-            preparing.done()
-
-    async def _prepare_and_answer(
-        self,
-        event: Inbound,
-        surface: Surface,
-        text: str,
-        counting: asyncio.Future[int],
-        started: float,
-        continuing: bool,
         preparing: _Preparing,
     ) -> Outcome:
         conv = event.conversation
+        if self.closing:  # it waited for its turn while the process began to stop
+            await say(surface, messages.RESTARTING)
+            return Outcome.SHUTTING_DOWN
         turn = asyncio.get_running_loop().time()
         if event.arrival.resumed and await self.memory.saved(conv, event.event_id):
             return Outcome.ANSWERED  # the replica that died had finished it
