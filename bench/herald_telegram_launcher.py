@@ -1,11 +1,11 @@
-"""`herald run` with the loop-lag probe of `bench.telegram_anchor_launcher` in its process.
+"""`herald run` with the loop-lag probe of `bench.stream_probe` in its process.
 
     .venv/bin/python -m bench.herald_telegram_launcher --probe-file /tmp/x/herald.lag [run ...]
 
 Everything after the options is handed to Herald's command line (`bots.cli.main`), `run`
 by default; Herald reads its settings from the environment (`HERALD_*`) as always. The
-probe starts when Herald's event loop does (`asyncio.run`) and its samples are flushed
-every second and at exit.
+probe starts when Herald's event loop does and its samples are written every second and
+at exit.
 """
 
 from __future__ import annotations
@@ -13,14 +13,14 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.telegram_anchor_launcher import install_probe
+from bench.stream_probe import install_loop_probe
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0])
     parser.add_argument("--probe-file", type=Path, required=True)
     args, rest = parser.parse_known_args(argv)
-    install_probe(args.probe_file)
+    install_loop_probe(args.probe_file)
     from bots.cli import main as herald
 
     herald(rest or ["run"])

@@ -6,13 +6,13 @@ installed.
 
 What is here:
 
-* **The event-loop lag probe**: `install_loop_probe(path)` makes the first asyncio loop of
-  the process that runs (``asyncio.run``/``asyncio.Runner``, any loop factory, or a loop from
-  the policy) run a task that sleeps `interval` (10 ms) over and over and records by how
-  much each sleep overshot (`time.monotonic()` pairs). The samples are written to `path` when
-  the loop's task is cancelled (``asyncio.run`` ending), at interpreter exit, on SIGUSR2 (a
-  snapshot, the process keeps running), and by `dump_probe()`. `read_lag_samples(path)` reads
-  them back as ``[(at, lag_seconds)]``.
+* **The event-loop lag probe**: `install_loop_probe(path)` makes every asyncio loop of
+  the process (``asyncio.run``/``asyncio.Runner`` with any loop factory, or an asyncio loop
+  run by hand) run a task that sleeps `interval` (10 ms) over and over and records by how
+  much each sleep overshot (`time.monotonic()` pairs). The samples are written to `path`
+  every second, when the loop's task is cancelled (``asyncio.run`` ending), at interpreter
+  exit, on SIGUSR2 (a snapshot, the process keeps running), and by `dump_probe()`.
+  `read_lag_samples(path)` reads them back as ``[(at, lag_seconds)]``.
 * **A process's CPU and memory from /proc**: `cpu_seconds(pid)` (utime + stime),
   `rss_bytes(pid)`, `peak_rss_bytes(pid)` (VmHWM) and `reset_peak_rss(pid)` (writes 5 to
   ``/proc/<pid>/clear_refs``, so VmHWM restarts from the current RSS), and `RssSampler`, an
@@ -52,12 +52,16 @@ from typing import IO, Any
 # --- the event-loop lag probe (runs inside the bot's process) -------------------------
 
 PROBE_INTERVAL = 0.010
+#: seconds between writes of the samples while the probe runs (a killed bot loses at most this)
+FLUSH_EVERY = 1.0
 
 
 class LoopLagProbe:
     """Sleeps `interval` in a loop and records each overshoot: ``(monotonic at wake, lag)``.
 
-    Samples live in two `array('d')` (about 16 bytes a sample, 100 samples a second).
+    Samples live in two `array('d')` (about 16 bytes a sample, 100 samples a second). It
+    runs on every event loop it is started on: a bot may close a short-lived loop before
+    its main one (python-telegram-bot does).
     """
 
     def __init__(self, path: Path | None = None, interval: float = PROBE_INTERVAL) -> None:
@@ -65,11 +69,13 @@ class LoopLagProbe:
         self.interval = interval
         self.at = array("d")
         self.lag = array("d")
-        self.task: asyncio.Task[None] | None = None
+        # loops by identity, held strongly (uvloop's loops take no weak references)
+        self._loops: list[asyncio.AbstractEventLoop] = []
 
     async def run(self) -> None:
         sleep, now, interval = asyncio.sleep, time.monotonic, self.interval
         at, lag = self.at, self.lag
+        flushed = now()
         try:
             while True:
                 before = now()
@@ -77,11 +83,20 @@ class LoopLagProbe:
                 woke = now()
                 at.append(woke)
                 lag.append(max(0.0, woke - before - interval))
+                if woke - flushed >= FLUSH_EVERY:
+                    flushed = woke
+                    self.dump()
         finally:
             self.dump()
 
     def start(self, loop: asyncio.AbstractEventLoop) -> None:
-        self.task = loop.create_task(self.run(), name="bench-loop-lag-probe")
+        """Run on `loop` too (once per loop)."""
+        if any(seen is loop for seen in self._loops):
+            return
+        self._loops.append(loop)
+        task = loop.create_task(self.run(), name="bench-loop-lag-probe")
+        # a loop may be closed with the probe still pending: expected, not worth a log line
+        task._log_destroy_pending = False  # type: ignore[attr-defined]
 
     def dump(self) -> None:
         """Write every sample so far to `path` (JSON: ``{"interval", "at", "lag"}``)."""
@@ -97,44 +112,33 @@ _probe: LoopLagProbe | None = None
 
 
 def install_loop_probe(path: Path | str, interval: float = PROBE_INTERVAL) -> LoopLagProbe:
-    """Start a `LoopLagProbe` in the first asyncio loop of this process that runs code.
+    """Start a `LoopLagProbe` on every asyncio loop of this process when it first runs code.
 
-    Two hooks, so that the bot's code needs no change: ``asyncio.Runner.run`` (which
-    ``asyncio.run`` uses too, whatever ``loop_factory`` makes the loop: uvloop's included)
-    starts it before the main coroutine; the event-loop policy's ``new_event_loop`` covers
-    code that runs a loop itself. The first loop that gets to either starts the probe; the
-    others are left alone. Also dumps at exit and on SIGUSR2.
+    Two hooks, so that the bot's code needs no change: ``BaseEventLoop.run_forever`` (every
+    asyncio loop, ``run_until_complete`` included) and ``asyncio.Runner.run`` (which
+    ``asyncio.run`` uses too, whatever ``loop_factory`` makes the loop: uvloop's included),
+    whose main coroutine starts it first. Also dumps at exit and on SIGUSR2.
     """
     global _probe
     probe = _probe = LoopLagProbe(Path(path), interval)
-
-    def start_once() -> None:
-        if probe.task is None:
-            probe.start(asyncio.get_running_loop())
-
+    run_forever = asyncio.base_events.BaseEventLoop.run_forever
     runner_run = asyncio.Runner.run
 
+    def forever(self: asyncio.base_events.BaseEventLoop) -> None:
+        probe.start(self)
+        run_forever(self)
+
+    async def probed(coro: Any) -> Any:
+        probe.start(asyncio.get_running_loop())
+        return await coro
+
     def run(self: asyncio.Runner, coro: Any, *, context: Any = None) -> Any:
-        if not asyncio.iscoroutine(coro) or probe.task is not None:
+        if not asyncio.iscoroutine(coro):
             return runner_run(self, coro, context=context)
+        return runner_run(self, probed(coro), context=context)
 
-        async def probed() -> Any:
-            start_once()
-            return await coro
-
-        return runner_run(self, probed(), context=context)
-
+    asyncio.base_events.BaseEventLoop.run_forever = forever  # type: ignore[method-assign]
     asyncio.Runner.run = run  # type: ignore[method-assign]
-
-    policy = asyncio.get_event_loop_policy()
-    policy_new_loop = policy.new_event_loop
-
-    def new_event_loop() -> asyncio.AbstractEventLoop:
-        loop = policy_new_loop()
-        loop.call_soon(start_once)
-        return loop
-
-    policy.new_event_loop = new_event_loop  # type: ignore[method-assign]
     atexit.register(probe.dump)
     signal.signal(signal.SIGUSR2, lambda _sig, _frame: probe.dump())
     return probe

@@ -32,7 +32,6 @@ import contextlib
 import json
 import math
 import os
-import platform
 import re
 import shutil
 import signal
@@ -48,7 +47,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.telegram_anchor_launcher import read_probe
+from bench.stream_probe import cpu_seconds, free_port, machine, percentile, read_lag_samples, rss_bytes
 
 ROOT = Path(__file__).resolve().parent.parent
 TOKEN = "123456:BENCH-TOKEN"
@@ -246,29 +245,6 @@ def _tail(path: Path, lines: int = 20) -> str:
 _TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of the process (all its threads), in seconds."""
-    stat = Path(f"/proc/{pid}/stat").read_text()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    return (int(fields[11]) + int(fields[12])) / _TICK
-
-
-def rss_bytes(pid: int) -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) * 1024
-    return 0
-
-
-def machine() -> str:
-    model = "unknown CPU"
-    for line in _read(Path("/proc/cpuinfo")).splitlines():
-        if line.startswith("model name"):
-            model = line.split(":", 1)[1].strip()
-            break
-    return f"{model}, {os.cpu_count()} CPUs, Python {platform.python_version()}, {platform.platform()}"
-
-
 def busy_seconds() -> tuple[float, float]:
     """(busy, total) CPU seconds of the whole machine so far (/proc/stat)."""
     parts = [int(x) for x in _read(Path("/proc/stat")).splitlines()[0].split()[1:]]
@@ -383,7 +359,7 @@ class Bench:
             await stop(telegram, 2.0)
 
     async def start_herald(self, tag: str, api_url: str, probe: Path) -> Child:
-        port = _free_port()
+        port = free_port()
         env = {k: v for k, v in os.environ.items() if not k.startswith("HERALD_")} | {
             "PYTHONPATH": str(ROOT),
             "HERALD_TELEGRAM_TOKEN": TOKEN,
@@ -530,7 +506,7 @@ class Bench:
         result.refused_by = Counter(w[7] for w in report["writes"] if w[4] == 429)
         result.rss_peak = max(rss, default=result.rss_before)
         result.machine_busy = (busy1[0] - busy0[0]) / max(1e-9, t1 - t0)
-        result.lag = [lag for start, lag in read_probe(probe) if t0 <= start <= t1]
+        result.lag = [lag for start, lag in read_lag_samples(probe) if t0 <= start <= t1]
         for user in users:
             answer = _answer(user, report, self.tokens.get(user), expected)
             if answer is None:
@@ -605,28 +581,12 @@ def _brief(r: ScenarioRun) -> str:
     wrong = sum(1 for a in r.answers if not a.correct)
     return (
         f"{r.replies} answered ({wrong} incomplete), {r.missing} missing, "
-        f"first visible p50 {_ms(_pct(fv, 50))}, "
-        f"final p50 {_ms(_pct(fl, 50))}, 429s {r.refused_429}, CPU/reply {r.cpu_per_reply_ms:.1f} ms"
+        f"first visible p50 {_ms(percentile(fv, 50))}, "
+        f"final p50 {_ms(percentile(fl, 50))}, 429s {r.refused_429}, CPU/reply {r.cpu_per_reply_ms:.1f} ms"
     )
 
 
-def _free_port() -> int:
-    from bots.redis_server import free_port
-
-    return free_port()
-
-
 # -- statistics and the report ------------------------------------------------------------------
-
-
-def _pct(values: Sequence[float], p: float) -> float:
-    """The p-th percentile, linear between closest ranks; NaN for no values."""
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    k = (len(ordered) - 1) * p / 100
-    lo, hi = math.floor(k), math.ceil(k)
-    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
 
 
 def _ms(seconds: float) -> str:
@@ -643,7 +603,8 @@ def report(bench: Bench, started: float) -> str:
     out = [
         "# Streaming on Telegram: Herald vs n3d1117/chatgpt-telegram-bot",
         "",
-        f"Machine: {machine()}; load average at the end {os.getloadavg()[0]:.2f}.",
+        f"Machine: {machine()}, Python {sys.version.split()[0]}; "
+        f"load average at the end {os.getloadavg()[0]:.2f}.",
         f"Runs: {args.runs} (each bot started afresh per run, order alternating), "
         f"{(time.monotonic() - started) / 60:.1f} min in all. Model: {1 / args.token_delay:.0f} tokens/s, "
         f"short = {args.short} tokens, long = {args.long} tokens. Herald on its `{args.herald_api}` route; "
@@ -673,8 +634,8 @@ def report(bench: Bench, started: float) -> str:
 def _run_line(r: ScenarioRun) -> str:
     wrong = sum(1 for a in r.answers if not a.correct)
     return (
-        f"run {r.run}: {_ms(_pct([a.first_visible for a in r.answers], 50))} / "
-        f"{_ms(_pct([a.final_after_last for a in r.answers if a.correct], 50))}, "
+        f"run {r.run}: {_ms(percentile([a.first_visible for a in r.answers], 50))} / "
+        f"{_ms(percentile([a.final_after_last for a in r.answers if a.correct], 50))}, "
         f"{r.replies}/{r.n} answered, {wrong} incomplete, "
         f"429s by limit {dict(r.refused_by) or 0}, calls {dict(sorted(_by_method(r.calls).items()))}, "
         f"machine busy {r.machine_busy:.2f} CPUs"
@@ -698,8 +659,8 @@ _RUN_ROWS: list[tuple[str, Any, Any]] = [
     ("CPU per reply, bot process", lambda r: r.cpu_per_reply_ms, lambda v: _num(v, 1) + " ms"),
     ("Bot API calls per reply, all", lambda r: r.calls_per_reply(), lambda v: _num(v, 1)),
     ("429s served in the scenario", lambda r: r.refused_429, lambda v: _num(v, 0)),
-    ("loop lag p50", lambda r: _pct(r.lag, 50), lambda v: _num(v * 1000, 2) + " ms"),
-    ("loop lag p99", lambda r: _pct(r.lag, 99), lambda v: _num(v * 1000, 1) + " ms"),
+    ("loop lag p50", lambda r: percentile(r.lag, 50), lambda v: _num(v * 1000, 2) + " ms"),
+    ("loop lag p99", lambda r: percentile(r.lag, 99), lambda v: _num(v * 1000, 1) + " ms"),
     (
         "RSS per stream, (peak − before) / N",
         lambda r: (r.rss_peak - r.rss_before) / 1024 / r.n,
@@ -719,7 +680,7 @@ def _table(runs: dict[str, list[ScenarioRun]]) -> list[str]:
         for bot in ("herald", "anchor"):
             values = [float(getattr(a, attr)) for r in runs[bot] for a in r.answers]
             values = [v for v in values if not math.isnan(v)]
-            cells += [fmt(_pct(values, 50)), fmt(_pct(values, 90))]
+            cells += [fmt(percentile(values, 50)), fmt(percentile(values, 90))]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     for name, get, fmt in _RUN_ROWS:
         cells = []
@@ -729,7 +690,7 @@ def _table(runs: dict[str, list[ScenarioRun]]) -> list[str]:
                 total = sum(len(r.answers) + r.missing for r in runs[bot])
                 cells += [f"{sum(values):.0f} of {total}", ""]
             else:
-                cells += [fmt(_pct(values, 50)), fmt(max(values, default=math.nan))]
+                cells += [fmt(percentile(values, 50)), fmt(max(values, default=math.nan))]
         lines.append(f"| {name} [median, max over runs] | " + " | ".join(cells) + " |")
     return lines
 
