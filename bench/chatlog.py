@@ -58,7 +58,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import bisect
-import contextlib
 import cProfile
 import gc
 import io
@@ -84,6 +83,7 @@ from redis.asyncio.connection import Connection
 from redis.commands.core import AsyncScript
 from redis.typing import EncodableT, KeyT
 
+from bench.stream_probe import cpu_model
 from bots.redis_server import RedisServerProcess, find_server_binary
 from core.chatlog.search import Hit, SearchFilter, search
 from core.chatlog.store import DAY, POSTING, ChatLog, LoggedMessage, LogSettings
@@ -911,12 +911,7 @@ def _row(label: str, values: Sequence[float], extra: str = "") -> str:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     usable = len(os.sched_getaffinity(0))
     return (
         f"{model}, {usable} usable CPUs, Python {platform.python_version()}, redis-py {redis.__version__}, "

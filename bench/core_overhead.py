@@ -64,6 +64,7 @@ from redis.asyncio.client import Pipeline
 from redis.asyncio.connection import AbstractConnection
 
 import core.llm.transport
+from bench.stream_probe import cpu_model
 from bots.child_process import die_with_parent
 from bots.redis_server import RedisServerProcess, free_port
 from bots.runtime import build_engine, build_llm, settle_heap
@@ -680,12 +681,7 @@ def round_trips(run: Run) -> float:
 
 
 def machine() -> str:
-    model = "unknown CPU"
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+    model = cpu_model()
     usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
     return (
         f"{model}, {os.cpu_count()} logical CPUs ({usable} usable), {platform.system()} "

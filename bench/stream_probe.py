@@ -368,14 +368,18 @@ def stop_child(proc: subprocess.Popen[bytes], sig: int = signal.SIGTERM, grace: 
 # --- the machine ------------------------------------------------------------------------
 
 
-def machine() -> str:
-    """``"<CPU model>, <n> cores (<m> usable), <RAM> RAM"`` from /proc."""
-    model = "unknown CPU"
+def cpu_model() -> str:
+    """The CPU's model name, from /proc/cpuinfo."""
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
-                model = line.split(":", 1)[1].strip()
-                break
+                return line.split(":", 1)[1].strip()
+    return "unknown CPU"
+
+
+def machine() -> str:
+    """``"<CPU model>, <n> cores (<m> usable), <RAM> RAM"`` from /proc."""
+    model = cpu_model()
     usable = len(os.sched_getaffinity(0))
     memory = ""
     with contextlib.suppress(OSError, ValueError, IndexError):
