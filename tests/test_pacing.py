@@ -7,7 +7,13 @@ from typing import Any, cast
 import discord
 import pytest
 
-from adapters.discord.limits import bucket_key, channel_bucket, observe, rate_limit_trace, webhook_bucket
+from adapters.discord.limits import (
+    bucket_key,
+    channel_bucket,
+    observe,
+    rate_limit_trace,
+    webhook_bucket,
+)
 from core.intake.journal import JournaledSurface
 from core.metrics import MeteredSurface, Metrics
 from core.pacing import Bucket, Buckets

@@ -78,7 +78,7 @@ def address_surface(client: discord.Client, address: Mapping[str, Any], buckets:
         chat, reads_text = str(address["chat"]), bool(address.get("reads_text", False))
         kind = address["kind"]
         if kind == "message":
-            return ChannelSurface(channel, chat, int(address["message"]), reads_text, buckets)
+            return ChannelSurface(client.http, channel, chat, int(address["message"]), reads_text, buckets)
         if kind != "interaction":
             raise ValueError(f"unknown kind {kind!r}")
         webhook = discord.Webhook.partial(int(address["application"]), str(address["token"]), client=client)

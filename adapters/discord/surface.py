@@ -12,9 +12,10 @@ itself by them too. What still fails becomes the core's platform errors.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import discord
+from discord.http import handle_message_parameters
 
 from adapters.discord.limits import channel_bucket, webhook_bucket
 from adapters.discord.translate import place
@@ -98,6 +99,14 @@ async def sending(view: discord.ui.View | None, send: Callable[[], Awaitable[T]]
             view.stop()
 
 
+def _sent_ref(data: Any) -> MessageRef:
+    """The id of the message Discord says it created."""
+    try:
+        return MessageRef(str(int(data["id"])))
+    except (KeyError, TypeError, ValueError):
+        raise PlatformError(f"Discord's answer names no message: {str(data)[:200]!r}") from None
+
+
 async def _call(call: Callable[[], Awaitable[T]]) -> T:
     try:
         return await call()
@@ -111,16 +120,23 @@ async def _call(call: Callable[[], Awaitable[T]]) -> T:
 
 class ChannelSurface(Surface):
     """Answers a message: the first part replies to it, later parts to the part before.
-    Built from ids alone (`address`), so any replica answers over REST."""
+    Built from ids alone (`address`), so any replica answers over REST.
+
+    Sends and edits go through discord.py's HTTP client, which paces them by the same
+    buckets, without building a `Message` from each response: only the id is needed,
+    and at 1,000 answers streaming at once the `Message`s were 6% of the process's CPU.
+    """
 
     def __init__(
         self,
+        http: discord.http.HTTPClient,
         channel: discord.PartialMessageable,
         chat: str,
         reply_to: int,
         reads_text: bool,
         buckets: Buckets,
     ) -> None:
+        self._http = http
         self._channel = channel
         self._chat = chat
         self._reply_to = reply_to
@@ -151,19 +167,23 @@ class ChannelSurface(Surface):
             channel_id=self._channel.id,
             guild_id=self._channel.guild_id,
             fail_if_not_exists=False,
-        )
+        ).to_message_reference_dict()
         view = button_view(buttons) if buttons else None
-        sent = await sending(
-            view,
-            lambda: self._channel.send(
-                text, reference=target, allowed_mentions=NO_PINGS, view=view or discord.utils.MISSING
-            ),
-        )
-        return MessageRef(str(sent.id))
+
+        async def post() -> Any:
+            with handle_message_parameters(
+                text, allowed_mentions=NO_PINGS, message_reference=target, view=view or discord.utils.MISSING
+            ) as params:
+                return await self._http.send_message(self._channel.id, params=params)
+
+        return _sent_ref(await sending(view, post))
 
     async def edit(self, ref: MessageRef, text: str) -> None:
-        partial = self._channel.get_partial_message(int(ref.id))
-        await _call(lambda: partial.edit(content=text, allowed_mentions=NO_PINGS))
+        async def patch() -> None:
+            with handle_message_parameters(text, allowed_mentions=NO_PINGS) as params:
+                await self._http.edit_message(self._channel.id, int(ref.id), params=params)
+
+        await _call(patch)
 
     async def delete(self, ref: MessageRef) -> None:
         partial = self._channel.get_partial_message(int(ref.id))
