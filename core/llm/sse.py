@@ -76,33 +76,85 @@ class SSEParser:
             self._data.append(value.decode("utf-8", errors="replace"))
 
 
+_STALLED = "no tokens from the model server within the idle timeout"
+
+
 async def iter_sse(
     content: aiohttp.StreamReader, idle_timeout: float | None = None
 ) -> AsyncGenerator[str, None]:
     """Yield the data of each SSE event read from a response body.
 
-    `idle_timeout` limits the time between data events. TGI sends keep-alive
-    comments on an idle stream, so a socket read timeout alone never notices
-    a stalled generation; comments therefore do not reset this clock.
+    `idle_timeout` limits the time between data events; past it the stream
+    fails with `StreamStalled`. TGI sends keep-alive comments on an idle
+    stream, so a socket read timeout alone never notices a stalled generation;
+    comments therefore do not reset this clock.
+
+    The clock is one lazy watchdog timer per stream, not a timeout per read
+    (per-read timers cost a noticeable share of CPU across many streams).
+    Reads only note when the latest event came; when the watchdog fires it
+    re-arms for that event's deadline or, if none came and a read is waiting,
+    fails the read through `content.set_exception`. As with a per-read
+    timeout, data that arrived while the consumer held the stream past the
+    deadline is still read; only a read that would wait fails.
     """
     parser = SSEParser()
+    if idle_timeout is None:
+        while chunk := await content.readany():
+            for data in parser.feed(chunk):
+                yield data
+        for data in parser.flush():
+            yield data
+        return
+
+    timeout: float = idle_timeout
     loop = asyncio.get_running_loop()
     last_event = loop.time()
-    while True:
-        try:
-            if idle_timeout is None:
+    timer: asyncio.TimerHandle | None = None
+    armed_for = 0.0  # the deadline `timer` was set for
+    reading = False  # a read is waiting on `content`
+    stalled = False
+
+    def arm(deadline: float) -> None:
+        nonlocal timer, armed_for
+        armed_for = deadline
+        timer = loop.call_at(deadline, watchdog)
+
+    def watchdog() -> None:
+        nonlocal timer, stalled
+        deadline = last_event + timeout
+        if deadline > armed_for:  # an event since the timer was set
+            arm(deadline)
+            return
+        timer = None
+        if reading:
+            stalled = True
+            content.set_exception(StreamStalled(_STALLED))
+        # otherwise the consumer holds the stream: the next read re-arms
+
+    try:
+        while True:
+            if timer is None:
+                arm(last_event + timeout)
+            reading = True
+            try:
                 chunk = await content.readany()
-            else:
-                async with asyncio.timeout(last_event + idle_timeout - loop.time()):
-                    chunk = await content.readany()
-        except TimeoutError:
-            raise StreamStalled("no tokens from the model server within the idle timeout") from None
-        if not chunk:
-            break
-        events = parser.feed(chunk)
-        if events:
-            last_event = loop.time()
-        for data in events:
-            yield data
+            except Exception:
+                if stalled:
+                    raise StreamStalled(_STALLED) from None
+                raise
+            finally:
+                reading = False
+            if stalled:  # the watchdog fired as this chunk arrived; `content` is failed now
+                raise StreamStalled(_STALLED)
+            if not chunk:
+                break
+            events = parser.feed(chunk)
+            if events:
+                last_event = loop.time()
+            for data in events:
+                yield data
+    finally:
+        if timer is not None:
+            timer.cancel()
     for data in parser.flush():
         yield data
