@@ -10,7 +10,6 @@ a time, so the gate admits one.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -97,12 +96,10 @@ class LlamaCppClient(ClientBase):
             raise GenerationFailed("POST /tokenize: unexpected answer")
         return count
 
-    async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         if prompt.rendered is None:
             raise InvalidRequest("the built-in model takes prompts from prepare()")
         events = self.transport.stream(
             COMPLETION_PATH, completion_body(prompt.rendered, params), CompletionStreamDecoder
         )
-        async with contextlib.aclosing(self.generate(events, params)) as capped:
-            async for event in capped:
-                yield event
+        return self.generate(events, params)

@@ -9,7 +9,6 @@ a prompt itself.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 from collections.abc import AsyncGenerator, AsyncIterator, Mapping, Sequence
@@ -266,8 +265,6 @@ class OpenAIClient(ClientBase):
     async def count_tokens(self, text: str) -> int:
         return estimate_text_tokens(neutralise(text))  # as a ChatMessage will carry it
 
-    async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         events = stream_chat(self.transport, self.model, prompt.messages, params)
-        async with contextlib.aclosing(self.generate(events, params)) as capped:
-            async for event in capped:
-                yield event
+        return self.generate(events, params)

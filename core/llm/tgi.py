@@ -9,7 +9,6 @@ a session per call and imposes a total timeout (see docs TGI.md).
 
 from __future__ import annotations
 
-import contextlib
 import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -260,16 +259,14 @@ class TGIClient(ClientBase):
             self._tokenize = False
         return estimate_text_tokens(text)
 
-    async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
         if prompt.rendered is None:
             tgi_parameters(params, max_stop=self._max_stop)  # TGI's rules apply there too
             events = stream_chat(self.transport, TGI_MODEL, prompt.messages, params)
         else:
             body = generate_request(prompt.rendered, params, max_stop=self._max_stop)
             events = self.transport.stream(GENERATE_STREAM_PATH, body, TGIStreamDecoder)
-        async with contextlib.aclosing(self.generate(events, params)) as capped:
-            async for event in capped:
-                yield event
+        return self.generate(events, params)
 
 
 def _tokenized_prompt(messages: Sequence[ChatMessage], payload: Any, bos: str | None) -> PreparedPrompt:
