@@ -717,3 +717,65 @@ async def test_typing_never_delays_the_first_message() -> None:
     sent = surface.platform_calls()[0]
     assert sent.at == 0.0 and sent.text == "Hi"
     assert not typed.is_set()
+
+
+@dataclass
+class CountingSurface(FakeSurface):
+    """Counts the edits in flight across every surface sharing `flight`."""
+
+    flight: dict[str, int] = field(default_factory=lambda: {"now": 0, "most": 0})
+
+    async def edit(self, ref: MessageRef, text: str) -> None:
+        self.flight["now"] += 1
+        self.flight["most"] = max(self.flight["most"], self.flight["now"])
+        try:
+            await super().edit(ref, text)
+        finally:
+            self.flight["now"] -= 1
+
+
+async def test_streaming_edits_take_turns_for_the_shared_places() -> None:
+    """Six answers streaming together share two places: never more than two streaming
+    edits in flight, every answer still edited while it streams, and every place given
+    back at the end."""
+    vt = VirtualTime()
+    places = asyncio.Semaphore(2)
+    flight = {"now": 0, "most": 0}
+    caps = Capabilities(max_length=2000, min_edit_interval=1.0)
+    surfaces = [CountingSurface(vt, caps, latency=0.3, flight=flight) for _ in range(6)]
+
+    async def one(surface: FakeSurface) -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep, places=places)
+        await r.start()
+        await stream(vt, r, words(150), 0.02)  # 3 s of tokens
+        flight["most_streaming"] = flight["most"]
+        return await r.finish()
+
+    results = await vt.run(asyncio.gather(*(one(s) for s in surfaces)))
+    assert flight["most_streaming"] == 2
+    assert all(len([c for c in s.platform_calls() if c.kind == "edit"]) >= 2 for s in surfaces)
+    assert all(r.delivered for r in results)
+    assert [s.texts for s in surfaces] == [[r.parts[0]] for r in results]
+    await places.acquire()
+    assert not places.locked()  # both places are free again
+
+
+async def test_a_finish_while_waiting_for_a_place_goes_at_once() -> None:
+    vt, surface, renderer = make()
+    places = asyncio.Semaphore(1)
+    await places.acquire()  # every place taken, for as long as the answer lasts
+
+    async def script() -> RenderResult:
+        r = renderer(places=places)
+        await r.start()
+        await stream(vt, r, words(100), 0.02)  # 2 s: edits are due, and wait for the place
+        ended = vt.now
+        result = await r.finish()
+        assert vt.now == ended
+        return result
+
+    result = await vt.run(script())
+    assert [c.kind for c in surface.platform_calls()] == ["send", "edit"]  # the first and the final
+    assert result.delivered and surface.texts == ["".join(words(100))]
+    places.release()
+    assert not places.locked()  # the place the answer waited for was not lost

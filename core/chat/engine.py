@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import enum
+import functools
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
@@ -26,7 +27,7 @@ from core.chat.cancel import CancelBus, Generation
 from core.chat.context import BuiltContext, ContextBuilder, MessageTooLong
 from core.chat.locks import ConversationLocks, LockTimeout
 from core.chat.memory import ConversationStore, Turn
-from core.chat.render import StreamRenderer
+from core.chat.render import STREAMING_CALLS, StreamRenderer
 from core.chat.say import say
 from core.chatlog.backfill import Backfills
 from core.chatlog.store import ChatLog, loggable
@@ -145,7 +146,7 @@ class Engine:
         access: AccessPolicy,
         commands: CommandRegistry,
         policy: EnginePolicy,
-        renderer: RendererFactory = StreamRenderer,
+        renderer: RendererFactory | None = None,
         metrics: Metrics | None = None,
         logger: logging.Logger | None = None,
         sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
@@ -165,7 +166,9 @@ class Engine:
         self.access = access
         self.commands = commands
         self.policy = policy
-        self._renderer = renderer
+        #: answers render with places shared for their streaming edits (`core.chat.render`)
+        places = asyncio.Semaphore(STREAMING_CALLS)
+        self._renderer = renderer or functools.partial(StreamRenderer, places=places)
         self._preparing = asyncio.Semaphore(PREPARING)
         self.metrics = metrics or Metrics()
         self.generating = 0  # answers being generated in this process

@@ -14,6 +14,13 @@ while its chat's bucket keeps a call in reserve; the final text uses that
 reserve, so it goes out as soon as the model ends. A surface that tells no
 bucket gets one call per `min_edit_interval`.
 
+Streaming edits also take one of a few places shared by every answer in the process
+(`STREAMING_CALLS`). Answers that started together would otherwise edit together,
+every interval, all in one turn of the event loop: at 1,000 answers that stalled the
+loop for a quarter of a second each time. With the places, a turn starts at most as
+many edits as calls came back in the one before. The first message and the final text
+never wait for a place.
+
 Platform errors never reach the engine: rate limits slow the render down,
 other failures are logged and retried (the final state a few times), and
 `finish`/`fail` report what was delivered.
@@ -28,6 +35,7 @@ import math
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from typing import Any
 
 from core.chat.splitting import closing_fence, split_message
 from core.pacing import Bucket
@@ -44,6 +52,8 @@ RETRY_BACKOFF = 0.5
 
 #: calls a streaming answer leaves in its chat's bucket: the final edit's
 RESERVE = 1
+#: streaming edits in flight at once, across all the answers that share the places
+STREAMING_CALLS = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,9 +90,12 @@ class StreamRenderer:
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         typing_interval: float = 4.0,
         max_retry_after: float = 30.0,
+        places: asyncio.Semaphore | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
         self._surface = surface
+        #: shared with the other answers: a place per streaming edit in flight (module doc)
+        self._places = places
         self._caps = surface.capabilities
         self._clock = clock
         self._sleep = sleep
@@ -116,7 +129,7 @@ class StreamRenderer:
         }
         self._last_call_at: dict[int, float] = {}  # per part: when it was last sent or edited
         self._next_call_at = -math.inf  # no call before this (after a failure or a 429)
-        self._pausing: asyncio.Task[None] | None = None
+        self._pausing: asyncio.Future[Any] | None = None
         self._stalled_at = -1  # text length at a failed streaming call; retry once it grows
         self._final_failures: dict[int, int] = {}
         self._rate_hits = 0
@@ -285,17 +298,38 @@ class StreamRenderer:
                 if delay > 0:
                     await self._pause(delay)
                     continue
+                if self._places is not None and not self._is_final(action):
+                    await self._streaming_call(self._places)
+                    continue
                 await self._perform(action)
         except Exception:
             self._log.exception("renderer flusher crashed")
+
+    def _is_final(self, action: _Action) -> bool:
+        """The final text, or the first message: neither waits for a streaming pace."""
+        return self._finishing or (action.kind == "send" and action.index == 0)
+
+    async def _streaming_call(self, places: asyncio.Semaphore) -> None:
+        """Take a place, then make the call that is due by then with the newest text.
+        The answer's end cuts the wait short: its final text needs no place."""
+        if places.locked():
+            if not await self._until_finishing(places.acquire()):
+                return
+        else:
+            await places.acquire()
+        try:
+            action = self._next_action()
+            if action is not None and not self._finishing and self._delay(action) <= 0:
+                await self._perform(action)
+        finally:
+            places.release()
 
     def _delay(self, action: _Action) -> float:
         """Seconds before `action` may go. The final text (and the first message) wait
         only for the bucket; streaming calls also keep `RESERVE` calls in it, and a
         message is edited no more than once per interval."""
         now = self._clock()
-        first = action.kind == "send" and action.index == 0
-        final = self._finishing or first
+        final = self._is_final(action)
         delay = max(self._next_call_at - now, self._buckets[action.kind].wait(0 if final else RESERVE))
         if not final:
             last = self._last_call_at.get(action.index, -math.inf)
@@ -307,11 +341,17 @@ class StreamRenderer:
         if self._finishing:
             await self._sleep(delay)
             return
-        self._pausing = asyncio.ensure_future(self._sleep(delay))
+        await self._until_finishing(self._sleep(delay))
+
+    async def _until_finishing(self, awaitable: Awaitable[object]) -> bool:
+        """Await `awaitable` unless the answer finishes first (`_close` cancels it then);
+        whether it completed."""
+        self._pausing = waiting = asyncio.ensure_future(awaitable)
         try:
-            await asyncio.wait([self._pausing])
+            await asyncio.wait([waiting])
         finally:
             self._pausing = None
+        return not waiting.cancelled()
 
     async def _perform(self, action: _Action) -> None:
         i = action.index
