@@ -64,7 +64,7 @@ DEFAULT_OPTIONS = TransportOptions()
 # --------------------------------------------------------------------------- session
 
 
-def client_timeout(connect_timeout: float, idle_timeout: float) -> aiohttp.ClientTimeout:
+def client_timeout(connect_timeout: float, idle_timeout: float | None) -> aiohttp.ClientTimeout:
     """Connect and idle limits only: `total=None` so long streams are never cut."""
     return aiohttp.ClientTimeout(
         total=None,
@@ -239,14 +239,21 @@ class Transport:
         """
         attempt = 0
         idle_timeout = self.options.idle_timeout
+        # An event stream's silences are iter_sse's to notice: aiohttp's read timeout
+        # would re-arm a timer on every chunk, so the idle limit is set on the waits
+        # for the headers and for an error's body here instead.
+        body_timeout = client_timeout(self.options.connect_timeout, None)
         while True:
             events = decoder()
             in_body = yielded = False
             try:
                 try:
-                    async with self.session.post(self.url(path), json=body) as resp:
+                    async with asyncio.timeout(idle_timeout):
+                        posted = await self.session.post(self.url(path), json=body, timeout=body_timeout)
+                    async with posted as resp:
                         if resp.status != 200:
-                            raw = await resp.read()
+                            async with asyncio.timeout(idle_timeout):
+                                raw = await resp.read()
                             raise error_from_response(resp.status, raw, what=f"POST {path}")
                         in_body = True
                         async with contextlib.aclosing(iter_sse(resp.content, idle_timeout)) as lines:
