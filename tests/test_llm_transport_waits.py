@@ -26,28 +26,25 @@ async def released() -> AsyncIterator[asyncio.Event]:
     event.set()
 
 
-async def serve(handler: Handler) -> tuple[web.AppRunner, str]:
+async def assert_stalls(handler: Handler, released: asyncio.Event) -> None:
+    """A stream from a server answering with `handler` ends in `StreamStalled`."""
     app = web.Application()
     app.router.add_post("/generate_stream", handler)
     runner = web.AppRunner(app, shutdown_timeout=0.1)
     await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    return runner, f"http://127.0.0.1:{port}"
-
-
-async def stream_until_error(url: str) -> BaseException:
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    url = f"http://127.0.0.1:{runner.addresses[0][1]}"
     transport = Transport(url, TransportOptions(idle_timeout=0.2, retries=0), logger=logging.getLogger("t"))
     transport.open(concurrency=1)
     try:
-        with pytest.raises(StreamStalled) as raised:
+        with pytest.raises(StreamStalled):
             async with asyncio.timeout(30):  # bounds a broken run only
                 async for _ in transport.stream("/generate_stream", {"inputs": "hi"}, TGIStreamDecoder):
                     pass
-        return raised.value
     finally:
         await transport.close()
+        released.set()
+        await runner.cleanup()
 
 
 async def test_no_headers_within_the_idle_limit_is_a_stall(released: asyncio.Event) -> None:
@@ -55,12 +52,7 @@ async def test_no_headers_within_the_idle_limit_is_a_stall(released: asyncio.Eve
         await released.wait()
         return web.Response()
 
-    runner, url = await serve(silent)
-    try:
-        await stream_until_error(url)
-    finally:
-        released.set()
-        await runner.cleanup()
+    await assert_stalls(silent, released)
 
 
 async def test_an_error_whose_body_never_comes_is_a_stall(released: asyncio.Event) -> None:
@@ -71,9 +63,4 @@ async def test_an_error_whose_body_never_comes_is_a_stall(released: asyncio.Even
         await released.wait()
         return response
 
-    runner, url = await serve(half_error)
-    try:
-        await stream_until_error(url)
-    finally:
-        released.set()
-        await runner.cleanup()
+    await assert_stalls(half_error, released)
