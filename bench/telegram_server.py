@@ -2,20 +2,15 @@
 
     .venv/bin/python -m bench.telegram_server --port 0 --control-port 0 [--no-limits]
 
-It is `tests.emulators.telegram.TelegramEmulator` (unchanged: subclassed here) plus:
+It is `tests.emulators.telegram.TelegramEmulator` (subclassed here) plus:
 
 * **flood control** on the methods that write a message (`sendMessage`,
-  `editMessageText`), per Telegram's Bot FAQ ("My bot is hitting limits"): in one
-  chat about one message a second, with short bursts allowed; at most 20 messages a
-  minute to one group; about 30 messages a second over all chats. Each is a token
-  bucket (private chat: 1/s, burst `--private-burst`; group: 20/60 s, burst 20;
-  the bot: `--global-per-second`/s, burst the same). A write that finds a bucket
-  empty is refused, before anything else is checked, with Telegram's answer: 429,
-  `"Too Many Requests: retry after N"` and `"parameters": {"retry_after": N}`, N the
-  whole seconds until that bucket has a token again (at least 1). The emulator alone
-  enforces none of this: it only refuses what a test queues with `fail_next`.
-  Telegram does not publish whether edits count; real bots get 429s on edits, so
-  they count here as sends do.
+  `editMessageText`), per Telegram's Bot FAQ ("My bot is hitting limits"): the
+  emulator's own `flood_limits` option (see `TelegramEmulator`), on unless
+  `--no-limits`: token buckets (private chat: `--private-per-second`/s, burst
+  `--private-burst`; group: `--group-per-minute`/60 s, burst the same; the bot:
+  `--global-per-second`/s, burst the same); a write that finds one empty gets
+  Telegram's 429 `"Too Many Requests: retry after N"` with `retry_after` N.
 * **a record of every write** with `time.monotonic()` (system-wide on Linux, so the
   bench compares it with the model server's token times): method, chat, message,
   outcome (error code) and the text's length and hash, plus each bot message's text
@@ -40,82 +35,31 @@ import math
 import time
 import zlib
 from collections import Counter
-from dataclasses import dataclass
 from typing import Any
 
 from aiohttp import web
 
-from tests.emulators.telegram import ApiError, TelegramEmulator
+from tests.emulators.telegram import ApiError, FloodLimits, FloodWait, TelegramEmulator
 
-LIMITED = ("sendmessage", "editmessagetext")
 RECORDED = ("sendmessage", "editmessagetext", "deletemessage", "sendchataction")
-
-
-@dataclass
-class Bucket:
-    """A token bucket: `rate` tokens a second up to `burst`."""
-
-    rate: float
-    burst: float
-    tokens: float
-    at: float
-
-    def take(self, now: float) -> float:
-        """Take a token and answer 0, or answer the seconds until one is there."""
-        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
-        self.at = now
-        if self.tokens >= 1.0:
-            self.tokens -= 1.0
-            return 0.0
-        return (1.0 - self.tokens) / self.rate
-
-
-@dataclass(frozen=True)
-class Limits:
-    private_per_second: float = 1.0
-    private_burst: float = 3.0
-    group_per_minute: float = 20.0
-    global_per_second: float = 30.0
-    enabled: bool = True
 
 
 class LimitedEmulator(TelegramEmulator):
     """The emulator with Telegram's flood limits on message writes, and a record of writes."""
 
-    def __init__(self, *, limits: Limits, **options: Any) -> None:
-        super().__init__(**options)
+    def __init__(self, *, limits: FloodLimits | None, **options: Any) -> None:
+        super().__init__(flood_limits=limits, **options)
         self.limits = limits
-        self._buckets: dict[int, Bucket] = {}
-        self._global: Bucket | None = None
         #: (t, method, chat_id, message_id, error_code, text length, text crc32, limit hit)
         self.writes: list[tuple[float, str, int, int, int, int, int, str]] = []
-        self.refused_by: Counter[str] = Counter()
         for name in RECORDED:
             original_name, handler = self._handlers[name]
             self._handlers[name] = (original_name, self._recorded(name, handler))
 
-    def _limit(self, chat_id: int, now: float) -> tuple[float, str]:
-        chat = self._chats.get(chat_id)
-        if chat is None:
-            return 0.0, ""
-        bucket = self._buckets.get(chat_id)
-        if bucket is None:
-            if chat.get("type") == "private":
-                rate, burst = self.limits.private_per_second, self.limits.private_burst
-            else:
-                rate, burst = self.limits.group_per_minute / 60.0, self.limits.group_per_minute
-            bucket = self._buckets[chat_id] = Bucket(rate, burst, burst, now)
-        if self._global is None:
-            g = self.limits.global_per_second
-            self._global = Bucket(g, g, g, now)
-        # Look at both before taking from either: a refusal costs no token.
-        wait_chat = _peek(bucket, now)
-        wait_global = _peek(self._global, now)
-        if wait_chat > 0 or wait_global > 0:
-            return (wait_chat, "chat") if wait_chat >= wait_global else (wait_global, "global")
-        bucket.take(now)
-        self._global.take(now)
-        return 0.0, ""
+    @property
+    def refused_by(self) -> Counter[str]:
+        """The writes the flood limits refused, by the limit hit ("chat", "global")."""
+        return self.flood_refusals
 
     def _recorded(self, name: str, handler: Any) -> Any:
         async def handle(p: dict[str, Any]) -> Any:
@@ -124,16 +68,10 @@ class LimitedEmulator(TelegramEmulator):
                 chat_id = int(p.get("chat_id") or 0)
             except (TypeError, ValueError):
                 chat_id = 0
-            hit = ""
             try:
-                if self.limits.enabled and name in LIMITED:
-                    wait, hit = self._limit(chat_id, now)
-                    if wait > 0:
-                        self.refused_by[hit] += 1
-                        retry = max(1, math.ceil(wait))
-                        raise ApiError(429, f"Too Many Requests: retry after {retry}", {"retry_after": retry})
-                result = await handler(p)
+                result = await handler(p)  # the emulator's, flood limits included
             except ApiError as err:
+                hit = err.limit if isinstance(err, FloodWait) else ""
                 message_id = _int(p.get("message_id"))
                 self.writes.append((now, name, chat_id, message_id, err.error_code, 0, 0, hit))
                 raise
@@ -187,11 +125,6 @@ class LimitedEmulator(TelegramEmulator):
         return web.json_response(dict(Counter(c.method for c in self.calls)))
 
 
-def _peek(bucket: Bucket, now: float) -> float:
-    tokens = min(bucket.burst, bucket.tokens + (now - bucket.at) * bucket.rate)
-    return 0.0 if tokens >= 1.0 else (1.0 - tokens) / bucket.rate
-
-
 def _int(value: Any) -> int:
     try:
         return int(value)
@@ -199,7 +132,7 @@ def _int(value: Any) -> int:
         return 0
 
 
-async def serve(port: int, control_port: int, limits: Limits, token: str) -> None:
+async def serve(port: int, control_port: int, limits: FloodLimits | None, token: str) -> None:
     emulator = LimitedEmulator(limits=limits, token=token, bot_username="BenchBot", bot_first_name="Bench")
     url = await emulator.start(port=port)
     control = web.Application()
@@ -231,12 +164,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--group-per-minute", type=float, default=20.0)
     parser.add_argument("--global-per-second", type=float, default=30.0)
     args = parser.parse_args(argv)
-    limits = Limits(
-        private_per_second=args.private_per_second,
-        private_burst=args.private_burst,
-        group_per_minute=args.group_per_minute,
-        global_per_second=args.global_per_second,
-        enabled=not args.no_limits,
+    limits = (
+        None
+        if args.no_limits
+        else FloodLimits(
+            private_per_second=args.private_per_second,
+            private_burst=args.private_burst,
+            group_per_minute=args.group_per_minute,
+            global_per_second=args.global_per_second,
+        )
     )
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args.port, args.control_port, limits, args.token))

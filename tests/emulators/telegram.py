@@ -7,6 +7,8 @@ emulator keeps Telegram's observable rules that a bot's code can get wrong: long
 with offset confirmation, HTML/MarkdownV2 parsing with Telegram's error texts, the
 4096-UTF-16-unit limit counted after parsing, "message is not modified", replies to
 missing messages, group migration, blocked users, flood control and 409 conflicts.
+Telegram's flood limits themselves are opt-in (``flood_limits=FloodLimits()``): without
+them only what a test queues with ``fail_next`` is refused.
 Updates are confirmed only by a later getUpdates' offset (every update below it), which
 tests can watch (``confirmed``, ``on_confirm``); with a webhook set, updates are POSTed
 to it (``deliver_webhooks``) and stay pending until it answers 2xx, as Telegram does.
@@ -29,8 +31,10 @@ import asyncio
 import contextlib
 import copy
 import json
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
@@ -41,9 +45,12 @@ from aiohttp import web
 
 __all__ = [
     "DELETE_WINDOW",
+    "FLOOD_LIMITED",
     "ApiError",
     "BotMessage",
     "Call",
+    "FloodLimits",
+    "FloodWait",
     "MarkupError",
     "TelegramEmulator",
     "WebhookDelivery",
@@ -761,6 +768,55 @@ class ApiError(Exception):
         self.parameters = parameters or {}
 
 
+class FloodWait(ApiError):
+    """Telegram's 429 for a write that found a flood-limit bucket empty; ``limit`` says
+    which: ``"chat"`` or ``"global"``."""
+
+    def __init__(self, retry_after: int, limit: str) -> None:
+        super().__init__(429, f"Too Many Requests: retry after {retry_after}", {"retry_after": retry_after})
+        self.limit = limit
+
+
+@dataclass(frozen=True)
+class FloodLimits:
+    """Telegram's flood limits on message writes (see ``TelegramEmulator``): a private
+    chat ``private_per_second`` with bursts of ``private_burst``; a group
+    ``group_per_minute`` a minute (the burst the same); the bot ``global_per_second``
+    over all chats (the burst the same)."""
+
+    private_per_second: float = 1.0
+    private_burst: float = 3.0
+    group_per_minute: float = 20.0
+    global_per_second: float = 30.0
+
+
+#: the methods the flood limits count: those that write a message
+FLOOD_LIMITED = ("sendmessage", "editmessagetext")
+
+
+@dataclass
+class _Bucket:
+    """A token bucket: ``rate`` tokens a second up to ``burst``; ``tokens`` as of ``at``."""
+
+    rate: float
+    burst: float
+    tokens: float
+    at: float
+
+    def _level(self, now: float) -> float:
+        return min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
+
+    def wait(self, now: float) -> float:
+        """Seconds until a token is there (0: one is), taking nothing."""
+        level = self._level(now)
+        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
+
+    def take(self, now: float) -> None:
+        """Take a token (``wait(now)`` must be 0)."""
+        self.tokens = self._level(now) - 1.0
+        self.at = now
+
+
 def _bad(description: str, parameters: _Json | None = None) -> ApiError:
     return ApiError(400, f"Bad Request: {description}", parameters)
 
@@ -808,6 +864,21 @@ class TelegramEmulator:
     (so they can be replied to) but never delivered. As in Telegram, a group keeps the
     privacy mode the bot had when it joined (``group``): changing the setting reaches a
     group only once the bot is re-added (``readd_bot``), while getMe reports it at once.
+
+    With ``flood_limits`` it enforces Telegram's flood limits on the methods that write
+    a message (``sendMessage``, ``editMessageText``), per the Bot FAQ ("My bot is hitting
+    limits, how do I avoid this?", core.telegram.org/bots/faq): in one chat about one
+    message a second, with short bursts allowed; at most 20 messages a minute to one
+    group; about 30 messages a second over all chats. Each is a token bucket
+    (``FloodLimits``). A write that finds a bucket empty is refused, after a queued
+    ``fail_next`` fault and before anything else is checked, with Telegram's answer: 429,
+    ``"Too Many Requests: retry after N"`` and ``"parameters": {"retry_after": N}``, N
+    the whole seconds until that bucket has a token again (at least 1); a refusal takes
+    no token. ``flood_refusals`` counts the refusals by the limit hit (``"chat"``,
+    ``"global"``). Telegram does not publish whether edits count; real bots get 429s on
+    edits, so they count here as sends do. Without ``flood_limits`` (the default) no
+    limit is enforced. ``clock`` (``time.monotonic`` by default) times the buckets and
+    ``Call.at``, so a test can move time by hand.
     """
 
     def __init__(
@@ -819,8 +890,16 @@ class TelegramEmulator:
         can_read_all_group_messages: bool = False,
         bot_first_name: str = "Herald",
         strict_html: bool = True,
+        flood_limits: FloodLimits | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.token = token
+        self.flood_limits = flood_limits
+        self._clock = clock
+        #: writes refused by the flood limits, by the limit hit ("chat", "global")
+        self.flood_refusals: Counter[str] = Counter()
+        self._chat_buckets: dict[int, _Bucket] = {}
+        self._global_bucket: _Bucket | None = None
         self.bot_id = bot_id
         self.bot_username = bot_username
         self.can_read_all_group_messages = can_read_all_group_messages
@@ -897,6 +976,10 @@ class TelegramEmulator:
                 "setChatMenuButton": self._true,
             }.items()
         }
+        if flood_limits is not None:
+            for name in FLOOD_LIMITED:
+                method, handler = self._handlers[name]
+                self._handlers[name] = (method, self._flood_limited(handler))
 
     # -- lifecycle ------------------------------------------------------------------------
 
@@ -1259,9 +1342,9 @@ class TelegramEmulator:
         try:
             params = await self._read_params(request)
         except ApiError as err:
-            self.calls.append(Call(name, {}, err.description))
+            self.calls.append(Call(name, {}, err.description, at=self._clock()))
             return _error_response(err)
-        call = Call(name, params)
+        call = Call(name, params, at=self._clock())
         self.calls.append(call)
         try:
             if handler is None:
@@ -1272,6 +1355,44 @@ class TelegramEmulator:
             call.error = err.description
             return _error_response(err)
         return web.json_response({"ok": True, "result": result})
+
+    def _flood_limited(self, handler: _Handler) -> _Handler:
+        async def limited(p: dict[str, Any]) -> Any:
+            self._take_flood_token(p.get("chat_id"))
+            return await handler(p)
+
+        return limited
+
+    def _take_flood_token(self, chat_id: Any) -> None:
+        """Take a token from the chat's bucket and the bot's, or raise ``FloodWait``
+        (taking none) when either is empty. An unknown chat is left to the method."""
+        assert self.flood_limits is not None
+        limits = self.flood_limits
+        number = _as_int(chat_id)
+        chat = self._chats.get(number) if number is not None else None
+        if number is None or chat is None:
+            return
+        now = self._clock()
+        bucket = self._chat_buckets.get(number)
+        if bucket is None:
+            if chat.get("type") == "private":
+                rate, burst = limits.private_per_second, limits.private_burst
+            else:
+                rate, burst = limits.group_per_minute / 60.0, limits.group_per_minute
+            bucket = self._chat_buckets[number] = _Bucket(rate, burst, burst, now)
+        if self._global_bucket is None:
+            rate = limits.global_per_second
+            self._global_bucket = _Bucket(rate, rate, rate, now)
+        # Look at both before taking from either: a refusal costs no token.
+        wait_chat = bucket.wait(now)
+        wait_global = self._global_bucket.wait(now)
+        if wait_chat > 0 or wait_global > 0:
+            wait, limit = (wait_chat, "chat") if wait_chat >= wait_global else (wait_global, "global")
+            self.flood_refusals[limit] += 1
+            # whole seconds, rounded up past float noise (1.0000000000000002 s is 1 s)
+            raise FloodWait(max(1, math.ceil(wait - 1e-9)), limit)
+        bucket.take(now)
+        self._global_bucket.take(now)
 
     async def _file(self, request: web.Request) -> web.Response:
         return _error_response(ApiError(404, "Not Found"))
@@ -1356,7 +1477,7 @@ class TelegramEmulator:
                 status, reason = response.status, response.reason or ""
         except (aiohttp.ClientError, TimeoutError) as exc:
             status, reason = 0, f"Connection failed: {exc.__class__.__name__}"
-        self.webhook_deliveries.append(WebhookDelivery(update_id, status))
+        self.webhook_deliveries.append(WebhookDelivery(update_id, status, at=self._clock()))
         if 200 <= status < 300:
             self._queue = [u for u in self._queue if int(u["update_id"]) != update_id]
             self.confirmed.append(update_id)
