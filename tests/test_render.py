@@ -519,7 +519,7 @@ async def test_typing_before_first_token_and_refreshed() -> None:
     vt, surface, renderer = make(typing_error=PlatformError("typing is best effort"))
 
     async def script() -> RenderResult:
-        r = renderer(typing_interval=4.0, typing_grace=0.3)
+        r = renderer(typing_interval=4.0)
         await r.start()
         await vt.sleep(10.0)
         await r.feed("Finally")
@@ -528,24 +528,8 @@ async def test_typing_before_first_token_and_refreshed() -> None:
 
     await vt.run(script())
     typing = [c.at for c in surface.calls if c.kind == "typing"]
-    # shown once the grace passed, refreshed, stopped at the first send
-    assert typing == pytest.approx([0.3, 4.3, 8.3])
+    assert typing == [0.0, 4.0, 8.0]  # shown at once, refreshed, stopped at the first send
     assert surface.texts == ["Finally"]
-
-
-async def test_an_answer_shown_within_the_grace_needs_no_typing() -> None:
-    vt, surface, renderer = make()
-
-    async def script() -> RenderResult:
-        r = renderer(typing_grace=0.3)
-        await r.start()
-        await vt.sleep(0.1)
-        await r.feed("Quick")
-        await vt.sleep(5.0)
-        return await r.finish()
-
-    await vt.run(script())
-    assert [c.kind for c in surface.calls] == ["send"]
 
 
 async def test_feed_never_waits_for_the_platform() -> None:
@@ -722,7 +706,7 @@ async def test_typing_never_delays_the_first_message() -> None:
     surface.typing = slow_typing  # type: ignore[method-assign]
 
     async def script() -> RenderResult:
-        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep, typing_grace=0.0)
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep)
         await r.start()
         await r.feed("Hi")
         await vt.sleep(0.5)

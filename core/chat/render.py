@@ -54,8 +54,6 @@ RETRY_BACKOFF = 0.5
 RESERVE = 1
 #: streaming edits in flight at once, across all the answers that share the places
 STREAMING_CALLS = 64
-#: an answer that shows within this many seconds needs no typing indicator
-TYPING_GRACE = 0.3
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,7 +89,6 @@ class StreamRenderer:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         typing_interval: float = 4.0,
-        typing_grace: float = TYPING_GRACE,
         max_retry_after: float = 30.0,
         places: asyncio.Semaphore | None = None,
         logger: logging.Logger | None = None,
@@ -103,7 +100,6 @@ class StreamRenderer:
         self._clock = clock
         self._sleep = sleep
         self._typing_interval = typing_interval
-        self._typing_grace = typing_grace
         self._max_retry_after = max_retry_after
         self._log = logger or logging.getLogger(__name__)
 
@@ -152,10 +148,8 @@ class StreamRenderer:
         return self._text
 
     async def start(self) -> None:
-        """Show typing (in the background: the answer never waits for it) once
-        `typing_grace` has passed without a message, and keep it alive until the first
-        message is visible. A call that shows for a split second before the answer
-        itself tells the user nothing, and is one request in seven at 1,000 answers."""
+        """Show typing (in the background: the answer never waits for it) and keep it
+        alive until the first message is visible."""
         if self._started or self._finishing:
             return
         self._started = True
@@ -239,8 +233,6 @@ class StreamRenderer:
             self._log.debug("typing indicator failed: %r", exc)
 
     async def _typing_loop(self) -> None:
-        if self._typing_grace > 0:
-            await self._sleep(self._typing_grace)
         while not (self._visible or self._finishing):
             await self._typing_once()
             await self._sleep(self._typing_interval)
