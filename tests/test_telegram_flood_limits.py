@@ -8,13 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
-from redis.asyncio import Redis
 
-from tests.conftest import EngineFactory, SettingsFactory
+from tests import test_telegram
 from tests.emulators.telegram import FloodLimits, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 from tests.support import eventually
-from tests.test_telegram import ADA, GROUP_ID, BotFactory, intakes
+from tests.test_telegram import ADA, GROUP_ID, BotFactory
 from tests.test_telegram_emulator import post
 
 pytestmark = pytest.mark.timeout(60)
@@ -148,13 +147,8 @@ async def telegram() -> AsyncIterator[TelegramEmulator]:
         yield emulator
 
 
-@pytest.fixture
-async def start_bot(
-    make_engine: EngineFactory, make_settings: SettingsFactory, redis: Redis, telegram: TelegramEmulator
-) -> AsyncIterator[BotFactory]:
-    bots = BotFactory(make_engine, intakes(make_settings, redis), telegram)
-    yield bots
-    await bots.close()
+#: Herald's bot, started against the emulator above (the fixture `test_telegram` defines)
+start_bot = test_telegram.start_bot
 
 
 async def test_herald_streams_two_answers_in_a_private_chat_within_the_flood_limits(
