@@ -237,6 +237,20 @@ class Bot:
     def stop(self) -> None:
         raise NotImplementedError
 
+    def launcher(self, module: str, servers: Servers, python: str = sys.executable) -> list[str]:
+        """The command that starts `module` (a `bench` launcher) on the emulators, probed."""
+        return [
+            python,
+            "-m",
+            module,
+            "--rest",
+            servers.rest,
+            "--gateway",
+            servers.gateway,
+            "--lag-file",
+            str(self.lag_file),
+        ]
+
     def snapshot_lag(self) -> list[tuple[float, float]]:
         """Ask the probe for its samples (SIGUSR2) and read them."""
         before = self.lag_file.stat().st_mtime_ns if self.lag_file.exists() else 0
@@ -281,17 +295,7 @@ class Herald(Bot):
             "HERALD_SHUTDOWN_GRACE_SECONDS": "5",
         }
         env |= dict(setting.split("=", 1) for setting in settings)
-        argv = [
-            sys.executable,
-            "-m",
-            "bench.herald_launcher",
-            "--rest",
-            servers.rest,
-            "--gateway",
-            servers.gateway,
-            "--lag-file",
-            str(self.lag_file),
-        ]
+        argv = self.launcher("bench.herald_launcher", servers)
         if profile is not None:
             argv += ["--profile-file", str(profile)]
         argv += ["--", "run", "--role", "all"]
@@ -341,19 +345,7 @@ class Llmcord(Bot):
             LLMCORD_CONFIG.format(token=TOKEN, bot_id=BOT_ID, tgi=servers.tgi_url)
         )
         env = dict(os.environ) | {"PYTHONPATH": str(ROOT)}
-        argv = [
-            python,
-            "-m",
-            "bench.llmcord_launcher",
-            "--checkout",
-            str(checkout),
-            "--rest",
-            servers.rest,
-            "--gateway",
-            servers.gateway,
-            "--lag-file",
-            str(self.lag_file),
-        ]
+        argv = [*self.launcher("bench.llmcord_launcher", servers, python), "--checkout", str(checkout)]
         self.proc = start_child(argv, self.log, env=env, cwd=cwd)
         wait_for_log_line(self.proc, self.log, "has connected to Gateway", 120)
 
