@@ -10,7 +10,7 @@ from typing import Any
 import discord
 import pytest
 
-from adapters.discord.tuning import amortise_bucket_sweep, skip_own_edits
+from adapters.discord.tuning import amortise_bucket_sweep, skip_own_messages
 from tests.emulators.discord import DiscordEmulator
 from tests.support import eventually
 from tests.test_discord_emulator import ADA, CHANNEL, Bot, running, world
@@ -58,10 +58,16 @@ async def test_the_amortised_sweep_still_forgets_idle_buckets() -> None:
     assert "in use" in http._buckets
 
 
-class EditWatcher(Bot):
+class Watcher(Bot):
+    """Records the messages and edits discord.py dispatches."""
+
     def __init__(self, **options: Any) -> None:
         super().__init__(**options)
+        self.messages: list[int] = []
         self.raw_edits: list[int] = []
+
+    async def on_message(self, message: discord.Message) -> None:
+        self.messages.append(message.id)
 
     async def on_raw_message_edit(self, payload: discord.RawMessageUpdateEvent) -> None:
         self.raw_edits.append(payload.message_id)
@@ -75,21 +81,29 @@ async def emu() -> AsyncIterator[DiscordEmulator]:
 
 
 @pytest.mark.parametrize("skipping", [True, False])
-async def test_the_bots_own_edits_go_unparsed_and_everyone_elses_arrive(
+async def test_the_bots_own_messages_and_edits_go_unparsed_and_everyone_elses_arrive(
     emu: DiscordEmulator, skipping: bool
 ) -> None:
-    client = EditWatcher()
+    client = Watcher()
     if skipping:
-        skip_own_edits(client)
+        skip_own_messages(client)
     async with running(emu, client):
         own = await client.get_partial_messageable(CHANNEL).send("draft")
         await own.edit(content="final")
         theirs = emu.user_message(CHANNEL, emu.user(ADA), "a typo")
         emu.edit_message(theirs, "no typo")
+        # a reply to the bot's message still carries the message it replies to
+        reply = emu.user_message(CHANNEL, emu.user(ADA), "and?", reply_to=own.id)
 
         async def arrived() -> bool:
-            return theirs in client.raw_edits
+            return theirs in client.raw_edits and reply in client.messages
 
-        await eventually(arrived, "the person's edit")
-    # the gateway keeps order: the bot's own edit came before the person's
+        await eventually(arrived, "the person's edit and reply")
+        received = discord.utils.get(client.cached_messages, id=reply)
+        assert received is not None and received.reference is not None
+        resolved = received.reference.resolved
+        assert isinstance(resolved, discord.Message) and resolved.author.id == client.user.id
+    assert theirs in client.messages
+    # the gateway keeps order: the bot's own message and edit came before the person's
+    assert (own.id in client.messages) is not skipping
     assert (own.id in client.raw_edits) is not skipping

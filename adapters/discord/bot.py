@@ -51,7 +51,7 @@ from adapters.discord.translate import (
     from_message,
     place,
 )
-from adapters.discord.tuning import amortise_bucket_sweep, skip_own_edits
+from adapters.discord.tuning import amortise_bucket_sweep, skip_own_messages
 from adapters.platform import PlatformStartError
 from core import messages
 from core.chat.engine import Engine
@@ -143,7 +143,7 @@ class DiscordBot:
             http_trace=rate_limit_trace(self._buckets),
         )
         amortise_bucket_sweep(self.client.http)
-        skip_own_edits(self.client)
+        skip_own_messages(self.client)
         self._runner: asyncio.Task[None] | None = None
         self._in_flight: set[asyncio.Task[Any]] = set()
         self._thread_parents: dict[int, int] = {}  # thread id → parent channel id
