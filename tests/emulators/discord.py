@@ -68,6 +68,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
+import orjson
 from aiohttp import web
 
 __all__ = [
@@ -413,6 +414,17 @@ class _Conn:
         self.outbox.put_nowait(_Close(code, reason))
 
 
+def _dumps(value: Any) -> str:
+    """JSON text of wire data; orjson, because the emulator serves hundreds of bots' calls
+    a second in the streaming benchmarks (the same JSON as `json.dumps`, without spaces)."""
+    return orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS).decode()
+
+
+def _json_copy(value: Any) -> Any:
+    """A deep copy of wire data (JSON types only), several times faster than `copy.deepcopy`."""
+    return orjson.loads(orjson.dumps(value, option=orjson.OPT_NON_STR_KEYS))
+
+
 @dataclass
 class _Session:
     id: str
@@ -426,7 +438,7 @@ class _Session:
     def dispatch(self, event: str, data: Any) -> None:
         """Number and send (or buffer, while disconnected) one event, kept for a RESUME."""
         self.seq += 1
-        text = json.dumps({"op": 0, "s": self.seq, "t": event, "d": data})
+        text = _dumps({"op": 0, "s": self.seq, "t": event, "d": data})
         self.log.append((self.seq, text))
         del self.log[:-1000]
         if self.conn is not None:
@@ -1882,7 +1894,7 @@ class DiscordEmulator:
         for session in list(self._sessions.values()):
             if session.ended or not session.serves(guild_id) or (intent and not session.intents & intent):
                 continue
-            payload = data(session) if callable(data) else copy.deepcopy(data)
+            payload = data(session) if callable(data) else _json_copy(data)
             if payload is not None:
                 session.dispatch(event, payload)
 
@@ -1995,7 +2007,7 @@ class DiscordEmulator:
 
     def _rest_message(self, message_id: int) -> _Json:
         stored = self._messages[message_id]
-        wire = copy.deepcopy(stored.wire)
+        wire: _Json = _json_copy(stored.wire)
         if stored.reference_id is not None:
             target = self._messages.get(stored.reference_id)
             alive = target is not None and not target.deleted
@@ -2382,7 +2394,7 @@ class DiscordEmulator:
         if payload is None:
             return web.Response(status=status, headers=out)
         out["Content-Type"] = "application/json"
-        return web.Response(status=status, body=json.dumps(payload).encode(), headers=out)
+        return web.Response(status=status, body=_dumps(payload).encode(), headers=out)
 
     def _injected_limit(self, method: str, path: str, route: _Route) -> tuple[_Json, dict[str, str]] | None:
         for limit in self._limits:
