@@ -1,7 +1,8 @@
 """Streaming on Discord, side by side: Herald and llmcord on the same emulators and workloads.
 
     .venv/bin/python -m bench.streaming_discord --llmcord /path/to/llmcord-checkout \
-        [--llmcord-python /path/to/python] [--quick] [--profile DIR] [--bots herald,llmcord] \
+        [--llmcord-python /path/to/python] [--quick] [--profile DIR [--profile-workload NAME]] \
+        [--bots herald,llmcord] \
         [--only short,long,long32,c200,c1000] [--runs N]
 
 Each bot runs in a process of its own, as the real bot (Herald: `herald run --role all` through
@@ -119,7 +120,7 @@ QUICK = [
     Workload("c200", "100 concurrent short-ish answers (~60 tokens)", 100, 100, 60, 50),
     Workload("c1000", "250 concurrent streams (~100 tokens at 20 tokens/s)", 250, 250, 100, 20),
 ]
-BIG = "c1000"  # the workload --profile profiles
+BIG = "c1000"  # the workload --profile profiles unless --profile-workload says another
 
 
 # --- results ----------------------------------------------------------------------------
@@ -694,7 +695,7 @@ async def run_bot(
             assert redis_url is not None
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
-                profile = args.profile.resolve() / f"herald-{BIG}.prof"
+                profile = args.profile.resolve() / f"herald-{args.profile_workload}.prof"
             bot = Herald(servers, bot_work, redis_url, profile, args.herald_env)
         else:
             bot = Llmcord(servers, bot_work, args.llmcord, args.llmcord_python)
@@ -708,7 +709,7 @@ async def run_bot(
                 f"{name}: {workload.name} ({workload.answers} answers, {workload.at_once} at once)",
                 flush=True,
             )
-            use_profile = profile if workload.name == BIG else None
+            use_profile = profile if workload.name == args.profile_workload else None
             results[workload.name] = await run_workload(bot, servers, workload, channels, profile=use_profile)
             r = results[workload.name]
             print(
@@ -793,7 +794,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--llmcord", type=Path, default=None, help="llmcord's checkout (holds llmcord.py)")
     parser.add_argument("--llmcord-python", default=None, help="python with llmcord's requirements")
     parser.add_argument("--quick", action="store_true", help="reduced workloads, a couple of minutes")
-    parser.add_argument("--profile", type=Path, default=None, help=f"cProfile Herald during {BIG} into DIR")
+    parser.add_argument("--profile", type=Path, default=None, help="cProfile Herald into DIR")
+    parser.add_argument("--profile-workload", default=BIG, help=f"the workload --profile profiles ({BIG})")
     parser.add_argument("--bots", default="herald,llmcord", help="which, in order (herald,llmcord)")
     parser.add_argument(
         "--only", default="", help="workloads to run, comma-separated: " + ",".join(w.name for w in FULL)
