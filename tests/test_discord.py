@@ -300,6 +300,36 @@ async def test_answers_streaming_into_one_channel_keep_to_the_bucket_discord_tel
     assert discord_emu.throttled() == []
 
 
+async def test_answers_in_many_channels_keep_to_the_bots_global_limit(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
+) -> None:
+    """Discord's global limit (50 requests a second, here 25): twenty answers streaming at
+    once in twenty channels make more calls than that, paced together so that none meets
+    the global 429, and every answer arrives whole. Herald is told 20 a second: the
+    emulator counts calls when they arrive, and a busy machine delays some more than others."""
+    discord_emu.global_limit = 25
+    channels = [CHANNEL + n for n in range(1, 21)]
+    for channel in channels:
+        discord_emu.text_channel(GUILD, channel)
+    await start_bot(global_limit=20)
+    answers = {channel: " ".join(f"c{channel}w{i}" for i in range(40)) for channel in channels}
+    tgi.responder = lambda messages: answers[int(messages[-1]["content"].split()[-1])]
+    tgi.token_delay = 0.03
+    for channel in channels:
+        discord_emu.user_message(
+            channel,
+            ada,
+            f"<@{discord_emu.bot_id}> {channel}",
+            guild_id=GUILD,
+            mentions=[bot_user(discord_emu)],
+        )
+    for channel, answer in answers.items():
+        await settled(discord_emu, channel, answer)
+    assert discord_emu.throttled() == []
+    answered = [c for c in discord_emu.calls if c.method in ("POST", "PATCH") and "/messages" in c.path]
+    assert len(answered) >= 60  # more than twice what the limit allows in a second
+
+
 async def test_model_server_down_is_a_short_message(
     start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
 ) -> None:

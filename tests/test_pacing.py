@@ -2,21 +2,24 @@
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any, cast
 
+import aiohttp
 import discord
 import pytest
 
 from adapters.discord.limits import (
     bucket_key,
     channel_bucket,
+    counts_globally,
     observe,
     rate_limit_trace,
     webhook_bucket,
 )
 from core.intake.journal import JournaledSurface
 from core.metrics import MeteredSurface, Metrics
-from core.pacing import Bucket, Buckets
+from core.pacing import Bucket, Buckets, Rate, take
 from core.platform import CallKind
 from tests.emulators.discord import DiscordEmulator, point_discord_py_at
 from tests.support import RecordingSurface
@@ -85,6 +88,68 @@ def test_buckets_are_shared_per_key_and_the_oldest_forgotten() -> None:
     assert buckets.known("a") is None and buckets.known("c") is not None
 
 
+def test_a_bots_rate_lets_a_burst_through_then_paces_and_keeps_a_reserve_from_streaming() -> None:
+    clock = Clock()
+    rate = Rate.within(50, clock=clock)  # Discord's global limit
+    assert (rate.per_second, rate.burst, rate.reserve) == (35, 10, 5)
+    for _ in range(5):
+        assert rate.wait() == 0.0
+        rate.spend()
+    # the reserve is left: a streaming call waits, an answer's first or last message does not
+    assert rate.wait(keep=rate.reserve) == pytest.approx(1 / 35)
+    chat = Bucket(5, 5.0, overall=rate, clock=clock)
+    assert chat.wait(keep=1) == pytest.approx(1 / 35) and chat.wait(keep=0) == 0.0
+    for _ in range(5):
+        rate.spend()
+    assert rate.wait() == pytest.approx(1 / 35)
+    clock.now += 1.0
+    assert rate.wait(keep=rate.reserve) == 0.0  # full again: ten at once at most
+    rate.refused(2.0)  # Discord's global 429
+    assert rate.wait() == pytest.approx(2.0 + 1 / 35) and chat.wait() > 2.0
+
+
+async def test_calls_taken_from_a_rate_never_exceed_the_limit_in_any_second_even_when_late() -> None:
+    """`Rate.within(limit)`: however the calls come, no second holds more than `limit`,
+    even when every other call arrives a seventh of a second after it was made."""
+    clock = Clock()
+
+    async def sleep(delay: float) -> None:
+        clock.now += delay
+
+    rate = Rate.within(50, clock=clock)
+    made: list[float] = []
+    for n in range(400):
+        await take(rate, sleep)
+        made.append(clock.now)
+        if n % 7 == 0:
+            clock.now += 0.05  # calls also come unevenly
+    arrived = sorted(at + (1 / 7 if i % 2 else 0.0) for i, at in enumerate(made))
+    busiest = max(sum(1 for t in arrived if start <= t < start + 1.0) for start in arrived)
+    assert 40 <= busiest <= 50
+
+
+def test_an_interactions_follow_ups_are_outside_the_bots_overall_budget() -> None:
+    buckets = Buckets(overall=Rate.within(50))
+    assert channel_bucket(buckets, "send", 42).overall is buckets.overall
+    assert webhook_bucket(buckets, "send", "tok").overall is None
+
+
+@pytest.mark.parametrize(
+    ("path", "counted"),
+    [
+        ("/api/v10/channels/42/messages", True),
+        ("/api/v10/channels/42/typing", True),
+        ("/api/v10/gateway/bot", True),
+        ("/api/v10/interactions/77/tok-en/callback", False),
+        ("/api/v10/webhooks/900/tok-en", False),
+        ("/api/v10/webhooks/900/tok-en/messages/@original", False),
+        ("/gateway", False),
+    ],
+)
+def test_which_discord_requests_count_in_the_global_limit(path: str, counted: bool) -> None:
+    assert counts_globally(path) is counted
+
+
 @pytest.mark.parametrize(
     ("method", "path", "key"),
     [
@@ -137,6 +202,53 @@ async def test_discord_py_responses_feed_the_buckets_over_a_real_socket() -> Non
             finally:
                 await client.close()
     assert sends.limit == 3 and sends.remaining == 2
+
+
+async def test_the_emulators_global_limit_answers_discords_global_429() -> None:
+    """Over the bot's global limit the emulator answers as Discord documents, and counts
+    neither the refused request nor interaction endpoints."""
+    async with DiscordEmulator(global_limit=3, bucket_limit=0) as emulator:
+        emulator.guild(5000, "Team", channels=[5001])
+        auth = {"Authorization": f"Bot {emulator.token}"}
+        url = f"{emulator.url}/api/v10/channels/5001/messages"
+        async with aiohttp.ClientSession() as http:
+            for _ in range(3):
+                async with http.post(url, json={"content": "hi"}, headers=auth) as response:
+                    assert response.status == 200
+            async with http.post(url, json={"content": "hi"}, headers=auth) as response:
+                assert response.status == 429
+                assert response.headers["X-RateLimit-Global"] == "true"
+                assert response.headers["X-RateLimit-Scope"] == "global"
+                body = await response.json()
+                assert body["global"] is True and 0 < body["retry_after"] <= 1.0
+                assert int(response.headers["Retry-After"]) >= body["retry_after"]
+            # an interaction's callback is not counted (an unknown one: 404, not 429)
+            callback = f"{emulator.url}/api/v10/interactions/1/tok/callback"
+            async with http.post(callback, json={"type": 1}) as response:
+                assert response.status != 429
+
+
+@pytest.mark.parametrize("paced", [True, False])
+async def test_discord_py_paced_by_the_trace_stays_within_the_global_limit(paced: bool) -> None:
+    """Thirty messages to thirty channels at once: taken from the bot's overall rate by the
+    trace, none meets the global 429; without it, some do (discord.py then waits and
+    retries). The emulator allows a little more than Herald paces at, for the delays a
+    busy machine adds between a call and its arrival."""
+    channels = list(range(5001, 5031))
+    async with DiscordEmulator(global_limit=12) as emulator:
+        with point_discord_py_at(emulator):
+            emulator.guild(5000, "Team", channels=channels)
+            buckets = Buckets(overall=Rate.within(10) if paced else None)
+            client = discord.Client(intents=discord.Intents.none(), http_trace=rate_limit_trace(buckets))
+            await client.login(emulator.token)
+            try:
+                await asyncio.gather(*(client.get_partial_messageable(c).send("hello") for c in channels))
+            finally:
+                await client.close()
+            refused = emulator.throttled()
+            assert len(emulator.messages_in(5030)) == 1
+    assert (refused == []) is paced
+    assert all(call.path.startswith("/channels/") for call in refused)
 
 
 def test_wrapped_surfaces_tell_the_renderer_their_platforms_bucket() -> None:

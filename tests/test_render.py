@@ -15,7 +15,7 @@ import pytest
 
 from core.chat.render import RenderResult, StreamRenderer
 from core.chat.splitting import split_message
-from core.pacing import Bucket
+from core.pacing import Bucket, Rate
 from core.platform import (
     Button,
     CallKind,
@@ -611,6 +611,29 @@ class BucketSurface(FakeSurface):
 def bucket_chat(vt: VirtualTime, latency: float = 0.0) -> BucketSurface:
     caps = Capabilities(max_length=2000, min_edit_interval=1.0)
     return BucketSurface(vt, caps, latency=latency, shared=Bucket(5, 5.0, clock=vt.clock))
+
+
+async def test_typing_only_while_the_bots_overall_limit_has_calls_to_spare() -> None:
+    """Under the bot's overall limit (Discord's global one), a typing indicator takes only
+    a spare call, as a streaming edit would: the reserve is for answers' text."""
+    vt = VirtualTime()
+    surface = bucket_chat(vt)
+    busy = Rate(1.0, 4, clock=vt.clock)  # a reserve of two
+    for _ in range(3):
+        busy.spend()  # other answers took all but one
+    surface.shared = Bucket(5, 5.0, overall=busy, clock=vt.clock)
+
+    async def script() -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep, typing_interval=4.0)
+        await r.start()
+        await vt.sleep(10.0)  # the rate refills meanwhile, a call a second
+        await r.feed("Hi")
+        return await r.finish()
+
+    result = await vt.run(script())
+    typing = [c.at for c in surface.calls if c.kind == "typing"]
+    assert typing == [4.0, 8.0]  # not at once (one call left), then each refresh
+    assert result.delivered and surface.texts == ["Hi"]
 
 
 async def test_final_text_goes_as_the_model_ends_when_the_bucket_allows() -> None:

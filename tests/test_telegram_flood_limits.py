@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from adapters.telegram.request import counts_overall
 from tests import test_telegram
 from tests.emulators.telegram import FloodLimits, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
@@ -177,3 +178,53 @@ async def test_herald_streams_two_answers_in_a_private_chat_within_the_flood_lim
     assert max(m.edits for m in messages) >= 2  # it really streamed
     assert telegram.flood_refusals == Counter()
     assert not [c for c in telegram.calls if c.error and c.error.startswith("Too Many Requests")]
+
+
+async def test_herald_keeps_answers_in_many_chats_within_the_bots_overall_limit(
+    start_bot: BotFactory, telegram: TelegramEmulator, tgi: TGIEmulator
+) -> None:
+    """The bot's limit over all chats (Telegram: about 30 messages a second; here 10):
+    twelve answers at once in twelve private chats write more than that, paced together
+    so that Telegram refuses none, and every answer arrives whole. Herald is told 8 a
+    second: the emulator counts writes when they arrive, and a busy machine delays some."""
+    telegram.flood_limits = FloodLimits(global_per_second=10)
+    people = [{"id": 700 + n, "is_bot": False, "first_name": f"P{n}"} for n in range(12)]
+    answers = {person["id"]: " ".join(f"p{person['id']}w{i}" for i in range(80)) for person in people}
+
+    def responder(messages: list[dict[str, str]]) -> str:
+        asked = [m["content"] for m in messages if m.get("role") == "user"][-1]
+        return answers[int(asked.split()[-1])]
+
+    tgi.responder = responder
+    tgi.token_delay = 0.03
+    await start_bot(bot_limit=8)
+    for person in people:
+        chat = telegram.private_chat(int(person["id"]), str(person["first_name"]))
+        telegram.send_user_message(chat, person, f"answer {person['id']}")
+
+    async def all_answered() -> bool:
+        return all(
+            any(m.text == answer for m in telegram.messages_in(chat_id))
+            for chat_id, answer in answers.items()
+        )
+
+    await eventually(all_answered, "every answer complete in its chat", timeout=40)
+    assert telegram.flood_refusals == Counter()
+    writes = [c for c in telegram.calls if c.method in ("sendMessage", "editMessageText")]
+    assert len(writes) >= 2 * len(people)  # a first message and a final text at least
+
+
+@pytest.mark.parametrize(
+    ("method", "counted"),
+    [
+        ("sendMessage", True),
+        ("editMessageText", True),
+        ("sendPhoto", True),
+        ("sendChatAction", False),
+        ("getUpdates", False),
+        ("answerCallbackQuery", False),
+        ("deleteMessage", False),
+    ],
+)
+def test_which_bot_api_calls_count_against_the_bots_overall_limit(method: str, counted: bool) -> None:
+    assert counts_overall(f"https://api.telegram.org/bot123:abc/{method}") is counted

@@ -40,7 +40,7 @@ from adapters.discord.address import address_surface, interaction_address, messa
 from adapters.discord.commands import command_payload, digest
 from adapters.discord.editor import edit_form, form_text
 from adapters.discord.history import WRITTEN, DiscordHistory, withheld
-from adapters.discord.limits import rate_limit_trace
+from adapters.discord.limits import GLOBAL_LIMIT, rate_limit_trace
 from adapters.discord.publisher import DiscordPublisher
 from adapters.discord.surface import NO_PINGS
 from adapters.discord.translate import (
@@ -60,7 +60,7 @@ from core.chatlog.unreadable import UnreadableNotice
 from core.commands.registry import clicked_command
 from core.intake.events import inbound_data, inbound_from_data
 from core.intake.worker import Intake, Job
-from core.pacing import Buckets
+from core.pacing import Buckets, Rate
 from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -113,6 +113,7 @@ class DiscordBot:
         shard_ids: list[int] | None = None,
         shard_count: int | None = None,
         message_content: bool = False,
+        global_limit: int = GLOBAL_LIMIT,
         ready_timeout: float = 60.0,
         actions: PostActions | None = None,
         logger: logging.Logger | None = None,
@@ -132,8 +133,9 @@ class DiscordBot:
         # a chat, or when they mention the bot's role rather than the bot); without it
         # such messages come empty and a recording chat is told how to turn it on.
         intents.message_content = message_content
-        #: Discord's rate-limit buckets for answers, as its responses tell them
-        self._buckets = Buckets()
+        #: Discord's rate-limit buckets for answers, as its responses tell them, within
+        #: the bot's global limit (`global_limit` requests a second)
+        self._buckets = Buckets(overall=Rate.within(global_limit))
         self.client = _Client(
             self,
             intents=intents,

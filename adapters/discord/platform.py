@@ -11,6 +11,7 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 
 from adapters.discord.bot import DiscordBot
+from adapters.discord.limits import GLOBAL_LIMIT
 from adapters.platform import BotDeps, DoctorReport, Platform, WithBot
 from core.config import CsvList, HeraldSettings, split_csv
 
@@ -25,6 +26,8 @@ class DiscordSettings(HeraldSettings):
     shard_ids: CsvList = Field(default_factory=list)
     message_content: bool = False
     gateway: bool = True
+    #: requests a second Discord allows the bot over all routes (50, unless Discord raised it)
+    global_rate_limit: int = Field(default=GLOBAL_LIMIT, ge=1)
 
     @field_validator("shard_ids", mode="before")
     @classmethod
@@ -62,6 +65,7 @@ def build(settings: DiscordSettings, deps: BotDeps) -> DiscordBot:
         shard_ids=[int(i) for i in settings.shard_ids] or None,
         shard_count=settings.shard_count,
         message_content=settings.message_content,
+        global_limit=settings.global_rate_limit,
         actions=deps.actions,
     )
 

@@ -29,13 +29,14 @@ from telegram.request import HTTPXRequest
 from adapters.platform import PlatformStartError
 from adapters.telegram.publisher import TelegramPublisher
 from adapters.telegram.receive import Poller, WebhookServer
+from adapters.telegram.request import BOT_LIMIT, PacedRequest
 from adapters.telegram.surface import Address, ClickSurface
 from adapters.telegram.translate import PLATFORM, BotIdentity, starts_with_command, to_inbound
 from core.chat.engine import Engine
 from core.commands.registry import clicked_command
 from core.intake.events import inbound_data, inbound_from_data
 from core.intake.worker import Intake, Job
-from core.pacing import Buckets
+from core.pacing import Buckets, Rate
 from core.platform import Author, Inbound, PlatformError
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -69,6 +70,7 @@ class TelegramBot:
         api_url: str | None = None,
         webhook: WebhookConfig | None = None,
         poll_timeout: int = 30,
+        bot_limit: int = BOT_LIMIT,
         actions: PostActions | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -80,11 +82,15 @@ class TelegramBot:
         self._poll_timeout = poll_timeout
         self._log = logger or logging.getLogger("herald.telegram")
         root = (api_url or "https://api.telegram.org").rstrip("/")
+        #: each chat's rate limit, shared by the answers in it, within the bot's overall
+        #: limit on messages (`bot_limit` a second over all chats)
+        self._buckets = Buckets(overall=Rate.within(bot_limit))
+        assert self._buckets.overall is not None
         self._bot = Bot(
             token,
             base_url=f"{root}/bot",
             base_file_url=f"{root}/file/bot",
-            request=HTTPXRequest(connection_pool_size=CONNECTIONS),
+            request=PacedRequest(self._buckets.overall, connection_pool_size=CONNECTIONS),
             # a long poll is held for poll_timeout seconds, added to this read timeout
             get_updates_request=HTTPXRequest(connection_pool_size=1, read_timeout=10.0),
         )
@@ -92,8 +98,6 @@ class TelegramBot:
         self._hook: WebhookServer | None = None
         self._identity: BotIdentity | None = None
         self._admins: dict[tuple[int, int], tuple[float, bool]] = {}
-        #: each chat's rate limit, shared by the answers in it
-        self._buckets = Buckets()
 
     @property
     def identity(self) -> BotIdentity:

@@ -6,13 +6,14 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import SecretStr, field_validator, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import SettingsConfigDict
 from telegram import Bot
 from telegram.error import InvalidToken, TelegramError
 
 from adapters.platform import BotDeps, DoctorReport, Platform
 from adapters.telegram.bot import TelegramBot, WebhookConfig
+from adapters.telegram.request import BOT_LIMIT
 from core.config import HeraldSettings, host_port, http_url
 
 
@@ -26,6 +27,8 @@ class TelegramSettings(HeraldSettings):
     webhook_url: str | None = None
     webhook_secret: SecretStr | None = None
     webhook_listen: str = "0.0.0.0:8443"
+    #: messages a second Telegram allows the bot over all its chats (about 30)
+    bot_rate_limit: int = Field(default=BOT_LIMIT, ge=1)
 
     @field_validator("api_url")
     @classmethod
@@ -73,6 +76,7 @@ def build(settings: TelegramSettings, deps: BotDeps) -> TelegramBot:
         receives=deps.receives,
         api_url=settings.api_url,
         webhook=settings.webhook(),
+        bot_limit=settings.bot_rate_limit,
         actions=deps.actions,
     )
 

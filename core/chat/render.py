@@ -14,6 +14,9 @@ while its chat's bucket keeps a call in reserve; the final text uses that
 reserve, so it goes out as soon as the model ends. A surface that tells no
 bucket gets one call per `min_edit_interval`.
 
+A typing indicator is shown only while it spares a call (as a streaming edit would):
+under the bot's overall limit, indicators give way to the answers themselves.
+
 Streaming edits also take one of a few places shared by every answer in the process
 (`STREAMING_CALLS`). Answers that started together would otherwise edit together,
 every interval, all in one turn of the event loop: at 1,000 answers that stalled the
@@ -227,6 +230,10 @@ class StreamRenderer:
     # ------------------------------------------------------------ typing
 
     async def _typing_once(self) -> None:
+        if self._buckets["send"].wait(RESERVE) > 0:
+            # only spare calls: a busy chat or bot keeps them for answers' text
+            self._log.debug("typing indicator skipped: the platform's limits are busy")
+            return
         try:
             await self._surface.typing()
         except Exception as exc:  # best effort by contract

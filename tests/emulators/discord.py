@@ -13,7 +13,11 @@ It keeps the Discord rules that a bot's code can get wrong:
 * per-route rate-limit windows announced in ``X-RateLimit-*`` headers (discord.py paces itself
   from them) and 429s when a client ignores them, plus injected 429s (``rate_limit_next``);
   channel history has its own, tighter window (``history_bucket_limit`` per
-  ``history_bucket_window``); ``throttled()`` lists every 429 served; ``hold`` keeps matching
+  ``history_bucket_window``); the bot's global limit when ``global_limit`` is set: at most
+  that many requests in any second over every authenticated route (interaction endpoints
+  are not counted, as documented), a request over it answered Discord's global 429
+  (``X-RateLimit-Global: true``, ``X-RateLimit-Scope: global``, ``"global": true``);
+  ``throttled()`` lists every 429 served; ``hold`` keeps matching
   requests unanswered until released, so a test can stop a client at a known point;
 * channel history (``GET /channels/{id}/messages``) with ``around``/``before``/``after`` and
   ``limit`` as documented (newest first, ``after`` pages from the oldest), over messages seeded
@@ -54,6 +58,7 @@ from __future__ import annotations
 
 import asyncio
 import bisect
+import collections
 import contextlib
 import copy
 import datetime as dt
@@ -530,6 +535,7 @@ class DiscordEmulator:
         privileged_intents: int = PRIVILEGED_INTENTS,
         bucket_limit: int = 5,
         bucket_window: float = 1.0,
+        global_limit: int = 0,
         history_bucket_limit: int = 5,
         history_bucket_window: float = 5.0,
         interaction_deadline: float = 3.0,
@@ -548,6 +554,9 @@ class DiscordEmulator:
         # X-RateLimit-Limit per route bucket and window length; 0 turns windows off.
         self.bucket_limit = bucket_limit
         self.bucket_window = bucket_window
+        # Requests a second over all routes but interaction endpoints (Discord: 50); 0: off.
+        self.global_limit = global_limit
+        self._global_calls: collections.deque[float] = collections.deque()
         # GET /channels/{id}/messages has its own window (per channel, like every route); 0 turns it off.
         self.history_bucket_limit = history_bucket_limit
         self.history_bucket_window = history_bucket_window
@@ -2368,6 +2377,10 @@ class DiscordEmulator:
             limited = self._injected_limit(request.method, path, route)
             if limited is not None:
                 return self._respond(call, 429, *limited)
+            if route.auth and "token" not in params:
+                limited = self._take_global()
+                if limited is not None:
+                    return self._respond(call, 429, *limited)
             for fault in self._faults:
                 if fault.remaining > 0 and fault.method == request.method and fault.path.search(path):
                     fault.remaining -= 1
@@ -2410,6 +2423,27 @@ class DiscordEmulator:
                     headers["X-RateLimit-Scope"] = "user"
                 return body, headers
         return None
+
+    def _take_global(self) -> tuple[_Json, dict[str, str]] | None:
+        """Count a request in the bot's global limit (any second, sliding); over it, the
+        global 429. A refused request is not counted."""
+        if self.global_limit <= 0:
+            return None
+        now = asyncio.get_running_loop().time()
+        calls = self._global_calls
+        while calls and calls[0] <= now - 1.0:
+            calls.popleft()
+        if len(calls) < self.global_limit:
+            calls.append(now)
+            return None
+        retry_after = round(calls[0] + 1.0 - now, 3)
+        body = {"message": _RATE_LIMITED, "retry_after": retry_after, "global": True}
+        headers = {
+            "Retry-After": str(math.ceil(retry_after)),
+            "X-RateLimit-Global": "true",
+            "X-RateLimit-Scope": "global",
+        }
+        return body, headers
 
     def _bucket_size(self, route: _Route) -> tuple[int, float]:
         """(requests, seconds) of a route's window: history has its own, the rest share one."""
