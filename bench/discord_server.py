@@ -1,6 +1,7 @@
 """The Discord emulator in a process of its own, for the streaming benchmarks.
 
-    python -m bench.discord_server --port N --channels 1300 [--bucket-limit 5 --bucket-window 5]
+    python -m bench.discord_server --port N --channels 1300 [--bucket-limit 5 --bucket-window 5] \
+        [--global-limit 50]
 
 `tests.emulators.discord.DiscordEmulator` as is (REST, gateway, rate-limit windows,
 429s), with one guild of `--channels` text channels (ids `channel_id(i)`) and as many
@@ -201,6 +202,7 @@ async def serve(args: argparse.Namespace) -> None:
         bot_name="bench-bot",
         bucket_limit=args.bucket_limit,
         bucket_window=args.bucket_window,
+        global_limit=args.global_limit,
         strict_commands=False,
     )
     channels = [channel_id(i) for i in range(args.channels)]
@@ -226,6 +228,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--channels", type=int, default=1300, help="text channels (and members)")
     parser.add_argument("--bucket-limit", type=int, default=5, help="requests per route window, per channel")
     parser.add_argument("--bucket-window", type=float, default=5.0, help="seconds (Discord: 5 per 5 s)")
+    parser.add_argument(
+        "--global-limit", type=int, default=0, help="requests a second over all routes (Discord: 50); 0: off"
+    )
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args))

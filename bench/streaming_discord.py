@@ -120,6 +120,9 @@ QUICK = [
     Workload("c200", "100 concurrent short-ish answers (~60 tokens)", 100, 100, 60, 50),
     Workload("c1000", "250 concurrent streams (~100 tokens at 20 tokens/s)", 250, 250, 100, 20),
 ]
+#: Discord's global limit in the emulator (and told to Herald): a bot whose limit Discord
+#: raised, as 1,000 answers streaming at an edit a second each need (Discord's default: 50)
+GLOBAL_LIMIT = 10_000
 BIG = "c1000"  # the workload --profile profiles unless --profile-workload says another
 
 
@@ -158,8 +161,9 @@ class Result:
 class Servers:
     """A fresh Discord emulator and model emulator for one bot (and their logs)."""
 
-    def __init__(self, work: Path, channels: int) -> None:
+    def __init__(self, work: Path, channels: int, global_limit: int) -> None:
         self.work = work
+        self.global_limit = global_limit
         self.discord_port = free_port()
         self.tgi_port = free_port()
         self.times = work / "tgi-times.jsonl"
@@ -176,6 +180,8 @@ class Servers:
                 "5",
                 "--bucket-window",
                 "5.0",
+                "--global-limit",
+                str(global_limit),
             ],
             work / "discord.log",
             cwd=ROOT,
@@ -287,6 +293,7 @@ class Herald(Bot):
             "HERALD_REDIS_URL": redis_url,
             "HERALD_REDIS_PREFIX": f"bench{os.getpid()}x{int(time.time())}",
             "HERALD_DISCORD_TOKEN": TOKEN,
+            "HERALD_DISCORD_GLOBAL_RATE_LIMIT": str(servers.global_limit),
             "HERALD_HTTP_ADDR": f"127.0.0.1:{self.http_port}",
             "HERALD_RATE_LIMIT_BURST": "100000",
             "HERALD_RATE_LIMIT_PER_MINUTE": "100000",
@@ -686,7 +693,7 @@ async def run_bot(
         next_index += w.answers
     bot_work = work / name
     bot_work.mkdir(parents=True)
-    servers = Servers(bot_work, next_index)
+    servers = Servers(bot_work, next_index, args.global_limit)
     results: dict[str, Result] = {}
     bot: Bot | None = None
     try:
@@ -766,7 +773,7 @@ async def main_async(args: argparse.Namespace) -> None:
         f"Machine: {machine()}. Runs: {args.runs}{' (quick)' if args.quick else ''}. "
         "Discord emulator: 5 requests per 5 s per channel and route. Logs: " + str(work)
     )
-    print(f"Herald at {version}.")
+    print(f"Herald at {version}. Discord's global limit: {args.global_limit} requests a second.")
     if args.runs > 1:
         print("With several runs, each cell lists every run's value, separated by ‖.")
     for w in workloads:
@@ -797,6 +804,13 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--profile", type=Path, default=None, help="cProfile Herald into DIR")
     parser.add_argument("--profile-workload", default=BIG, help=f"the workload --profile profiles ({BIG})")
     parser.add_argument("--bots", default="herald,llmcord", help="which, in order (herald,llmcord)")
+    parser.add_argument(
+        "--global-limit",
+        type=int,
+        default=GLOBAL_LIMIT,
+        help=f"Discord's global limit on the bot, requests a second, for the emulator and Herald "
+        f"(default {GLOBAL_LIMIT}: a bot whose limit Discord raised; Discord's own default is 50)",
+    )
     parser.add_argument(
         "--only", default="", help="workloads to run, comma-separated: " + ",".join(w.name for w in FULL)
     )

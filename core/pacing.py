@@ -26,10 +26,12 @@ from collections.abc import Awaitable, Callable, Hashable
 
 #: buckets a `Buckets` remembers; the least recently used beyond this are forgotten
 KEPT = 8192
-#: a bot-wide limit as Herald paces by it: this share of it a second, at most this share
-#: at once. In any second that makes at most the limit, even when a call arrives up to a
-#: seventh of a second later than the ones after it (the platforms count arrivals)
-PACED_SHARE, BURST_SHARE = 0.7, 0.2
+#: a bot-wide limit as Herald paces by it: this share of it a second, and at most this
+#: share at once. The platforms count calls as they arrive, and say only "so many a
+#: second": in any second these make at most the limit, even when a call arrives up to a
+#: fifth of a second later than the ones after it. The burst lets answers that start
+#: together show their first words together.
+PACED_SHARE, BURST_SHARE = 0.5, 0.4
 #: calls' worth of float noise a `Rate` overlooks
 _EPSILON = 1e-9
 
