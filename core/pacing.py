@@ -11,7 +11,7 @@ after a fixed interval, and no call is made into a bucket known to be empty.
 Both platforms also limit the bot as a whole, over all its chats: Discord to 50
 requests a second (its "global" limit, told only by a 429), Telegram to about 30
 messages a second. A `Rate` holds that budget. The platform's client takes from it
-before every call it counts (`take`), so no call goes into it empty; a chat's
+before every call it counts (`Rate.take`), so no call goes into it empty; a chat's
 `Bucket` reads it too, so that a streaming edit leaves part of it for other
 answers' first messages and final texts.
 """
@@ -41,7 +41,7 @@ class Rate:
     at once (a token bucket). A streaming call leaves `reserve` of the burst for calls
     that end or begin an answer. Single-threaded: the event loop's tasks share it."""
 
-    __slots__ = ("_at", "_clock", "_tokens", "burst", "per_second", "reserve")
+    __slots__ = ("_at", "_clock", "_tokens", "_turns", "burst", "per_second", "reserve")
 
     def __init__(self, per_second: float, burst: int, *, clock: Callable[[], float] = time.monotonic) -> None:
         self.per_second = max(per_second, 1e-6)
@@ -50,6 +50,7 @@ class Rate:
         self._clock = clock
         self._tokens = float(self.burst)
         self._at = clock()  # tokens are counted as of this time (later: refused until then)
+        self._turns = asyncio.Lock()  # callers waiting in `take`, first come first served
 
     @classmethod
     def within(cls, limit: float, *, clock: Callable[[], float] = time.monotonic) -> Rate:
@@ -82,13 +83,17 @@ class Rate:
         self._tokens = min(self._tokens, 0.0)
         self._at = max(self._at, self._clock() + max(0.0, retry_after))
 
-
-async def take(rate: Rate, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
-    """Wait until `rate` allows a call, then count it: what a platform's client does
-    before each call the platform counts against the bot."""
-    while (delay := rate.wait()) > 0:
-        await sleep(delay)
-    rate.spend()
+    async def take(self, sleep: Callable[[float], Awaitable[None]] = asyncio.sleep) -> None:
+        """Wait until a call may go, then count it: what a platform's client does before
+        each call the platform counts against the bot. Callers go in the order they came
+        (one waits at a time, instead of all waking together to race for each call)."""
+        if not self._turns.locked() and self.wait() <= 0:
+            self.spend()
+            return
+        async with self._turns:
+            while (delay := self.wait()) > 0:
+                await sleep(delay)
+            self.spend()
 
 
 class Bucket:

@@ -19,7 +19,7 @@ from adapters.discord.limits import (
 )
 from core.intake.journal import JournaledSurface
 from core.metrics import MeteredSurface, Metrics
-from core.pacing import Bucket, Buckets, Rate, take
+from core.pacing import Bucket, Buckets, Rate
 from core.platform import CallKind
 from tests.emulators.discord import DiscordEmulator, point_discord_py_at
 from tests.support import RecordingSurface
@@ -119,13 +119,32 @@ async def test_calls_taken_from_a_rate_never_exceed_the_limit_in_any_second_even
     rate = Rate.within(50, clock=clock)
     made: list[float] = []
     for n in range(400):
-        await take(rate, sleep)
+        await rate.take(sleep)
         made.append(clock.now)
         if n % 7 == 0:
             clock.now += 0.05  # calls also come unevenly
     arrived = sorted(at + (0.2 if i % 2 else 0.0) for i, at in enumerate(made))
     busiest = max(sum(1 for t in arrived if start <= t < start + 1.0) for start in arrived)
     assert 40 <= busiest <= 50
+
+
+async def test_callers_waiting_for_a_rate_go_in_the_order_they_came() -> None:
+    clock = Clock()
+
+    async def sleep(delay: float) -> None:
+        clock.now += delay
+        await asyncio.sleep(0)
+
+    rate = Rate(10.0, 2, clock=clock)
+    went: list[tuple[int, float]] = []
+
+    async def call(n: int) -> None:
+        await rate.take(sleep)
+        went.append((n, clock.now))
+
+    await asyncio.gather(*(call(n) for n in range(8)))
+    assert [n for n, _ in went] == list(range(8))
+    assert [round(at - 100.0, 6) for _, at in went] == [0.0, 0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]
 
 
 def test_an_interactions_follow_ups_are_outside_the_bots_overall_budget() -> None:

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 
 import aiohttp
 
-from core.pacing import Bucket, Buckets, take
+from core.pacing import Bucket, Buckets
 from core.platform import CallKind
 
 #: what Discord allows a channel's messages before it has said (5 per 5 s)
@@ -99,7 +99,7 @@ def rate_limit_trace(buckets: Buckets) -> aiohttp.TraceConfig:
         session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestStartParams
     ) -> None:
         if buckets.overall is not None and counts_globally(params.url.path):
-            await take(buckets.overall)
+            await buckets.overall.take()
 
     async def on_request_end(
         session: aiohttp.ClientSession, context: SimpleNamespace, params: aiohttp.TraceRequestEndParams

@@ -14,7 +14,7 @@ from typing import Any
 
 from telegram.request import BaseRequest, HTTPXRequest, RequestData
 
-from core.pacing import Rate, take
+from core.pacing import Rate
 
 #: messages a second Telegram allows a bot over all its chats (its Bot FAQ: "or so")
 BOT_LIMIT = 30
@@ -45,7 +45,7 @@ class PacedRequest(HTTPXRequest):
         pool_timeout: Any = BaseRequest.DEFAULT_NONE,
     ) -> tuple[int, bytes]:
         if counts_overall(url):
-            await take(self._rate)
+            await self._rate.take()
         return await super().do_request(
             url, method, request_data, read_timeout, write_timeout, connect_timeout, pool_timeout
         )
