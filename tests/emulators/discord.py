@@ -13,9 +13,11 @@ It keeps the Discord rules that a bot's code can get wrong:
 * per-route rate-limit windows announced in ``X-RateLimit-*`` headers (discord.py paces itself
   from them) and 429s when a client ignores them, plus injected 429s (``rate_limit_next``);
   channel history has its own, tighter window (``history_bucket_limit`` per
-  ``history_bucket_window``); the bot's global limit when ``global_limit`` is set: at most
-  that many requests in any second over every authenticated route (interaction endpoints
-  are not counted, as documented), a request over it answered Discord's global 429
+  ``history_bucket_window``); the bot's global limit when ``global_limit`` is set:
+  that many requests a second over every authenticated route (interaction endpoints
+  are not counted, as documented), read as a token bucket of that many a second and
+  that many at once (Discord does not say how it counts; the Telegram emulator reads
+  its bot-wide limit the same way), a request over it answered Discord's global 429
   (``X-RateLimit-Global: true``, ``X-RateLimit-Scope: global``, ``"global": true``);
   ``throttled()`` lists every 429 served; ``hold`` keeps matching
   requests unanswered until released, so a test can stop a client at a known point;
@@ -58,7 +60,6 @@ from __future__ import annotations
 
 import asyncio
 import bisect
-import collections
 import contextlib
 import copy
 import datetime as dt
@@ -556,7 +557,7 @@ class DiscordEmulator:
         self.bucket_window = bucket_window
         # Requests a second over all routes but interaction endpoints (Discord: 50); 0: off.
         self.global_limit = global_limit
-        self._global_calls: collections.deque[float] = collections.deque()
+        self._global_tokens: tuple[float, float] | None = None  # (tokens, as of when)
         # GET /channels/{id}/messages has its own window (per channel, like every route); 0 turns it off.
         self.history_bucket_limit = history_bucket_limit
         self.history_bucket_window = history_bucket_window
@@ -2425,18 +2426,20 @@ class DiscordEmulator:
         return None
 
     def _take_global(self) -> tuple[_Json, dict[str, str]] | None:
-        """Count a request in the bot's global limit (any second, sliding); over it, the
-        global 429. A refused request is not counted."""
-        if self.global_limit <= 0:
+        """Take a request from the bot's global limit (a token bucket, ``global_limit``
+        a second and at once); when it is empty, the global 429. A refused request takes
+        nothing."""
+        limit = self.global_limit
+        if limit <= 0:
             return None
         now = asyncio.get_running_loop().time()
-        calls = self._global_calls
-        while calls and calls[0] <= now - 1.0:
-            calls.popleft()
-        if len(calls) < self.global_limit:
-            calls.append(now)
+        tokens, at = self._global_tokens or (float(limit), now)
+        tokens = min(float(limit), tokens + (now - at) * limit)
+        if tokens >= 1.0:
+            self._global_tokens = (tokens - 1.0, now)
             return None
-        retry_after = round(calls[0] + 1.0 - now, 3)
+        self._global_tokens = (tokens, now)
+        retry_after = math.ceil((1.0 - tokens) / limit * 1000) / 1000
         body = {"message": _RATE_LIMITED, "retry_after": retry_after, "global": True}
         headers = {
             "Retry-After": str(math.ceil(retry_after)),
