@@ -125,6 +125,37 @@ async def test_reply_chain_dm_and_threads(
     await settled(discord_emu, 5100, "I don't know your name yet.")
 
 
+async def test_a_reply_that_comes_without_the_message_it_replies_to_is_still_a_reply_to_herald(
+    start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any]
+) -> None:
+    """Discord may leave `referenced_message` out of a reply; discord.py then looks only in
+    its cache, which never holds Herald's own messages. Herald asks Discord for it. (A reply
+    that doesn't ping the bot shows its text only with the Message Content intent.)"""
+    await start_bot(message_content=True)
+    me = bot_user(discord_emu)
+    discord_emu.user_message(
+        CHANNEL, ada, f"<@{discord_emu.bot_id}> my name is Ada", guild_id=GUILD, mentions=[me]
+    )
+    await settled(discord_emu, CHANNEL, "You said: my name is Ada")
+    answer = discord_emu.messages_in(CHANNEL)[0]
+    discord_emu.user_message(
+        CHANNEL,
+        ada,
+        "what is my name",
+        guild_id=GUILD,
+        reply_to=answer.id,
+        ping_reply=False,
+        reference_fetched=False,
+    )
+    await settled(discord_emu, CHANNEL, "Your name is Ada.")
+    asked = [
+        c
+        for c in discord_emu.calls
+        if c.method == "GET" and c.path == f"/channels/{CHANNEL}/messages/{answer.id}"
+    ]
+    assert len(asked) == 1
+
+
 async def test_everyone_bots_and_plain_chatter_do_not_trigger(
     start_bot: BotFactory, discord_emu: DiscordEmulator, ada: dict[str, Any], tgi: TGIEmulator
 ) -> None:

@@ -259,6 +259,7 @@ class DiscordBot:
         if message.type not in WRITTEN:
             return
         with self._tracked():
+            await self._resolve_reply(message)
             event = from_message(message, me)
             address = message_address(message, event.chat_id, self.client.intents.message_content)
             if event.addressed:
@@ -269,6 +270,21 @@ class DiscordBot:
             await self._engine.handle(event, surface)
             if self._unreadable is not None and withheld(message, me):
                 await self._unreadable.withheld(PLATFORM, event.chat_id, surface)
+
+    async def _resolve_reply(self, message: discord.Message) -> None:
+        """A reply that came without the message it replies to (Discord leaves it out when
+        "the backend did not attempt to fetch the message"): discord.py looks for it only
+        in its cache, which never holds Herald's own messages (`skip_own_messages`), so it
+        is asked of Discord, and a reply to Herald stays a reply to Herald."""
+        ref = message.reference
+        if message.type != discord.MessageType.reply or ref is None or ref.resolved is not None:
+            return
+        if ref.message_id is None or ref.channel_id != message.channel.id:
+            return
+        try:
+            ref.resolved = await message.channel.fetch_message(ref.message_id)
+        except discord.HTTPException as exc:
+            self._log.info("Discord: the message %s replies to could not be read: %s", message.id, exc)
 
     async def _keep(self, event: Inbound, address: dict[str, Any]) -> None:
         """Into the intake, with where its answer goes; a repeat (Discord delivers some

@@ -382,6 +382,7 @@ class _StoredMessage:
     wire: _Json  # REST shape, without referenced_message
     guild_id: int | None
     reference_id: int | None = None
+    reference_unfetched: bool = False  # referenced_message left out, as Discord may
     ephemeral: bool = False
     deleted: bool = False
 
@@ -1055,12 +1056,15 @@ class DiscordEmulator:
         mention_everyone: bool = False,
         reply_to: int | None = None,
         ping_reply: bool = True,
+        reference_fetched: bool = True,
     ) -> int:
         """A person writes in a channel, thread or DM; dispatch MESSAGE_CREATE; return its id.
 
         Mentions are what ``content`` mentions (``<@id>``, ``<@&id>``) plus the explicit ones;
         a reply carries ``message_reference`` and the full ``referenced_message`` and, with
-        ``ping_reply`` (the client default), mentions the replied-to author.
+        ``ping_reply`` (the client default), mentions the replied-to author. With
+        ``reference_fetched=False`` the reply has no ``referenced_message`` at all, as Discord
+        documents for when "the backend did not attempt to fetch the message".
         """
         actual_guild = self._guild_of_channel(channel_id)
         if guild_id is not None and guild_id != actual_guild:
@@ -1096,6 +1100,7 @@ class DiscordEmulator:
             reference=reference,
         )
         self._store(wire, actual_guild, reply_to)
+        self._messages[message_id].reference_unfetched = reply_to is not None and not reference_fetched
         self._dispatch_message("MESSAGE_CREATE", message_id)
         return message_id
 
@@ -2018,7 +2023,7 @@ class DiscordEmulator:
     def _rest_message(self, message_id: int) -> _Json:
         stored = self._messages[message_id]
         wire: _Json = _json_copy(stored.wire)
-        if stored.reference_id is not None:
+        if stored.reference_id is not None and not stored.reference_unfetched:
             target = self._messages.get(stored.reference_id)
             alive = target is not None and not target.deleted
             wire["referenced_message"] = copy.deepcopy(target.wire) if target is not None and alive else None
