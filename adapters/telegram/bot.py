@@ -84,13 +84,13 @@ class TelegramBot:
         root = (api_url or "https://api.telegram.org").rstrip("/")
         #: each chat's rate limit, shared by the answers in it, within the bot's overall
         #: limit on messages (`bot_limit` a second over all chats)
-        self._buckets = Buckets(overall=Rate.within(bot_limit))
-        assert self._buckets.overall is not None
+        overall = Rate.within(bot_limit)
+        self._buckets = Buckets(overall=overall)
         self._bot = Bot(
             token,
             base_url=f"{root}/bot",
             base_file_url=f"{root}/file/bot",
-            request=PacedRequest(self._buckets.overall, connection_pool_size=CONNECTIONS),
+            request=PacedRequest(overall, connection_pool_size=CONNECTIONS),
             # a long poll is held for poll_timeout seconds, added to this read timeout
             get_updates_request=HTTPXRequest(connection_pool_size=1, read_timeout=10.0),
         )
