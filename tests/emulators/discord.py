@@ -77,6 +77,8 @@ import aiohttp
 import orjson
 from aiohttp import web
 
+from tests.emulators.token_bucket import TokenBucket
+
 __all__ = [
     "ApiError",
     "BotMessage",
@@ -558,7 +560,7 @@ class DiscordEmulator:
         self.bucket_window = bucket_window
         # Requests a second over all routes but interaction endpoints (Discord: 50); 0: off.
         self.global_limit = global_limit
-        self._global_tokens: tuple[float, float] | None = None  # (tokens, as of when)
+        self._global_bucket: TokenBucket | None = None
         # GET /channels/{id}/messages has its own window (per channel, like every route); 0 turns it off.
         self.history_bucket_limit = history_bucket_limit
         self.history_bucket_window = history_bucket_window
@@ -2438,13 +2440,13 @@ class DiscordEmulator:
         if limit <= 0:
             return None
         now = asyncio.get_running_loop().time()
-        tokens, at = self._global_tokens or (float(limit), now)
-        tokens = min(float(limit), tokens + (now - at) * limit)
-        if tokens >= 1.0:
-            self._global_tokens = (tokens - 1.0, now)
+        if self._global_bucket is None:
+            self._global_bucket = TokenBucket.full(limit, limit, now)
+        wait = self._global_bucket.wait(now)
+        if wait <= 0:
+            self._global_bucket.take(now)
             return None
-        self._global_tokens = (tokens, now)
-        retry_after = math.ceil((1.0 - tokens) / limit * 1000) / 1000
+        retry_after = math.ceil(wait * 1000) / 1000
         body = {"message": _RATE_LIMITED, "retry_after": retry_after, "global": True}
         headers = {
             "Retry-After": str(math.ceil(retry_after)),

@@ -43,6 +43,8 @@ from urllib.parse import urlsplit
 import aiohttp
 from aiohttp import web
 
+from tests.emulators.token_bucket import TokenBucket
+
 __all__ = [
     "DELETE_WINDOW",
     "FLOOD_LIMITED",
@@ -794,29 +796,6 @@ class FloodLimits:
 FLOOD_LIMITED = ("sendmessage", "editmessagetext")
 
 
-@dataclass
-class _Bucket:
-    """A token bucket: ``rate`` tokens a second up to ``burst``; ``tokens`` as of ``at``."""
-
-    rate: float
-    burst: float
-    tokens: float
-    at: float
-
-    def _level(self, now: float) -> float:
-        return min(self.burst, self.tokens + max(0.0, now - self.at) * self.rate)
-
-    def wait(self, now: float) -> float:
-        """Seconds until a token is there (0: one is), taking nothing."""
-        level = self._level(now)
-        return 0.0 if level >= 1.0 else (1.0 - level) / self.rate
-
-    def take(self, now: float) -> None:
-        """Take a token (``wait(now)`` must be 0)."""
-        self.tokens = self._level(now) - 1.0
-        self.at = now
-
-
 def _bad(description: str, parameters: _Json | None = None) -> ApiError:
     return ApiError(400, f"Bad Request: {description}", parameters)
 
@@ -898,8 +877,8 @@ class TelegramEmulator:
         self._clock = clock
         #: writes refused by the flood limits, by the limit hit ("chat", "global")
         self.flood_refusals: Counter[str] = Counter()
-        self._chat_buckets: dict[int, _Bucket] = {}
-        self._global_bucket: _Bucket | None = None
+        self._chat_buckets: dict[int, TokenBucket] = {}
+        self._global_bucket: TokenBucket | None = None
         self.bot_id = bot_id
         self.bot_username = bot_username
         self.can_read_all_group_messages = can_read_all_group_messages
@@ -1379,10 +1358,10 @@ class TelegramEmulator:
                 rate, burst = limits.private_per_second, limits.private_burst
             else:
                 rate, burst = limits.group_per_minute / 60.0, limits.group_per_minute
-            bucket = self._chat_buckets[number] = _Bucket(rate, burst, burst, now)
+            bucket = self._chat_buckets[number] = TokenBucket.full(rate, burst, now)
         if self._global_bucket is None:
             rate = limits.global_per_second
-            self._global_bucket = _Bucket(rate, rate, rate, now)
+            self._global_bucket = TokenBucket.full(rate, rate, now)
         # Look at both before taking from either: a refusal costs no token.
         wait_chat = bucket.wait(now)
         wait_global = self._global_bucket.wait(now)
