@@ -10,7 +10,7 @@ how often a prompt extends the previous one whole, the mean shared prefix, and
 the mean prompt size (how much context the model gets), over the turns after
 the conversation first overflowed, where the dropping policy shows.
 
-Run: .venv/bin/python -m bench.prefix_sharing [--turns 400] [--blocks 8,32]
+Run: .venv/bin/python -m bench.prefix_sharing [--turns 400] [--blocks 8,32] [--models 32k,8k,1k]
 """
 
 from __future__ import annotations
@@ -113,9 +113,10 @@ async def measure(redis_url: str, model: tuple[str, int, int], block: int, turns
         return Sharing(name, block, len(pairs), whole, sum(shared) / len(shared), sum(tokens) / len(tokens))
 
 
-async def main(turns: int, blocks: list[int]) -> None:
+async def main(turns: int, blocks: list[int], models: list[str]) -> None:
+    chosen = [m for m in MODELS if m[0] in models]
     with RedisServerProcess() as server:
-        results = [await measure(server.url, model, block, turns) for model in MODELS for block in blocks]
+        results = [await measure(server.url, model, block, turns) for model in chosen for block in blocks]
     print(f"{turns} turns a conversation; Herald's defaults: answers up to 512 tokens, 200 messages\n")
     print(
         "| model input | block (messages) | prompts measured | extending the previous one whole "
@@ -132,5 +133,7 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0] if __doc__ else None)
     parser.add_argument("--turns", type=int, default=400)
     parser.add_argument("--blocks", default="8,32", help="HERALD_CONTEXT_BLOCK_MESSAGES values, with commas")
+    parser.add_argument("--models", default="32k,8k,1k", help="model input sizes, with commas")
     arguments = parser.parse_args()
-    asyncio.run(main(arguments.turns, [int(b) for b in arguments.blocks.split(",")]))
+    blocks = [int(b) for b in arguments.blocks.split(",")]
+    asyncio.run(main(arguments.turns, blocks, arguments.models.split(",")))

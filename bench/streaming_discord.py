@@ -18,6 +18,8 @@ same for each bot.
 Per answer (times are `time.monotonic()` from the emulators' processes):
 
 * first visible: the answer's first message created at Discord − the model's first token;
+  and − the person's message (what the person waits: Herald's intake, the model's queue and
+  first token, and the send);
 * first answer text: the first create/edit showing answer text − the model's first token;
 * final text after the model's last token: the create/edit from which a message of the
   channel ends with the answer's last words (and still does at the end) − the model's last
@@ -136,6 +138,9 @@ class Result:
     answers: int = 0
     finished: int = 0
     first_visible: list[float] = field(default_factory=list)
+    first_visible_asked: list[float] = field(default_factory=list)
+    model_asked: list[float] = field(default_factory=list)  # the model's request − the message
+    model_first: list[float] = field(default_factory=list)  # its first token − its request
     first_text: list[float] = field(default_factory=list)
     final_after_end: list[float] = field(default_factory=list)
     duration: list[float] = field(default_factory=list)
@@ -276,7 +281,13 @@ class Herald(Bot):
     name = "Herald"
 
     def __init__(
-        self, servers: Servers, work: Path, redis_url: str, profile: Path | None, settings: list[str]
+        self,
+        servers: Servers,
+        work: Path,
+        redis_url: str,
+        profile: Path | None,
+        settings: list[str],
+        python: str = sys.executable,
     ) -> None:
         self.log = work / "herald.log"
         self.lag_file = work / "herald-lag.json"
@@ -303,7 +314,7 @@ class Herald(Bot):
             "HERALD_SHUTDOWN_GRACE_SECONDS": "5",
         }
         env |= dict(setting.split("=", 1) for setting in settings)
-        argv = self.launcher("bench.herald_launcher", servers)
+        argv = self.launcher("bench.herald_launcher", servers, python)
         if profile is not None:
             argv += ["--profile-file", str(profile)]
         argv += ["--", "run", "--role", "all"]
@@ -529,6 +540,11 @@ async def run_workload(
         created = min(events[0][0] for _, events in messages)
         texts = [e[0] for _, events in messages for e in events if e[3]]
         result.first_visible.append(created - times["first"])
+        if channel in asked:
+            result.first_visible_asked.append(created - asked[channel])
+            if times.get("asked") is not None:
+                result.model_asked.append(times["asked"] - asked[channel])
+                result.model_first.append(times["first"] - times["asked"])
         if texts:
             result.first_text.append(min(texts) - times["first"])
         result.messages_per_answer.append(len(messages))
@@ -556,7 +572,6 @@ async def run_workload(
             result.calls["edit"] += 1
         else:
             result.calls[f"{method} {route}"] += 1
-    del asked
     return result
 
 
@@ -595,6 +610,9 @@ def rows_for(result: Result) -> dict[str, str]:
         "answers finished": f"{result.finished}/{result.answers}",
         "first visible − model's first token, ms (p50 / p90 / max)": _triple(result.first_visible),
         "first answer text − model's first token, ms (p50 / p90 / max)": _triple(result.first_text),
+        "first visible − the person's message, ms (p50 / p90 / max)": _triple(result.first_visible_asked),
+        "  of which: model asked − the message, ms (p50 / p90 / max)": _triple(result.model_asked),
+        "  and: model's first token − its request, ms (p50 / p90 / max)": _triple(result.model_first),
         "final text − model's last token, ms (p50 / p90 / max)": _triple(result.final_after_end),
         "answer on screen, s (first visible → final; p50 / max)": (
             "–"
@@ -671,6 +689,20 @@ def herald_version() -> str:
     return head + (" with uncommitted changes in core/adapters/bots" if dirty else "")
 
 
+def python_version(python: str) -> str:
+    """The version of the Python at `python` ("unknown" if it does not run)."""
+    try:
+        return subprocess.run(
+            [python, "-c", "import platform; print(platform.python_version())"],
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=30,
+        ).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
 def profile_top(path: Path, count: int = 25) -> str:
     """The top `count` functions by cumulative time, then by own time."""
     out = io.StringIO()
@@ -703,7 +735,7 @@ async def run_bot(
             if args.profile is not None:
                 args.profile.mkdir(parents=True, exist_ok=True)
                 profile = args.profile.resolve() / f"herald-{args.profile_workload}.prof"
-            bot = Herald(servers, bot_work, redis_url, profile, args.herald_env)
+            bot = Herald(servers, bot_work, redis_url, profile, args.herald_env, args.herald_python)
         else:
             bot = Llmcord(servers, bot_work, args.llmcord, args.llmcord_python)
         print(f"{name}: started (pid {bot.proc.pid}), warming up", flush=True)
@@ -773,7 +805,10 @@ async def main_async(args: argparse.Namespace) -> None:
         f"Machine: {machine()}. Runs: {args.runs}{' (quick)' if args.quick else ''}. "
         "Discord emulator: 5 requests per 5 s per channel and route. Logs: " + str(work)
     )
-    print(f"Herald at {version}. Discord's global limit: {args.global_limit} requests a second.")
+    print(
+        f"Herald at {version}, on Python {python_version(args.herald_python)}. "
+        f"Discord's global limit: {args.global_limit} requests a second."
+    )
     if args.runs > 1:
         print("With several runs, each cell lists every run's value, separated by ‖.")
     for w in workloads:
@@ -816,6 +851,12 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--runs", type=int, default=1)
     parser.add_argument(
+        "--herald-python",
+        default=sys.executable,
+        help="the Python that runs Herald (default: this one); Herald must be installed in it, "
+        "e.g. a venv of the deployment's Python (the image's is 3.12)",
+    )
+    parser.add_argument(
         "--herald-env",
         action="append",
         default=[],
@@ -823,6 +864,8 @@ def main(argv: list[str] | None = None) -> None:
         help="a setting for Herald's process (repeatable), e.g. HERALD_EVENT_LOOP=asyncio",
     )
     args = parser.parse_args(argv)
+    if os.sep in args.herald_python:  # a path: Herald's process starts in a directory of its own
+        args.herald_python = os.path.abspath(args.herald_python)
     if "llmcord" in args.bots:
         if args.llmcord is None:
             parser.error("--llmcord is needed to run llmcord (or --bots herald)")
