@@ -65,8 +65,9 @@ PromptSource = Sequence[ChatMessage] | Callable[[], Awaitable[Sequence[ChatMessa
 #: an event loop that runs them on time. The model's own queue is not waited in here.
 #: Each preparing answer puts its steps in the loop's queue, ahead of a first token
 #: arriving for another: 8 rather than 32 took first visible after the first token at
-#: 200 answers at once from ~23 to ~8 ms p50, at 1,000 from 40–100 to 14–22 ms, with
-#: the wait from a person's message to the answer the same (bench.streaming_discord).
+#: 200 answers at once from ~23 to ~8 ms p50 with the person's whole wait the same, and
+#: at 1,000 from 40–100 to 14–22 ms, where the slowest tenth of the arrivals waited
+#: 0–3 s longer to start (bench.streaming_discord, on 2 CPUs with a Python tokenizer).
 PREPARING = 8
 
 
