@@ -728,7 +728,6 @@ def _latency(w: Write, runs: list[Run]) -> None:
             w(f"| {run.name} | {len(ok)} | {metric} | {_ms(p50)} | {_ms(p95)} | {_ms(p99)} | {_ms(top)} |\n")
 
 
-
 def _cost(w: Write, runs: list[Run], extra_rt: Run) -> None:
     w("\nCost and throughput. CPU use: % of one core for Herald / TGI emulator / Redis; ")
     w("msgs per CPU-second: answered messages per second of Herald's CPU.\n\n")
@@ -748,7 +747,6 @@ def _cost(w: Write, runs: list[Run], extra_rt: Run) -> None:
     rt = round_trips(extra_rt)
     w(f"| {extra_rt.name} | {len(extra_rt.samples)} | {not_answered(extra_rt)} | {rt:.2f} | – | – | – ")
     w(f"| {rt_verdict(rt)} |\n")
-
 
 
 def _where_in_goes(w: Write, runs: list[Run]) -> None:
@@ -776,7 +774,6 @@ def _where_in_goes(w: Write, runs: list[Run]) -> None:
         w(f"| {_ms(total - prep - rds)} | {_ms(build)} | {_ms(parse)} | {prompt:.0f} |\n")
 
 
-
 def _redis_commands(w: Write, runs: list[Run]) -> None:
     w("\nRedis round trips per answered message, by command and key kind:\n\n")
     w("| scenario | round trips |\n| --- | --- |\n")
@@ -784,7 +781,6 @@ def _redis_commands(w: Write, runs: list[Run]) -> None:
         answered = max(1, len(run.answered))
         parts = ", ".join(f"{label} {n / answered:.2f}" for label, n in run.commands.most_common())
         w(f"| {run.name} | {parts} |\n")
-
 
 
 def _notes(w: Write, runs: list[Run]) -> None:

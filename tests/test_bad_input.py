@@ -129,7 +129,7 @@ async def test_a_scheduler_whose_loop_died_is_not_healthy(
     ("command", "reason"),
     [
         ('/schedule add when="every day at 09:00" when="every day at 10:00" digest', "when= is given twice"),
-        ('/draft x target=linkedin hello', ""),  # a positional argument, not an option: allowed
+        ("/draft x target=linkedin hello", ""),  # a positional argument, not an option: allowed
         ("/schedule add tärget=x when=daily digest", "Unknown option tärget= (did you mean target=?)"),
         ("/schedule add tаrget=x when=daily digest", "Unknown option tаrget= (did you mean target=?)"),
         ('/draft x cta="Sign up a post about v2', 'The quote in cta="Sign is never closed'),

@@ -103,9 +103,7 @@ async def test_a_saved_draft_and_a_campaign_post_become_one_off_schedules(
     assert (
         stored is not None and stored.fixed_text == "Herald 2.0 ships today! #herald" and stored.max_runs == 1
     )
-    fires = parse_recurrence(stored.recurrence, stored.timezone).next_fires(
-        dt.datetime.now(dt.UTC), 3
-    )
+    fires = parse_recurrence(stored.recurrence, stored.timezone).next_fires(dt.datetime.now(dt.UTC), 3)
     nine = dt.datetime.combine(day, dt.time(9, 0), tzinfo=ZoneInfo("Europe/Berlin"))
     assert [f.isoformat() for f in fires] == [nine.isoformat()]  # exactly once
 

@@ -108,9 +108,7 @@ class LocalModelProcess:
         self._readers = [
             asyncio.create_task(self._log(stream)) for stream in (self._proc.stdout, self._proc.stderr)
         ]
-        self.log.info(
-            "built-in model process %d serves %s at %s", self._proc.pid, model, self.url
-        )
+        self.log.info("built-in model process %d serves %s at %s", self._proc.pid, model, self.url)
 
     async def _wait_ready(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None and proc.stderr is not None

@@ -233,9 +233,7 @@ class _Scan:
     state: _Fence | None  # the fence open at `line_start`
 
 
-def _scan(
-    text: str, pos: int, fence: _Fence | None, cost: int, limit: int, measure: Measure
-) -> _Scan:
+def _scan(text: str, pos: int, fence: _Fence | None, cost: int, limit: int, measure: Measure) -> _Scan:
     """Walk from `pos` until a character would overflow the part (this loop is hot)."""
     nonws_cost = cost
     state = fence  # at the start of the current line
