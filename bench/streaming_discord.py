@@ -665,25 +665,18 @@ def table(workload: Workload, results: dict[str, list[Result]]) -> str:
     return "\n".join(lines)
 
 
+def _output(argv: list[str], timeout: float) -> str:
+    """What `argv` prints, stripped; raises if it fails to run or exits non-zero."""
+    return subprocess.run(
+        argv, cwd=ROOT, capture_output=True, text=True, check=True, timeout=timeout
+    ).stdout.strip()
+
+
 def herald_version() -> str:
     """The checkout's commit, and whether Herald's code has changes not committed (read only)."""
     try:
-        head = subprocess.run(
-            ["git", "log", "-1", "--format=%h %cd", "--date=iso"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "core", "adapters", "bots"],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=10,
-        ).stdout.strip()
+        head = _output(["git", "log", "-1", "--format=%h %cd", "--date=iso"], 10)
+        dirty = _output(["git", "status", "--porcelain", "--", "core", "adapters", "bots"], 10)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return head + (" with uncommitted changes in core/adapters/bots" if dirty else "")
@@ -692,13 +685,7 @@ def herald_version() -> str:
 def python_version(python: str) -> str:
     """The version of the Python at `python` ("unknown" if it does not run)."""
     try:
-        return subprocess.run(
-            [python, "-c", "import platform; print(platform.python_version())"],
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=30,
-        ).stdout.strip()
+        return _output([python, "-c", "import platform; print(platform.python_version())"], 30)
     except (OSError, subprocess.SubprocessError):
         return "unknown"
 
