@@ -136,4 +136,7 @@ if __name__ == "__main__":
     parser.add_argument("--models", default="32k,8k,1k", help="model input sizes, with commas")
     arguments = parser.parse_args()
     blocks = [int(b) for b in arguments.blocks.split(",")]
-    asyncio.run(main(arguments.turns, blocks, arguments.models.split(",")))
+    models = arguments.models.split(",")
+    if unknown := set(models) - {name for name, _, _ in MODELS}:
+        parser.error(f"unknown model sizes {sorted(unknown)}: choose from 32k, 8k, 1k")
+    asyncio.run(main(arguments.turns, blocks, models))

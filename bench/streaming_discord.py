@@ -138,8 +138,8 @@ class Result:
     answers: int = 0
     finished: int = 0
     first_visible: list[float] = field(default_factory=list)
-    first_visible_asked: list[float] = field(default_factory=list)
-    model_asked: list[float] = field(default_factory=list)  # the model's request − the message
+    waited: list[float] = field(default_factory=list)  # first visible − the person's message
+    to_model: list[float] = field(default_factory=list)  # the model's request − the message
     model_first: list[float] = field(default_factory=list)  # its first token − its request
     first_text: list[float] = field(default_factory=list)
     final_after_end: list[float] = field(default_factory=list)
@@ -287,7 +287,7 @@ class Herald(Bot):
         redis_url: str,
         profile: Path | None,
         settings: list[str],
-        python: str = sys.executable,
+        python: str,
     ) -> None:
         self.log = work / "herald.log"
         self.lag_file = work / "herald-lag.json"
@@ -541,10 +541,10 @@ async def run_workload(
         texts = [e[0] for _, events in messages for e in events if e[3]]
         result.first_visible.append(created - times["first"])
         if channel in asked:
-            result.first_visible_asked.append(created - asked[channel])
-            if times.get("asked") is not None:
-                result.model_asked.append(times["asked"] - asked[channel])
-                result.model_first.append(times["first"] - times["asked"])
+            result.waited.append(created - asked[channel])
+            if times.get("received") is not None:
+                result.to_model.append(times["received"] - asked[channel])
+                result.model_first.append(times["first"] - times["received"])
         if texts:
             result.first_text.append(min(texts) - times["first"])
         result.messages_per_answer.append(len(messages))
@@ -610,8 +610,8 @@ def rows_for(result: Result) -> dict[str, str]:
         "answers finished": f"{result.finished}/{result.answers}",
         "first visible − model's first token, ms (p50 / p90 / max)": _triple(result.first_visible),
         "first answer text − model's first token, ms (p50 / p90 / max)": _triple(result.first_text),
-        "first visible − the person's message, ms (p50 / p90 / max)": _triple(result.first_visible_asked),
-        "  of which: model asked − the message, ms (p50 / p90 / max)": _triple(result.model_asked),
+        "first visible − the person's message, ms (p50 / p90 / max)": _triple(result.waited),
+        "  of which: model asked − the message, ms (p50 / p90 / max)": _triple(result.to_model),
         "  and: model's first token − its request, ms (p50 / p90 / max)": _triple(result.model_first),
         "final text − model's last token, ms (p50 / p90 / max)": _triple(result.final_after_end),
         "answer on screen, s (first visible → final; p50 / max)": (

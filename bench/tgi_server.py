@@ -20,10 +20,10 @@ Two options for the streaming benchmarks (`bench.streaming_discord`), both off b
 ``bench c=123 n=340 r=50``) with a text of exactly that many tokens, EOS included (other
 prompts get the tests' echo), streamed at ``r=`` tokens per second where given (else
 `--token-delay`); `--record-times PATH` appends one JSON line per finished stream:
-``{"tag", "asked", "first", "last_text", "end", "tokens"}``, where ``tag`` is the last
-``c=<id>`` in the prompt (null without one), ``asked`` the `time.monotonic()` at which the
-request began streaming (read and admitted), ``first`` / ``last_text`` the `time.monotonic()` at which
-the first / last token with visible text was written to the socket, ``end`` the same for
+``{"tag", "received", "first", "last_text", "end", "tokens"}``, where ``tag`` is the last
+``c=<id>`` in the prompt (null without one), ``received`` the `time.monotonic()` at which
+the request, read and admitted, began its stream, ``first`` / ``last_text`` the same for
+the first / last token with visible text written to the socket, ``end`` the same for
 the final event (the EOS and finish reason), ``tokens`` the events sent.
 """
 
@@ -75,11 +75,11 @@ class SlottedEmulator(TGIEmulator):
 
 
 class _Times:
-    __slots__ = ("asked", "end", "first", "last_text", "tag", "tokens")
+    __slots__ = ("end", "first", "last_text", "received", "tag", "tokens")
 
     def __init__(self, tag: str | None) -> None:
         self.tag = tag
-        self.asked = time.monotonic()
+        self.received = time.monotonic()
         self.first: float | None = None
         self.last_text: float | None = None
         self.end: float | None = None
