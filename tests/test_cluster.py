@@ -209,6 +209,27 @@ async def test_a_lock_excludes_a_second_holder(redis: RedisClient, redis_url: st
         await other.aclose()
 
 
+async def test_leases_on_every_primary_are_renewed_together(redis: RedisClient, prefix: str) -> None:
+    """One renewer holds leases on three primaries: a script call per slot, none CROSSSLOT."""
+    convs = [ConversationKey("test", chat, None) for chat in await spread(redis, prefix, 3)]
+    keys = [Keys(prefix).lock(conv) for conv in convs]
+    locks = ConversationLocks(redis, Keys(prefix), lease=1.5)
+    async with locks.hold(convs[0], wait=1), locks.hold(convs[1], wait=1), locks.hold(convs[2], wait=1):
+        seen = {key: await redis.pttl(key) for key in keys}
+
+        async def all_renewed() -> bool:
+            for key in list(seen):
+                now = await redis.pttl(key)
+                if now > seen[key]:
+                    del seen[key]
+                else:
+                    seen[key] = min(seen[key], now)
+            return not seen
+
+        await eventually(all_renewed, "the lease on each primary renewed")
+    assert not any([await redis.exists(key) for key in keys])
+
+
 async def test_cancel_from_another_engine(make_engine: EngineFactory, tgi: TGIEmulator) -> None:
     """/cancel reaches the engine generating the answer through the cluster's pub/sub."""
     engine, other = await make_engine(), await make_engine()

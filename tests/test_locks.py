@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 
 import pytest
 from redis.asyncio import Redis
@@ -11,6 +13,7 @@ from core.chat.locks import ConversationLocks, LockTimeout
 from core.platform import ConversationKey
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
+from tests.support import eventually
 
 CONV = ConversationKey("test", "chat", None)
 
@@ -87,3 +90,66 @@ async def test_release_only_by_owner(redis: Redis, prefix: str) -> None:
     async with locks.hold(CONV, wait=1):
         await redis.set(key, "someone-else")  # the lease expired and another process took it
     assert await redis.get(key) == "someone-else"
+
+
+def renewers() -> list[asyncio.Task[object]]:
+    return [t for t in asyncio.all_tasks() if t.get_name() == "conversation-lease-renewer"]
+
+
+async def test_one_task_renews_every_lease_held(redis: Redis, prefix: str) -> None:
+    """A burst of answers holds many leases: they are renewed together, not each by its own task."""
+    locks = ConversationLocks(redis, Keys(prefix), lease=1.5)
+    convs = [ConversationKey("test", f"chat-{i}", None) for i in range(40)]
+    keys = [Keys(prefix).lock(conv) for conv in convs]
+    async with contextlib.AsyncExitStack() as stack:
+        for conv in convs:
+            await stack.enter_async_context(locks.hold(conv, wait=1))
+        assert len(renewers()) == 1
+        seen = {key: await redis.pttl(key) for key in keys}
+
+        async def all_renewed() -> bool:
+            """Each lease's time to live went up again since the first look."""
+            for key in list(seen):
+                now = await redis.pttl(key)
+                if now > seen[key]:
+                    del seen[key]
+                else:
+                    seen[key] = min(seen[key], now)
+            return not seen
+
+        await eventually(all_renewed, "every lease renewed")
+    assert renewers() == []  # nothing held, nothing left running
+    assert not any([await redis.exists(key) for key in keys])
+
+
+async def test_a_lost_lease_is_told_once_and_the_others_stay_renewed(
+    redis: Redis, prefix: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    locks = ConversationLocks(redis, Keys(prefix), lease=1.5)
+    lost, kept = ConversationKey("test", "lost", None), ConversationKey("test", "kept", None)
+    lost_key, kept_key = Keys(prefix).lock(lost), Keys(prefix).lock(kept)
+    caplog.set_level(logging.WARNING, logger="core.chat.locks")
+    async with locks.hold(lost, wait=1), locks.hold(kept, wait=1):
+        await redis.set(lost_key, "another-replica")  # its lease ran out and another took it
+
+        async def told() -> bool:
+            return any(
+                "lost the lock" in r.getMessage() and lost_key in r.getMessage() for r in caplog.records
+            )
+
+        await eventually(told, "the lost lease reported")
+        assert await redis.ttl(lost_key) == -1  # the other replica's lease is left alone
+        renewals = [0, await redis.pttl(kept_key)]
+
+        async def renewed_thrice() -> bool:
+            """The kept lease goes on being renewed after the loss (its TTL rose 3 times)."""
+            now = await redis.pttl(kept_key)
+            renewals[0] += now > renewals[1]
+            renewals[1] = now
+            return renewals[0] >= 3
+
+        await eventually(renewed_thrice, "the kept lease renewed")
+        reports = [r for r in caplog.records if "lost the lock" in r.getMessage()]
+        assert len(reports) == 1
+    assert await redis.get(lost_key) == "another-replica"  # released only by its owner
+    assert not await redis.exists(kept_key)
