@@ -261,6 +261,16 @@ def summary(values: Sequence[float]) -> dict[str, float]:
     }
 
 
+def most_at_once(spans: Iterable[tuple[float, float]]) -> int:
+    """The most of `spans` (start, end) open at one instant: how many were really concurrent."""
+    edges = sorted(edge for start, end in spans for edge in ((start, 1), (end, -1)))
+    open_now = peak = 0
+    for _, step in edges:  # at a tie an end (-1) sorts first: touching spans do not overlap
+        open_now += step
+        peak = max(peak, open_now)
+    return peak
+
+
 def fmt_ms(seconds: float) -> str:
     """Seconds as milliseconds for a table: ``12.3`` (``–`` for NaN)."""
     if math.isnan(seconds):

@@ -63,6 +63,7 @@ from bench.stream_probe import (
     free_port,
     lags_between,
     machine,
+    most_at_once,
     peak_rss_bytes,
     read_lag_samples,
     reset_peak_rss,
@@ -153,7 +154,8 @@ class Result:
     lag: list[float] = field(default_factory=list)
     rss_before: float = math.nan
     rss_peak: float = math.nan
-    streams: int = 0
+    model_at_once: int = 0  # the most model streams open at one instant
+    on_screen_at_once: int = 0  # the most answers between first visible and final text
     emulator_cpu: float = math.nan
     model_cpu: float = math.nan
     log_problems: list[str] = field(default_factory=list)
@@ -485,7 +487,7 @@ async def run_workload(
     *,
     profile: Path | None = None,
 ) -> Result:
-    result = Result(answers=len(channels), streams=min(workload.at_once, len(channels)))
+    result = Result(answers=len(channels))
     tail = expected_tail(workload.tokens)
     pid = bot.proc.pid
     log_offset = bot.log.stat().st_size if bot.log.exists() else 0
@@ -555,6 +557,16 @@ async def run_workload(
             edits = sum(len(events) - 1 for _, events in messages)
             if span > 0:
                 result.edits_per_s.append(edits / span)
+    result.model_at_once = most_at_once(
+        (t["received"], t["end"])
+        for c, t in model.items()
+        if c in wanted and t.get("received") is not None and t.get("end") is not None
+    )
+    result.on_screen_at_once = most_at_once(
+        (min(events[0][0] for _, events in by_channel[c]), done_at[c])
+        for c in wanted
+        if by_channel.get(c) and c in done_at
+    )
     for at, method, route, status, channel in data["calls"]:
         if not t0 <= at <= t1:
             continue
@@ -635,8 +647,10 @@ def rows_for(result: Result) -> dict[str, str]:
             "–" if not result.lag else f"{fmt_ms(lag['p50'])} / {fmt_ms(lag['p99'])} / {fmt_ms(lag['max'])}"
         ),
         "RSS before → peak": f"{fmt_bytes(result.rss_before)} → {fmt_bytes(result.rss_peak)}",
-        "RSS per stream (peak − before) / streams": fmt_bytes(
-            (result.rss_peak - result.rss_before) / max(result.streams, 1)
+        "model streams open at once, peak": str(result.model_at_once),
+        "answers streaming on screen at once, peak": str(result.on_screen_at_once),
+        "RSS per stream (peak − before) / model streams at once": fmt_bytes(
+            (result.rss_peak - result.rss_before) / max(result.model_at_once, 1)
         ),
         "emulators' CPU, s (Discord / model)": (
             f"{_number(result.emulator_cpu, 2)} / {_number(result.model_cpu, 2)}"
