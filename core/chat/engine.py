@@ -68,6 +68,9 @@ PromptSource = Sequence[ChatMessage] | Callable[[], Awaitable[Sequence[ChatMessa
 #: 200 answers at once from ~23 to ~8 ms p50 with the person's whole wait the same, and
 #: at 1,000 from 40–100 to 14–22 ms, where the slowest tenth of the arrivals waited
 #: 0–3 s longer to start (bench.streaming_discord, on 2 CPUs with a Python tokenizer).
+#: 4 rather than 8 halved the loop's lag at 1,000 (p99 65–74 to 25–39 ms), but when the
+#: loop is full the waves' round trips are slow, so there the person's wait grew by
+#: 0.4–2.5 s (p50): a lag unseen in a message edited once a second, a wait that is seen.
 PREPARING = 8
 
 
