@@ -11,6 +11,7 @@ from adapters.platform import PlatformBot
 from core.commands.registry import parse_command_text
 from core.intake.worker import Intake
 from core.platform import Author, Button, Capabilities, Inbound, MessageRef, PlatformError, Surface
+from core.storage.redis_client import RedisClient
 
 _ids = itertools.count(1)
 
@@ -122,6 +123,22 @@ async def eventually(
         if loop.time() > deadline:
             raise AssertionError(f"still not true after {timeout} s: {what}")
         await asyncio.sleep(0.02)
+
+
+async def leases_renewed(redis: RedisClient, keys: Sequence[str], what: str) -> None:
+    """Wait until each key's time to live has gone up since the first look: set again."""
+    lowest = {key: await redis.pttl(key) for key in keys}
+
+    async def all_renewed() -> bool:
+        for key in list(lowest):
+            now = await redis.pttl(key)
+            if now > lowest[key]:
+                del lowest[key]
+            else:
+                lowest[key] = min(lowest[key], now)
+        return not lowest
+
+    await eventually(all_renewed, what)
 
 
 async def start_serving(bot: PlatformBot, intake: Intake) -> None:

@@ -39,7 +39,7 @@ from core.storage.redis_client import RedisClient, connect_redis
 from tests.cluster_support import LocalCluster
 from tests.conftest import EngineFactory, SettingsFactory
 from tests.emulators.tgi import TGIEmulator
-from tests.support import RecordingSurface, event, eventually
+from tests.support import RecordingSurface, event, eventually, leases_renewed
 from tests.test_scheduler import RecordingPublisher, make_runner, schedule
 
 
@@ -215,18 +215,7 @@ async def test_leases_on_every_primary_are_renewed_together(redis: RedisClient, 
     keys = [Keys(prefix).lock(conv) for conv in convs]
     locks = ConversationLocks(redis, Keys(prefix), lease=1.5)
     async with locks.hold(convs[0], wait=1), locks.hold(convs[1], wait=1), locks.hold(convs[2], wait=1):
-        seen = {key: await redis.pttl(key) for key in keys}
-
-        async def all_renewed() -> bool:
-            for key in list(seen):
-                now = await redis.pttl(key)
-                if now > seen[key]:
-                    del seen[key]
-                else:
-                    seen[key] = min(seen[key], now)
-            return not seen
-
-        await eventually(all_renewed, "the lease on each primary renewed")
+        await leases_renewed(redis, keys, "the lease on each primary renewed")
     assert not any([await redis.exists(key) for key in keys])
 
 

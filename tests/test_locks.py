@@ -13,7 +13,7 @@ from core.chat.locks import ConversationLocks, LockTimeout
 from core.platform import ConversationKey
 from core.storage.keys import Keys
 from core.storage.redis_client import connect_redis
-from tests.support import eventually
+from tests.support import eventually, leases_renewed
 
 CONV = ConversationKey("test", "chat", None)
 
@@ -105,19 +105,7 @@ async def test_one_task_renews_every_lease_held(redis: Redis, prefix: str) -> No
         for conv in convs:
             await stack.enter_async_context(locks.hold(conv, wait=1))
         assert len(renewers()) == 1
-        seen = {key: await redis.pttl(key) for key in keys}
-
-        async def all_renewed() -> bool:
-            """Each lease's time to live went up again since the first look."""
-            for key in list(seen):
-                now = await redis.pttl(key)
-                if now > seen[key]:
-                    del seen[key]
-                else:
-                    seen[key] = min(seen[key], now)
-            return not seen
-
-        await eventually(all_renewed, "every lease renewed")
+        await leases_renewed(redis, keys, "every lease renewed")
     assert renewers() == []  # nothing held, nothing left running
     assert not any([await redis.exists(key) for key in keys])
 
