@@ -140,6 +140,7 @@ class Result:
     finished: int = 0
     first_visible: list[float] = field(default_factory=list)
     waited: list[float] = field(default_factory=list)  # first visible − the person's message
+    sign: list[float] = field(default_factory=list)  # typing or first visible − the message
     to_model: list[float] = field(default_factory=list)  # the model's request − the message
     model_first: list[float] = field(default_factory=list)  # its first token − its request
     first_text: list[float] = field(default_factory=list)
@@ -528,6 +529,7 @@ async def run_workload(
         if channel in wanted:
             by_channel.setdefault(channel, []).append((message_id, events))
     done_at = {int(c): float(t) for c, t in data["done"].items()}
+    first_created: dict[int, float] = {}
     for channel in channels:
         messages = by_channel.get(channel, [])
         times = model.get(channel)
@@ -539,7 +541,7 @@ async def run_workload(
         if times is None or times.get("first") is None:
             result.missing_model_times += 1
             continue
-        created = min(events[0][0] for _, events in messages)
+        created = first_created[channel] = min(events[0][0] for _, events in messages)
         texts = [e[0] for _, events in messages for e in events if e[3]]
         result.first_visible.append(created - times["first"])
         if channel in asked:
@@ -567,6 +569,13 @@ async def run_workload(
         for c in wanted
         if by_channel.get(c) and c in done_at
     )
+    typing_at: dict[int, float] = {}
+    for at, _method, route, status, channel in data["calls"]:
+        if channel in wanted and route.endswith("/typing") and status < 300:
+            typing_at[channel] = min(at, typing_at.get(channel, at))
+    for channel, created in first_created.items():
+        if channel in asked:
+            result.sign.append(min(created, typing_at.get(channel, created)) - asked[channel])
     for at, method, route, status, channel in data["calls"]:
         if not t0 <= at <= t1:
             continue
@@ -623,6 +632,7 @@ def rows_for(result: Result) -> dict[str, str]:
         "first visible − model's first token, ms (p50 / p90 / max)": _triple(result.first_visible),
         "first answer text − model's first token, ms (p50 / p90 / max)": _triple(result.first_text),
         "first visible − the person's message, ms (p50 / p90 / max)": _triple(result.waited),
+        "  first sign (typing or text) − the message, ms (p50 / p90 / max)": _triple(result.sign),
         "  of which: model asked − the message, ms (p50 / p90 / max)": _triple(result.to_model),
         "  and: model's first token − its request, ms (p50 / p90 / max)": _triple(result.model_first),
         "final text − model's last token, ms (p50 / p90 / max)": _triple(result.final_after_end),

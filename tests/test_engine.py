@@ -333,22 +333,28 @@ async def test_a_burst_of_answers_prepares_in_waves(
     make_settings: SettingsFactory, redis: Redis, tgi: TGIEmulator
 ) -> None:
     """40 answers arrive at once: at most `PREPARING` build their prompts together (the
-    others wait their turn to start), and every one is answered."""
+    others wait their turn to start, showing typing meanwhile), and every one is answered."""
     settings = make_settings(rate_limit_burst=1000)
     llm = HeldPrompt(build_llm(settings))
     await llm.start()
     engine = build_engine(settings, redis, llm)
     await engine.cancels.start()
     try:
+        surfaces = [RecordingSurface() for _ in range(40)]
         answers = [
-            asyncio.create_task(engine.handle(event(f"q{i}", chat=f"c{i}", user=f"u{i}"), RecordingSurface()))
-            for i in range(40)
+            asyncio.create_task(engine.handle(event(f"q{i}", chat=f"c{i}", user=f"u{i}"), surface))
+            for i, surface in enumerate(surfaces)
         ]
 
         async def full() -> bool:
             return llm.waiting == PREPARING
 
+        async def all_typing() -> bool:
+            return all(("typing", "") in surface.calls for surface in surfaces)
+
         await eventually(full, "a wave of answers building their prompts")
+        await eventually(all_typing, "typing shown in every chat, those waiting for a wave too")
+        assert llm.waiting == PREPARING  # the rest still wait: their typing came first
         llm.go.set()
         assert await asyncio.gather(*answers) == [Outcome.ANSWERED] * 40
         assert llm.most == PREPARING

@@ -532,6 +532,37 @@ async def test_typing_before_first_token_and_refreshed() -> None:
     assert surface.texts == ["Finally"]
 
 
+async def test_abandoned_before_any_text_stops_typing_and_sends_nothing() -> None:
+    """An answer that ends before its first word (refused while it waited for its turn
+    to prepare) leaves no typing indicator running and no message."""
+    vt, surface, renderer = make()
+
+    async def script() -> None:
+        r = renderer(typing_interval=4.0)
+        await r.start()
+        await vt.sleep(5.0)
+        await r.abandon()
+        await vt.sleep(20.0)
+
+    await vt.run(script())
+    assert [c.at for c in surface.calls if c.kind == "typing"] == [0.0, 4.0]
+    assert surface.platform_calls() == []
+
+
+async def test_abandon_leaves_an_answer_with_text_alone() -> None:
+    vt, surface, renderer = make()
+
+    async def script() -> RenderResult:
+        r = renderer()
+        await r.start()
+        await r.feed("Half an answer")
+        await r.abandon()  # text was fed: it is the answer's to end, not abandon's
+        return await r.finish()
+
+    result = await vt.run(script())
+    assert surface.texts == ["Half an answer"] == list(result.parts)
+
+
 async def test_feed_never_waits_for_the_platform() -> None:
     vt, surface, renderer = make(latency=5.0)
 

@@ -305,13 +305,19 @@ class Engine:
         counting = asyncio.ensure_future(self.llm.count_tokens(text))
         try:
             async with self._turn(event.conversation, surface):
+                renderer = self._renderer(surface)
+                if self._preparing.locked():
+                    # a burst: show typing while this answer waits for its wave, not
+                    # only once its own preparation begins (seconds later at 1,000)
+                    await renderer.start()
                 preparing = await _Preparing(self._preparing).take()
                 try:
                     return await self._answer_in_turn(
-                        event, surface, text, counting, started, continuing, preparing
+                        event, surface, text, counting, started, continuing, preparing, renderer
                     )
                 finally:
                     preparing.done()
+                    await renderer.abandon()  # ended before any text: stop its typing
         except LockTimeout:
             await say(surface, messages.BUSY_CONVERSATION)
             return Outcome.BUSY
@@ -461,6 +467,7 @@ class Engine:
         started: float,
         continuing: bool,
         preparing: _Preparing,
+        renderer: StreamRenderer,
     ) -> Outcome:
         conv = event.conversation
         if self.closing:  # it waited for its turn while the process began to stop
@@ -474,7 +481,6 @@ class Engine:
             await say(surface, messages.NOTHING_TO_CONTINUE)
             return Outcome.INVALID
         system = persona or self.policy.system_prompt
-        renderer = self._renderer(surface)
         await renderer.start()
         for skip in range(self.policy.overflow_retries + 1):
             try:

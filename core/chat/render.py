@@ -183,6 +183,18 @@ class StreamRenderer:
             self._fail_message = message
         return await self._close()
 
+    async def abandon(self) -> None:
+        """The answer ended before any text of it (refused, or nothing to do): stop the
+        typing indicator and send nothing. No-op once text was fed or the end was told."""
+        if self._finishing or self._text:
+            return
+        self._finishing = True
+        self._stop_typing()
+        flusher, self._flusher = self._flusher, None
+        if flusher is not None and not flusher.done():
+            flusher.cancel()
+            await asyncio.wait([flusher])
+
     # ------------------------------------------------------------ lifecycle
 
     def _ensure_flusher(self) -> None:
