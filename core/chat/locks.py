@@ -150,27 +150,27 @@ class ConversationLocks:
             await asyncio.sleep(self._lease_ms / 3000)
             for batch in self._batches():
                 try:
-                    lost = await self._renew(keys=list(batch), args=[self._lease_ms, *batch.values()])
+                    lost = await self._renew(
+                        keys=[key for key, _ in batch], args=[self._lease_ms, *(token for _, token in batch)]
+                    )
                 except RedisError as exc:
                     self._log.warning("could not renew %d conversation locks: %s", len(batch), exc)
                     continue
-                keys = list(batch)
                 for position in lost:
-                    key = keys[int(position) - 1]
-                    if self._held.get(key) == batch[key]:  # not released since the batch was made
+                    key, token = batch[int(position) - 1]
+                    if self._held.get(key) == token:  # not released since the batch was made
                         self._log.warning("lost the lock %s while holding it", key)
                         del self._held[key]
 
-    def _batches(self) -> list[dict[str, str]]:
-        """The leases held now, in groups one script call may renew: a cluster's script
-        keeps its keys in one slot, and each group stays within `_RENEW_BATCH`."""
-        groups: dict[int, dict[str, str]] = {}
+    def _batches(self) -> list[list[tuple[str, str]]]:
+        """The leases held now as (key, token), in groups one script call may renew: a
+        cluster's script keeps its keys in one slot, and a group stays within `_RENEW_BATCH`."""
         cluster = self._redis if isinstance(self._redis, RedisCluster) else None
+        groups: dict[int, list[tuple[str, str]]] = {}
         for key, token in self._held.items():
-            groups.setdefault(0 if cluster is None else cluster.keyslot(key), {})[key] = token
-        batches: list[dict[str, str]] = []
-        for group in groups.values():
-            items = list(group.items())
-            for start in range(0, len(items), _RENEW_BATCH):
-                batches.append(dict(items[start : start + _RENEW_BATCH]))
-        return batches
+            groups.setdefault(0 if cluster is None else cluster.keyslot(key), []).append((key, token))
+        return [
+            group[start : start + _RENEW_BATCH]
+            for group in groups.values()
+            for start in range(0, len(group), _RENEW_BATCH)
+        ]
