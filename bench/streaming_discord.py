@@ -565,17 +565,9 @@ async def run_workload(
         if c in wanted and t.get("received") is not None and t.get("end") is not None
     )
     result.on_screen_at_once = most_at_once(
-        (min(events[0][0] for _, events in by_channel[c]), done_at[c])
-        for c in wanted
-        if by_channel.get(c) and c in done_at
+        (created, done_at[c]) for c, created in first_created.items() if c in done_at
     )
-    typing_at: dict[int, float] = {}
-    for at, _method, route, status, channel in data["calls"]:
-        if channel in wanted and route.endswith("/typing") and status < 300:
-            typing_at[channel] = min(at, typing_at.get(channel, at))
-    for channel, created in first_created.items():
-        if channel in asked:
-            result.sign.append(min(created, typing_at.get(channel, created)) - asked[channel])
+    typing_at: dict[int, float] = {}  # channel → its first typing accepted (calls come in order)
     for at, method, route, status, channel in data["calls"]:
         if not t0 <= at <= t1:
             continue
@@ -587,12 +579,17 @@ async def run_workload(
             result.calls["other"] += 1
         elif route.endswith("/typing"):
             result.calls["typing"] += 1
+            if status < 300:
+                typing_at.setdefault(channel, at)
         elif method == "POST" and route.endswith("/messages"):
             result.calls["create"] += 1
         elif method == "PATCH":
             result.calls["edit"] += 1
         else:
             result.calls[f"{method} {route}"] += 1
+    for channel, created in first_created.items():
+        if channel in asked:
+            result.sign.append(min(created, typing_at.get(channel, created)) - asked[channel])
     return result
 
 
