@@ -75,6 +75,7 @@ from core.llm.base import (
     GenerationParams,
     LLMClient,
     PreparedPrompt,
+    ReadPace,
     StreamEvent,
     TextDelta,
 )
@@ -204,11 +205,13 @@ class TimedLLM(ForwardingLLM):
                 msg.prep_cpu += time.thread_time() - cpu
                 msg.prep_calls += 1
 
-    async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
         msg = CURRENT.get()
         if msg is not None:
             msg.stream_in = time.perf_counter()
-        events = self._inner.stream(prompt, params)
+        events = self._inner.stream(prompt, params, pace)
         try:
             async for event in events:
                 if msg is not None and not msg.first_token and isinstance(event, TextDelta):

@@ -28,6 +28,7 @@ from core.llm import (
     TGIClient,
     TransportOptions,
     create_llm_client,
+    sse,
 )
 from core.llm.error_mapping import error_from_event, error_from_response
 from core.llm.gate import ConcurrencyGate, gate_limit
@@ -373,6 +374,40 @@ async def test_slow_steady_stream_outlives_the_idle_timeout(emu: TGIEmulator) ->
     assert "".join(deltas) == "one two three four five six seven eight nine ten"
     assert finished == Finished("eos_token", 11)
     assert elapsed > 2 * 0.15  # longer than the idle timeout in total: no total timeout
+
+
+async def test_a_paced_stream_is_read_at_its_end_in_one_go(
+    emu: TGIEmulator, client: TGIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader that wants nothing more (a renderer between edits) is not woken per token:
+    after the first read, the next waits until the body ends, then takes every token."""
+    monkeypatch.setattr(sse, "MAX_HOLD", 3600.0)  # so only the stream's end can end a hold
+    emu.token_delay = 0.01
+    prompt = await client.prepare(chat("one two three four five six"))
+    turns = 0
+
+    async def count_turns() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    counter = asyncio.create_task(count_turns())
+    read: list[tuple[int, str]] = []  # (the loop's turn, the text)
+    finished: Finished | None = None
+    try:
+        async for event in client.stream(prompt, GenerationParams(), lambda: 3600.0 if read else 0.0):
+            if isinstance(event, TextDelta):
+                read.append((turns, event.text))
+            else:
+                finished = event
+    finally:
+        counter.cancel()
+    answer = "You said: one two three four five six"
+    assert "".join(text for _, text in read) == answer
+    assert finished == Finished("eos_token", emu.count(answer) + 1)
+    assert len(read) == emu.count(answer) >= 8
+    assert len({turn for turn, _ in read}) <= 2  # the first read, then one at the end
 
 
 # --------------------------------------------------------------------------- failures

@@ -692,6 +692,42 @@ async def test_final_text_goes_as_the_model_ends_when_the_bucket_allows() -> Non
     assert result.delivered and surface.texts == list(result.parts)
 
 
+async def test_idle_for_tells_when_the_next_edit_goes() -> None:
+    """What the model's stream reader is told (`ReadPace`): nothing to wait before the
+    first message is shown, then exactly when the next streaming edit goes, so text
+    read by then is in it; nothing to wait once the answer ends."""
+    vt = VirtualTime()
+    surface = bucket_chat(vt, latency=0.05)
+    told: list[tuple[float, float]] = []
+    ended: list[float] = []
+
+    async def script() -> RenderResult:
+        r = StreamRenderer(surface, clock=vt.clock, sleep=vt.sleep)
+        await r.start()
+        for token in words(60):  # 6 s of tokens
+            told.append((vt.now, r.idle_for()))
+            await r.feed(token)
+            await vt.sleep(0.1)
+        ended.append(vt.now)
+        finishing = asyncio.ensure_future(r.finish())
+        await asyncio.sleep(0)
+        assert r.idle_for() == 0.0
+        return await finishing
+
+    result = await vt.run(script())
+    calls = surface.platform_calls()
+    shown_at = calls[0].at + 0.05  # the first message exists once its send returns
+    assert all(idle == 0.0 for at, idle in told if at < shown_at)
+    edits = [c.at for c in calls if c.kind == "edit"]
+    held = [(at, idle) for at, idle in told if idle > 0]
+    assert len(held) >= len(told) // 2
+    for at, idle in held:
+        if at + idle < ended[0]:
+            # the flusher's pause and the reader's hold end together (edits start then)
+            assert any(abs(edit - 0.05 - (at + idle)) < EPS for edit in edits), (at, idle, edits)
+    assert result.delivered and surface.texts == ["".join(words(60))]
+
+
 async def test_a_finish_during_a_streaming_pause_does_not_wait_it_out() -> None:
     vt = VirtualTime()
     surface = bucket_chat(vt)

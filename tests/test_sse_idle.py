@@ -1,4 +1,4 @@
-"""iter_sse's idle timeout over a real aiohttp StreamReader, on a virtual clock.
+"""iter_sse's idle timeout and pace over a real aiohttp StreamReader, on a virtual clock.
 
 The running loop's clock is replaced by one that only the test moves, so each
 check is about what happens before and after a deadline, never about how fast
@@ -20,7 +20,7 @@ import pytest
 from aiohttp.base_protocol import BaseProtocol
 
 from core.llm.errors import StreamStalled
-from core.llm.sse import iter_sse
+from core.llm.sse import HOLD_LEAD, MAX_HOLD, MIN_HOLD, iter_sse
 
 pytestmark = pytest.mark.timeout(10)
 
@@ -94,9 +94,14 @@ async def settle() -> None:
 class Consumer:
     """Reads `iter_sse` in a task, as the transport does, keeping every event's data."""
 
-    def __init__(self, reader: aiohttp.StreamReader, idle_timeout: float | None) -> None:
+    def __init__(
+        self,
+        reader: aiohttp.StreamReader,
+        idle_timeout: float | None,
+        pace: Callable[[], float] | None = None,
+    ) -> None:
         self.received: list[str] = []
-        self.task = asyncio.create_task(self._run(iter_sse(reader, idle_timeout)))
+        self.task = asyncio.create_task(self._run(iter_sse(reader, idle_timeout, pace)))
 
     async def _run(self, lines: AsyncGenerator[str, None]) -> None:
         async with contextlib.aclosing(lines):
@@ -292,3 +297,148 @@ async def test_no_idle_timeout_never_times_out(monkeypatch: pytest.MonkeyPatch) 
     await consumer.task
     assert consumer.received == ["one", "two"]
     assert timers.handles == []
+
+
+# --- pace: a stream is read when its reader can use more of it ---------------------------
+
+
+class NextEdit:
+    """A reader's pace as a renderer's: nothing to wait until `at` is set, then the time
+    left until it."""
+
+    def __init__(self, clock: Clock) -> None:
+        self.clock = clock
+        self.at: float | None = None
+
+    def __call__(self) -> float:
+        return 0.0 if self.at is None else max(0.0, self.at - self.clock.now)
+
+
+async def test_a_paced_stream_is_read_when_its_reader_wants_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, timers = virtual_loop(monkeypatch)
+    reader = make_reader()
+    edit = NextEdit(clock)
+    consumer = Consumer(reader, TIMEOUT, edit)
+    reader.feed_data(b"data: first\n\n")
+    await settle()
+    assert consumer.received == ["first"]  # nothing to wait for yet: read as it came
+    edit.at = clock.now + 4 * STEP
+    reader.feed_data(b"data: second\n\n")
+    await settle()
+    assert consumer.received == ["first", "second"]  # this read was already waiting
+    for word in ("third", "fourth"):
+        clock.advance(STEP)
+        reader.feed_data(f"data: {word}\n\n".encode())
+        await settle()
+    clock.advance(STEP)
+    await settle()
+    assert consumer.received == ["first", "second"]  # held until just before the edit
+    clock.advance(STEP - HOLD_LEAD)
+    await settle()
+    assert consumer.received == ["first", "second", "third", "fourth"]  # both in one read
+    reader.feed_eof()
+    await consumer.task
+    assert timers.pending() == []
+
+
+async def test_the_end_of_a_held_stream_is_read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The final event never waits for the next edit: the body's end wakes the hold."""
+    clock, timers = virtual_loop(monkeypatch)
+    reader = make_reader()
+    edit = NextEdit(clock)
+    consumer = Consumer(reader, TIMEOUT, edit)
+    reader.feed_data(b"data: first\n\n")
+    await settle()
+    edit.at = clock.now + 1.0
+    reader.feed_data(b"data: second\n\n")  # woke the waiting read; the next one holds
+    await settle()
+    reader.feed_data(b"data: last\n\n")
+    await settle()
+    assert consumer.received == ["first", "second"]
+    reader.feed_eof()
+    await settle()  # no time passes
+    assert consumer.task.done()
+    assert consumer.received == ["first", "second", "last"]
+    assert timers.pending() == []
+
+
+async def test_no_stream_is_held_longer_than_max_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, timers = virtual_loop(monkeypatch)
+    reader = make_reader()
+    consumer = Consumer(reader, None, lambda: 3600.0)
+    await settle()  # the first read holds too: this reader never wants more sooner
+    reader.feed_data(b"data: one\n\n")
+    clock.advance(MAX_HOLD - HOLD_LEAD - STEP)
+    await settle()
+    assert consumer.received == []
+    clock.advance(STEP)
+    await settle()
+    assert consumer.received == ["one"]
+    reader.feed_eof()
+    await consumer.task
+    assert timers.pending() == []
+
+
+async def test_a_pace_too_short_for_a_timer_reads_as_data_comes(monkeypatch: pytest.MonkeyPatch) -> None:
+    _, timers = virtual_loop(monkeypatch)
+    reader = make_reader()
+    consumer = Consumer(reader, TIMEOUT, lambda: MIN_HOLD)  # less HOLD_LEAD: below MIN_HOLD
+    for i in range(10):
+        reader.feed_data(f"data: {i}\n\n".encode())
+        await settle()
+        assert consumer.received == [str(n) for n in range(i + 1)]
+    reader.feed_eof()
+    await consumer.task
+    assert len(timers.handles) == 1  # the idle watchdog's, and no hold
+    assert timers.pending() == []
+
+
+async def test_a_stall_is_seen_once_a_hold_ends(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A hold longer than the idle timeout: tokens that came meanwhile are read, and no
+    stall; a server silent through the hold has stalled, and the read that would wait fails."""
+    clock, timers = virtual_loop(monkeypatch)
+    reader = make_reader()
+    edit = NextEdit(clock)
+    consumer = Consumer(reader, TIMEOUT, edit)
+    reader.feed_data(b"data: first\n\n")
+    await settle()
+    edit.at = clock.now + 3 * TIMEOUT
+    reader.feed_data(b"data: second\n\n")
+    await settle()
+    clock.advance(TIMEOUT)
+    reader.feed_data(b"data: third\n\n")
+    await settle()
+    clock.advance(2 * TIMEOUT)  # the hold ends: "third" is there
+    await settle()
+    assert consumer.received == ["first", "second", "third"]
+    assert not consumer.task.done()
+    edit.at = clock.now + 3 * TIMEOUT
+    clock.advance(3 * TIMEOUT)  # a hold through which nothing came
+    await settle()
+    with pytest.raises(StreamStalled, match=STALLED):
+        consumer.task.result()
+    assert timers.pending() == []
+
+
+async def test_a_stream_stopped_during_a_hold_yields_what_came_first(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stop (or shutdown, or time limit) cancels the reader: the text that reached it
+    during the hold is the answer's too, as it would be had each token been read."""
+    clock, timers = virtual_loop(monkeypatch)
+    reader = make_reader()
+    edit = NextEdit(clock)
+    consumer = Consumer(reader, TIMEOUT, edit)
+    reader.feed_data(b"data: first\n\n")
+    await settle()
+    edit.at = clock.now + 1.0
+    reader.feed_data(b"data: second\n\n")
+    await settle()
+    reader.feed_data(b"data: third\n\ndata: fou")  # the last event is not complete
+    await settle()
+    assert consumer.received == ["first", "second"]
+    consumer.task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await consumer.task
+    assert consumer.received == ["first", "second", "third"]
+    assert timers.pending() == []

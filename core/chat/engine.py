@@ -618,7 +618,7 @@ class Engine:
         self.metrics.answer_time.labels(platform).observe(time.monotonic() - started)
 
     async def _pump(self, built: BuiltContext, renderer: StreamRenderer, state: _Stream) -> None:
-        async for item in self.llm.stream(built.prompt, self.policy.generation):
+        async for item in self.llm.stream(built.prompt, self.policy.generation, renderer.idle_for):
             if isinstance(item, TextDelta):
                 if not state.tokens:
                     self.metrics.time_to_first_token.labels(state.platform).observe(

@@ -150,6 +150,16 @@ class StreamRenderer:
         """Everything fed so far."""
         return self._text
 
+    def idle_for(self) -> float:
+        """Seconds before newer text could reach the platform (a `ReadPace`): 0 until the
+        first message is shown and once the answer ends, else until the last message's
+        next streaming edit may go. The model's stream is read then, all its new tokens
+        at once, instead of waking the answer per token; text that outgrows the message
+        starts the next one at that read too."""
+        if not self._visible or self._finishing or not self._caps.can_edit:
+            return 0.0
+        return max(0.0, self._delay(_Action("edit", len(self._refs) - 1, "")))
+
     async def start(self) -> None:
         """Show typing (in the background: the answer never waits for it) and keep it
         alive until the first message is visible."""

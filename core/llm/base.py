@@ -6,7 +6,7 @@ OpenAI-compatible chat server (`openai.py`). The engine never knows which.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol
 
@@ -92,6 +92,12 @@ class Finished:
 
 StreamEvent = TextDelta | Finished
 
+#: Seconds from now until whoever reads a stream can next use more of it (0: at once),
+#: asked after each read. A stream read from the network is not read again before then
+#: unless it ends: tokens wait in the socket's buffer and the next read takes them all,
+#: so a reader that can only show text once a second wakes once a second, not per token.
+ReadPace = Callable[[], float]
+
 
 class LLMClient(Protocol):
     """A model server. One instance per process, shared by every conversation."""
@@ -115,10 +121,12 @@ class LLMClient(Protocol):
         """Tokens of a plain text as a message would carry it (markers neutralised),
         with the model's tokenizer where offered."""
 
-    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
         """Yield `TextDelta`s then one `Finished`; raise `LLMError` subclasses.
 
         Waits for a server slot (bounded), retries retryable errors with a short
         capped backoff only before the first token, and enforces an idle timeout
-        between tokens.
+        between tokens. `pace` (when given) says when more text is wanted.
         """

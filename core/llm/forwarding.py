@@ -5,7 +5,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Sequence
 
-from core.llm.base import ChatMessage, GenerationParams, LLMClient, ModelInfo, PreparedPrompt, StreamEvent
+from core.llm.base import (
+    ChatMessage,
+    GenerationParams,
+    LLMClient,
+    ModelInfo,
+    PreparedPrompt,
+    ReadPace,
+    StreamEvent,
+)
 
 
 class ForwardingLLM:
@@ -31,5 +39,7 @@ class ForwardingLLM:
     async def count_tokens(self, text: str) -> int:
         return await self._inner.count_tokens(text)
 
-    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
-        return self._inner.stream(prompt, params)
+    def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        return self._inner.stream(prompt, params, pace)

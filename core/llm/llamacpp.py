@@ -14,7 +14,7 @@ import logging
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
-from core.llm.base import ChatMessage, GenerationParams, ModelInfo, PreparedPrompt, StreamEvent
+from core.llm.base import ChatMessage, GenerationParams, ModelInfo, PreparedPrompt, ReadPace, StreamEvent
 from core.llm.client_base import ClientBase
 from core.llm.errors import GenerationFailed, InvalidRequest
 from core.llm.gate import ConcurrencyGate
@@ -96,10 +96,12 @@ class LlamaCppClient(ClientBase):
             raise GenerationFailed("POST /tokenize: unexpected answer")
         return count
 
-    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
         if prompt.rendered is None:
             raise InvalidRequest("the built-in model takes prompts from prepare()")
         events = self.transport.stream(
-            COMPLETION_PATH, completion_body(prompt.rendered, params), CompletionStreamDecoder
+            COMPLETION_PATH, completion_body(prompt.rendered, params), CompletionStreamDecoder, pace
         )
         return self.generate(events, params)

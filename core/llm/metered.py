@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator
 
-from core.llm.base import Finished, GenerationParams, LLMClient, PreparedPrompt, StreamEvent
+from core.llm.base import Finished, GenerationParams, LLMClient, PreparedPrompt, ReadPace, StreamEvent
 from core.llm.errors import LLMError
 from core.llm.forwarding import ForwardingLLM
 from core.metrics import Metrics
@@ -17,11 +17,13 @@ class MeteredLLM(ForwardingLLM):
         super().__init__(inner)
         self._metrics = metrics
 
-    async def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    async def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
         tokens = self._metrics.tokens
         tokens.labels("in").inc(prompt.input_tokens)
         try:
-            async for item in self._inner.stream(prompt, params):
+            async for item in self._inner.stream(prompt, params, pace):
                 if isinstance(item, Finished):
                     tokens.labels("out").inc(item.generated_tokens)
                     if item.overran:

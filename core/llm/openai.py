@@ -20,6 +20,7 @@ from core.llm.base import (
     GenerationParams,
     ModelInfo,
     PreparedPrompt,
+    ReadPace,
     StreamEvent,
     TextDelta,
 )
@@ -174,11 +175,15 @@ def _list(value: object) -> list[object]:
 
 
 def stream_chat(
-    transport: Transport, model: str, messages: Sequence[ChatMessage], params: GenerationParams
+    transport: Transport,
+    model: str,
+    messages: Sequence[ChatMessage],
+    params: GenerationParams,
+    pace: ReadPace | None = None,
 ) -> AsyncGenerator[StreamEvent, None]:
     """Stream a chat completion (retries before the first token, idle timeout)."""
     body = chat_request_body(model, messages, params)
-    return transport.stream(CHAT_PATH, body, ChatStreamDecoder)
+    return transport.stream(CHAT_PATH, body, ChatStreamDecoder, pace)
 
 
 # --------------------------------------------------------------------------- client
@@ -265,6 +270,8 @@ class OpenAIClient(ClientBase):
     async def count_tokens(self, text: str) -> int:
         return estimate_text_tokens(neutralise(text))  # as a ChatMessage will carry it
 
-    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
-        events = stream_chat(self.transport, self.model, prompt.messages, params)
+    def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
+        events = stream_chat(self.transport, self.model, prompt.messages, params, pace)
         return self.generate(events, params)

@@ -12,6 +12,7 @@ from collections.abc import AsyncGenerator
 
 import aiohttp
 
+from core.llm.base import ReadPace
 from core.llm.errors import StreamStalled
 
 
@@ -77,10 +78,17 @@ class SSEParser:
 
 
 _STALLED = "no tokens from the model server within the idle timeout"
+#: a pace shorter than this is not worth a timer: the stream is read as data comes
+MIN_HOLD = 0.05
+#: the longest a stream is left unread: a stall, an overrun or a full buffer is seen by then
+MAX_HOLD = 2.0
+#: a held read wakes this much before the reader said it wants more, so that reader (say a
+#: message's next edit, due at that time) gets the newest text, not the text of the last read
+HOLD_LEAD = 0.02
 
 
 async def iter_sse(
-    content: aiohttp.StreamReader, idle_timeout: float | None = None
+    content: aiohttp.StreamReader, idle_timeout: float | None = None, pace: ReadPace | None = None
 ) -> AsyncGenerator[str, None]:
     """Yield the data of each SSE event read from a response body.
 
@@ -96,23 +104,23 @@ async def iter_sse(
     fails the read through `content.set_exception`. As with a per-read
     timeout, data that arrived while the consumer held the stream past the
     deadline is still read; only a read that would wait fails.
+
+    `pace`, asked once the events read so far are consumed, holds the next read
+    for that long (`ReadPace`; at most `MAX_HOLD`, and `HOLD_LEAD` less), or until
+    the body ends, which wakes the hold at once: the final event is never held.
+    A stream cancelled during a hold (a stop, a shutdown, a time limit) first yields
+    the events that came in it, then raises `CancelledError`. A connection lost during
+    a hold is seen when the hold ends, and what came in it is lost with the stream:
+    aiohttp keeps the buffered bytes of a failed body from its reader.
     """
     parser = SSEParser()
-    if idle_timeout is None:
-        while chunk := await content.readany():
-            for data in parser.feed(chunk):
-                yield data
-        for data in parser.flush():
-            yield data
-        return
-
-    timeout: float = idle_timeout
     loop = asyncio.get_running_loop()
     last_event = loop.time()
     timer: asyncio.TimerHandle | None = None
     armed_for = 0.0  # the deadline `timer` was set for
     reading = False  # a read is waiting on `content`
     stalled = False
+    holding: asyncio.Future[None] | None = None  # a held read's wake-up
 
     def arm(deadline: float) -> None:
         nonlocal timer, armed_for
@@ -121,7 +129,8 @@ async def iter_sse(
 
     def watchdog() -> None:
         nonlocal timer, stalled
-        deadline = last_event + timeout
+        assert idle_timeout is not None
+        deadline = last_event + idle_timeout
         if deadline > armed_for:  # an event since the timer was set
             arm(deadline)
             return
@@ -131,10 +140,37 @@ async def iter_sse(
             content.set_exception(StreamStalled(_STALLED))
         # otherwise the consumer holds the stream: the next read re-arms
 
+    def wake() -> None:
+        if holding is not None and not holding.done():
+            holding.set_result(None)
+
+    async def hold(seconds: float) -> None:
+        nonlocal holding
+        holding = loop.create_future()
+        alarm = loop.call_at(loop.time() + seconds, wake)
+        try:
+            await holding
+        finally:
+            alarm.cancel()
+            holding = None
+
+    if pace is not None:
+        content.on_eof(wake)
     try:
         while True:
-            if timer is None:
-                arm(last_event + timeout)
+            if pace is not None and not content.is_eof():
+                wait = min(pace(), MAX_HOLD) - HOLD_LEAD
+                if wait >= MIN_HOLD:
+                    try:
+                        await hold(wait)
+                    except asyncio.CancelledError:
+                        # stopped: what came during the hold is still the reader's
+                        if content.exception() is None:
+                            for data in parser.feed(content.read_nowait()):
+                                yield data
+                        raise
+            if idle_timeout is not None and timer is None:
+                arm(last_event + idle_timeout)
             reading = True
             try:
                 chunk = await content.readany()

@@ -23,6 +23,7 @@ from core.llm.base import (
     GenerationParams,
     ModelInfo,
     PreparedPrompt,
+    ReadPace,
     StreamEvent,
     TextDelta,
 )
@@ -259,13 +260,15 @@ class TGIClient(ClientBase):
             self._tokenize = False
         return estimate_text_tokens(text)
 
-    def stream(self, prompt: PreparedPrompt, params: GenerationParams) -> AsyncIterator[StreamEvent]:
+    def stream(
+        self, prompt: PreparedPrompt, params: GenerationParams, pace: ReadPace | None = None
+    ) -> AsyncIterator[StreamEvent]:
         if prompt.rendered is None:
             tgi_parameters(params, max_stop=self._max_stop)  # TGI's rules apply there too
-            events = stream_chat(self.transport, TGI_MODEL, prompt.messages, params)
+            events = stream_chat(self.transport, TGI_MODEL, prompt.messages, params, pace)
         else:
             body = generate_request(prompt.rendered, params, max_stop=self._max_stop)
-            events = self.transport.stream(GENERATE_STREAM_PATH, body, TGIStreamDecoder)
+            events = self.transport.stream(GENERATE_STREAM_PATH, body, TGIStreamDecoder, pace)
         return self.generate(events, params)
 
 

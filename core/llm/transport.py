@@ -21,7 +21,7 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import orjson
 
-from core.llm.base import Finished, StreamEvent
+from core.llm.base import Finished, ReadPace, StreamEvent
 from core.llm.error_mapping import error_from_exception, error_from_response, quote
 from core.llm.errors import GenerationFailed, LLMError
 from core.llm.sse import iter_sse
@@ -229,7 +229,7 @@ class Transport:
             return None
 
     async def stream(
-        self, path: str, body: Any, decoder: Callable[[], StreamDecoder]
+        self, path: str, body: Any, decoder: Callable[[], StreamDecoder], pace: ReadPace | None = None
     ) -> AsyncGenerator[StreamEvent, None]:
         """POST `body` and yield decoded events, retrying only before the first one.
 
@@ -256,7 +256,7 @@ class Transport:
                                 raw = await resp.read()
                             raise error_from_response(resp.status, raw, what=f"POST {path}")
                         in_body = True
-                        async with contextlib.aclosing(iter_sse(resp.content, idle_timeout)) as lines:
+                        async with contextlib.aclosing(iter_sse(resp.content, idle_timeout, pace)) as lines:
                             async for data in lines:
                                 for event in events.feed(data):
                                     if not isinstance(event, Finished):
