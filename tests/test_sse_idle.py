@@ -314,14 +314,23 @@ class NextEdit:
         return 0.0 if self.at is None else max(0.0, self.at - self.clock.now)
 
 
-async def test_a_paced_stream_is_read_when_its_reader_wants_more(monkeypatch: pytest.MonkeyPatch) -> None:
+Paced = tuple[Clock, Timers, aiohttp.StreamReader, NextEdit, Consumer]
+
+
+async def paced_after_first(monkeypatch: pytest.MonkeyPatch) -> Paced:
+    """A paced reader that has read its first event: nothing was to wait for yet."""
     clock, timers = virtual_loop(monkeypatch)
     reader = make_reader()
     edit = NextEdit(clock)
     consumer = Consumer(reader, TIMEOUT, edit)
     reader.feed_data(b"data: first\n\n")
     await settle()
-    assert consumer.received == ["first"]  # nothing to wait for yet: read as it came
+    assert consumer.received == ["first"]  # read as it came
+    return clock, timers, reader, edit, consumer
+
+
+async def test_a_paced_stream_is_read_when_its_reader_wants_more(monkeypatch: pytest.MonkeyPatch) -> None:
+    clock, timers, reader, edit, consumer = await paced_after_first(monkeypatch)
     edit.at = clock.now + 4 * STEP
     reader.feed_data(b"data: second\n\n")
     await settle()
@@ -343,12 +352,7 @@ async def test_a_paced_stream_is_read_when_its_reader_wants_more(monkeypatch: py
 
 async def test_the_end_of_a_held_stream_is_read_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """The final event never waits for the next edit: the body's end wakes the hold."""
-    clock, timers = virtual_loop(monkeypatch)
-    reader = make_reader()
-    edit = NextEdit(clock)
-    consumer = Consumer(reader, TIMEOUT, edit)
-    reader.feed_data(b"data: first\n\n")
-    await settle()
+    clock, timers, reader, edit, consumer = await paced_after_first(monkeypatch)
     edit.at = clock.now + 1.0
     reader.feed_data(b"data: second\n\n")  # woke the waiting read; the next one holds
     await settle()
@@ -396,12 +400,7 @@ async def test_a_pace_too_short_for_a_timer_reads_as_data_comes(monkeypatch: pyt
 async def test_a_stall_is_seen_once_a_hold_ends(monkeypatch: pytest.MonkeyPatch) -> None:
     """A hold longer than the idle timeout: tokens that came meanwhile are read, and no
     stall; a server silent through the hold has stalled, and the read that would wait fails."""
-    clock, timers = virtual_loop(monkeypatch)
-    reader = make_reader()
-    edit = NextEdit(clock)
-    consumer = Consumer(reader, TIMEOUT, edit)
-    reader.feed_data(b"data: first\n\n")
-    await settle()
+    clock, timers, reader, edit, consumer = await paced_after_first(monkeypatch)
     edit.at = clock.now + 3 * TIMEOUT
     reader.feed_data(b"data: second\n\n")
     await settle()
@@ -425,12 +424,7 @@ async def test_a_stream_stopped_during_a_hold_yields_what_came_first(
 ) -> None:
     """A stop (or shutdown, or time limit) cancels the reader: the text that reached it
     during the hold is the answer's too, as it would be had each token been read."""
-    clock, timers = virtual_loop(monkeypatch)
-    reader = make_reader()
-    edit = NextEdit(clock)
-    consumer = Consumer(reader, TIMEOUT, edit)
-    reader.feed_data(b"data: first\n\n")
-    await settle()
+    clock, timers, reader, edit, consumer = await paced_after_first(monkeypatch)
     edit.at = clock.now + 1.0
     reader.feed_data(b"data: second\n\n")
     await settle()
