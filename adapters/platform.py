@@ -18,6 +18,7 @@ import click
 from core.chat.engine import Engine
 from core.config import HeraldSettings
 from core.intake.worker import Intake
+from core.pacing_share import RateShare, bot_tag
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.runner import Publisher
 from core.storage.keys import Keys
@@ -57,6 +58,11 @@ class BotDeps:
     actions: PostActions
     intake: Intake
     receives: bool = True
+
+    def rate_share(self, platform: str, token: str, limit: int) -> RateShare:
+        """This process's share of the bot's overall `limit` calls a second: every process
+        of the same bot (the same `token`) counts in it."""
+        return RateShare(self.redis, self.keys.rate_share(platform, bot_tag(token)), limit)
 
 
 @dataclass(frozen=True, slots=True)

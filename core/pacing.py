@@ -36,6 +36,11 @@ PACED_SHARE, BURST_SHARE = 0.9, 0.9
 _EPSILON = 1e-9
 
 
+def _paced(limit: float) -> tuple[float, int]:
+    """Calls a second and at once that keep under `limit` calls a second."""
+    return limit * PACED_SHARE, math.floor(limit * BURST_SHARE)
+
+
 class Rate:
     """A bot's budget over all its chats: `per_second` calls a second, at most `burst`
     at once (a token bucket). A streaming call leaves `reserve` of the burst for calls
@@ -55,7 +60,17 @@ class Rate:
     @classmethod
     def within(cls, limit: float, *, clock: Callable[[], float] = time.monotonic) -> Rate:
         """Paced to keep under a platform's `limit` calls a second (`PACED_SHARE`)."""
-        return cls(limit * PACED_SHARE, math.floor(limit * BURST_SHARE), clock=clock)
+        return cls(*_paced(limit), clock=clock)
+
+    def resize(self, limit: float) -> None:
+        """From now on, keep under `limit` calls a second (as `within`): this process's
+        share of the bot's limit changed (`core.pacing_share`). Calls made stay counted."""
+        self._refill(self._clock())
+        per_second, burst = _paced(limit)
+        self.per_second = max(per_second, 1e-6)
+        self.burst = max(1, burst)
+        self.reserve = self.burst // 2
+        self._tokens = min(self._tokens, float(self.burst))
 
     def _refill(self, now: float) -> None:
         if now > self._at:

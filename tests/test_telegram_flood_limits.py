@@ -8,13 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from redis.asyncio import Redis
 
 from adapters.telegram.request import counts_overall
+from core.pacing_share import RateShare, bot_tag
+from core.storage.keys import Keys
 from tests import test_telegram
 from tests.emulators.telegram import FloodLimits, TelegramEmulator
 from tests.emulators.tgi import TGIEmulator
 from tests.support import eventually
-from tests.test_telegram import ADA, GROUP_ID, BotFactory
+from tests.test_telegram import ADA, GROUP_ID, BotFactory, IntakeFactory
 from tests.test_telegram_emulator import post
 
 pytestmark = pytest.mark.timeout(60)
@@ -150,6 +153,7 @@ async def telegram() -> AsyncIterator[TelegramEmulator]:
 
 #: Herald's bot, started against the emulator above (the fixture `test_telegram` defines)
 start_bot = test_telegram.start_bot
+make_intake = test_telegram.make_intake
 
 
 async def test_herald_streams_two_answers_in_a_private_chat_within_the_flood_limits(
@@ -180,6 +184,36 @@ async def test_herald_streams_two_answers_in_a_private_chat_within_the_flood_lim
     assert not [c for c in telegram.calls if c.error and c.error.startswith("Too Many Requests")]
 
 
+class TwelveChats:
+    """Twelve people who each ask at once, in a private chat, for an answer of 80 tokens
+    of its own (the model streams it at 33 tokens a second)."""
+
+    def __init__(self, telegram: TelegramEmulator, tgi: TGIEmulator, first_id: int) -> None:
+        self._telegram = telegram
+        self.people = [{"id": first_id + n, "is_bot": False, "first_name": f"P{n}"} for n in range(12)]
+        self.answers = {p["id"]: " ".join(f"p{p['id']}w{i}" for i in range(80)) for p in self.people}
+        tgi.responder = self._respond
+        tgi.token_delay = 0.03
+
+    def _respond(self, messages: list[dict[str, str]]) -> str:
+        asked = [m["content"] for m in messages if m.get("role") == "user"][-1]
+        return self.answers[int(asked.split()[-1])]
+
+    def ask(self) -> None:
+        for person in self.people:
+            chat = self._telegram.private_chat(int(person["id"]), str(person["first_name"]))
+            self._telegram.send_user_message(chat, person, f"answer {person['id']}")
+
+    async def answered(self) -> None:
+        async def all_answered() -> bool:
+            return all(
+                any(m.text == answer for m in self._telegram.messages_in(chat_id))
+                for chat_id, answer in self.answers.items()
+            )
+
+        await eventually(all_answered, "every answer complete in its chat", timeout=40)
+
+
 async def test_herald_keeps_answers_in_many_chats_within_the_bots_overall_limit(
     start_bot: BotFactory, telegram: TelegramEmulator, tgi: TGIEmulator
 ) -> None:
@@ -188,30 +222,39 @@ async def test_herald_keeps_answers_in_many_chats_within_the_bots_overall_limit(
     so that Telegram refuses none, and every answer arrives whole. Herald is told 8 a
     second: the emulator counts writes when they arrive, and a busy machine delays some."""
     telegram.flood_limits = FloodLimits(global_per_second=10)
-    people = [{"id": 700 + n, "is_bot": False, "first_name": f"P{n}"} for n in range(12)]
-    answers = {person["id"]: " ".join(f"p{person['id']}w{i}" for i in range(80)) for person in people}
-
-    def responder(messages: list[dict[str, str]]) -> str:
-        asked = [m["content"] for m in messages if m.get("role") == "user"][-1]
-        return answers[int(asked.split()[-1])]
-
-    tgi.responder = responder
-    tgi.token_delay = 0.03
+    chats = TwelveChats(telegram, tgi, 700)
     await start_bot(bot_limit=8)
-    for person in people:
-        chat = telegram.private_chat(int(person["id"]), str(person["first_name"]))
-        telegram.send_user_message(chat, person, f"answer {person['id']}")
-
-    async def all_answered() -> bool:
-        return all(
-            any(m.text == answer for m in telegram.messages_in(chat_id))
-            for chat_id, answer in answers.items()
-        )
-
-    await eventually(all_answered, "every answer complete in its chat", timeout=40)
+    chats.ask()
+    await chats.answered()
     assert telegram.flood_refusals == Counter()
     writes = [c for c in telegram.calls if c.method in ("sendMessage", "editMessageText")]
-    assert len(writes) >= 2 * len(people)  # a first message and a final text at least
+    assert len(writes) >= 2 * len(chats.people)  # a first message and a final text at least
+
+
+async def test_replicas_of_one_bot_keep_within_its_overall_limit_together(
+    start_bot: BotFactory,
+    telegram: TelegramEmulator,
+    tgi: TGIEmulator,
+    make_intake: IntakeFactory,
+    redis: Redis,
+    prefix: str,
+) -> None:
+    """The bot's limit is the bot's, not each process's: a gateway and two workers of one
+    bot, each told the bot's 8 a second, count each other and pace at a third each, so
+    twelve answers streaming at once on the workers meet no refusal of the bot's 10
+    (each pacing at all 8, the workers together met some: checked)."""
+    telegram.flood_limits = FloodLimits(global_per_second=10)
+    chats = TwelveChats(telegram, tgi, 800)
+    tgi.max_concurrent_requests = 16  # each worker may stream up to what the model says
+    key = Keys(prefix).rate_share("telegram", bot_tag(telegram.token))
+    shares = [RateShare(redis, key, 8, period=0.1) for _ in range(3)]
+    await start_bot(intake=make_intake(role="gateway"), share=shares[0], bot_limit=8)
+    for share in shares[1:]:
+        await start_bot(intake=make_intake(role="worker"), receives=False, share=share, bot_limit=8)
+    chats.ask()
+    await chats.answered()
+    assert telegram.flood_refusals == Counter()
+    assert all(share.present == 3 for share in shares)
 
 
 @pytest.mark.parametrize(

@@ -61,6 +61,7 @@ from core.commands.registry import clicked_command
 from core.intake.events import inbound_data, inbound_from_data
 from core.intake.worker import Intake, Job
 from core.pacing import Buckets, Rate
+from core.pacing_share import RateShare
 from core.platform import CommandCall, Inbound
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -114,6 +115,7 @@ class DiscordBot:
         shard_count: int | None = None,
         message_content: bool = False,
         global_limit: int = GLOBAL_LIMIT,
+        share: RateShare | None = None,
         ready_timeout: float = 60.0,
         actions: PostActions | None = None,
         logger: logging.Logger | None = None,
@@ -135,7 +137,10 @@ class DiscordBot:
         intents.message_content = message_content
         #: Discord's rate-limit buckets for answers, as its responses tell them, within
         #: the bot's global limit (`global_limit` requests a second)
-        self._buckets = Buckets(overall=Rate.within(global_limit))
+        self._overall = Rate.within(global_limit)
+        self._buckets = Buckets(overall=self._overall)
+        #: keeps `_overall` at this process's share of the bot's limit (None: all of it)
+        self._share = share
         self.client = _Client(
             self,
             intents=intents,
@@ -166,6 +171,8 @@ class DiscordBot:
             raise PlatformStartError(f"Cannot reach Discord: {exc}") from None
 
     async def start(self) -> None:
+        if self._share is not None:
+            await self._share.join(self._overall)
         await self.login()
         if not self._answers:
             self._log.info("Discord: %s logged in without the gateway (publishing only)", self.client.user)
@@ -222,6 +229,8 @@ class DiscordBot:
         if self._runner is not None:
             with contextlib.suppress(Exception, asyncio.CancelledError):
                 await self._runner
+        if self._share is not None:
+            await self._share.leave()
 
     # -- commands ---------------------------------------------------------------------
 

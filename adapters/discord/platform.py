@@ -12,6 +12,7 @@ from pydantic_settings import SettingsConfigDict
 
 from adapters.discord.bot import DiscordBot
 from adapters.discord.limits import GLOBAL_LIMIT
+from adapters.discord.translate import PLATFORM
 from adapters.platform import BotDeps, DoctorReport, Platform, WithBot
 from core.config import CsvList, HeraldSettings, split_csv
 
@@ -66,6 +67,7 @@ def build(settings: DiscordSettings, deps: BotDeps) -> DiscordBot:
         shard_count=settings.shard_count,
         message_content=settings.message_content,
         global_limit=settings.global_rate_limit,
+        share=deps.rate_share(PLATFORM, settings.token.get_secret_value(), settings.global_rate_limit),
         actions=deps.actions,
     )
 

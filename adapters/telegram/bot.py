@@ -37,6 +37,7 @@ from core.commands.registry import clicked_command
 from core.intake.events import inbound_data, inbound_from_data
 from core.intake.worker import Intake, Job
 from core.pacing import Buckets, Rate
+from core.pacing_share import RateShare
 from core.platform import Author, Inbound, PlatformError
 from core.posts.schedules.actions import PostActions
 from core.posts.schedules.approval import edit_command, edit_request
@@ -71,6 +72,7 @@ class TelegramBot:
         webhook: WebhookConfig | None = None,
         poll_timeout: int = 30,
         bot_limit: int = BOT_LIMIT,
+        share: RateShare | None = None,
         actions: PostActions | None = None,
         logger: logging.Logger | None = None,
     ) -> None:
@@ -84,8 +86,10 @@ class TelegramBot:
         root = (api_url or "https://api.telegram.org").rstrip("/")
         #: each chat's rate limit, shared by the answers in it, within the bot's overall
         #: limit on messages (`bot_limit` a second over all chats)
-        overall = Rate.within(bot_limit)
+        self._overall = overall = Rate.within(bot_limit)
         self._buckets = Buckets(overall=overall)
+        #: keeps `_overall` at this process's share of the bot's limit (None: all of it)
+        self._share = share
         self._bot = Bot(
             token,
             base_url=f"{root}/bot",
@@ -106,6 +110,8 @@ class TelegramBot:
         return self._identity
 
     async def start(self) -> None:
+        if self._share is not None:
+            await self._share.join(self._overall)
         try:
             await self._bot.initialize()  # getMe: proves the token and the API URL
         except InvalidToken:
@@ -197,6 +203,8 @@ class TelegramBot:
         if self._identity is not None:
             self._identity = None
             await self._bot.shutdown()
+        if self._share is not None:
+            await self._share.leave()
 
     def _explain_privacy(self, reads_all: bool) -> None:
         if reads_all:

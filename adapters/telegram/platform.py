@@ -14,6 +14,7 @@ from telegram.error import InvalidToken, TelegramError
 from adapters.platform import BotDeps, DoctorReport, Platform
 from adapters.telegram.bot import TelegramBot, WebhookConfig
 from adapters.telegram.request import BOT_LIMIT
+from adapters.telegram.translate import PLATFORM
 from core.config import HeraldSettings, host_port, http_url
 
 
@@ -77,6 +78,7 @@ def build(settings: TelegramSettings, deps: BotDeps) -> TelegramBot:
         api_url=settings.api_url,
         webhook=settings.webhook(),
         bot_limit=settings.bot_rate_limit,
+        share=deps.rate_share(PLATFORM, settings.token.get_secret_value(), settings.bot_rate_limit),
         actions=deps.actions,
     )
 

@@ -97,6 +97,11 @@ class Keys:
         """The time zone a chat's schedules use unless a command names one."""
         return f"{self.prefix}:tz:{platform}:{chat_id}"
 
+    def rate_share(self, platform: str, bot: str) -> str:
+        """Sorted set of the processes calling the platform for one bot (`bot`: its
+        `core.pacing_share.bot_tag`), scored by when each one's presence lapses."""
+        return f"{self.prefix}:pacing:{platform}:{bot}"
+
     def scheduler_lease(self) -> str:
         """Held by the one replica that runs the scheduler."""
         return f"{self.prefix}:scheduler:leader"
